@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything prewarm's demo and tests need on a fresh Debian machine:
+# protoc, the distribution registry, htpasswd, and containerd 1.7 (trixie) and
+# 2.x (sid) unpacked under .tools/ without installing them system-wide.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="${PREWARM_TOOLS:-$ROOT/.tools}"
+mkdir -p "$TOOLS"
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+[ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
+command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
+command -v pigz >/dev/null || need_apt+=(pigz)
+command -v zstd >/dev/null || need_apt+=(zstd)
+command -v ip >/dev/null || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The registry package starts a system service on :5000; tests run their own.
+  $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  $SUDO pkill -x docker-registry 2>/dev/null || true
+fi
+
+# containerd from a newer suite, unpacked (not installed) into .tools/containerd-<suite>.
+# The mirror is taken from this machine's own apt configuration.
+mirror="$(grep -h -m1 '^URIs:' /etc/apt/sources.list.d/debian.sources 2>/dev/null | awk '{print $2}')"
+if [ -z "$mirror" ]; then
+  mirror="$(grep -h -m1 -E '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}')"
+fi
+fetch_containerd() {
+  local suite="$1" dest="$TOOLS/containerd-$1"
+  [ -x "$dest/usr/bin/containerd" ] && return 0
+  local work="$TOOLS/apt-$suite"
+  mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/etc/preferences.d"
+  printf 'deb %s %s main\n' "$mirror" "$suite" >"$work/sources.list"
+  local opts=(-o Dir::Etc::SourceList="$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o Dir::Etc::Preferences="$work/etc/preferences" -o Dir::Etc::PreferencesParts="$work/etc/preferences.d"
+    -o Dir::State::Lists="$work/lists" -o Dir::Cache="$work/cache" -o APT::Default-Release="$suite")
+  apt-get "${opts[@]}" update -qq
+  (cd "$work" && rm -f containerd_*.deb && apt-get "${opts[@]}" download -qq "containerd/$suite")
+  rm -rf "$dest"; mkdir -p "$dest"
+  dpkg-deb -x "$work"/containerd_*.deb "$dest"
+  "$dest/usr/bin/containerd" --version
+}
+fetch_containerd trixie
+fetch_containerd sid
+echo "setup: done (tools in $TOOLS)"

@@ -1,0 +1,659 @@
+//! The node agent's configuration file: the `config.yaml` key of the
+//! `prewarm-agent` ConfigMap, mounted at `/etc/prewarm/config.yaml`.
+//!
+//! Every section has defaults, so an empty file is a valid configuration.
+//! Unknown keys are errors, and every error names the file and the YAML path
+//! of the offending field (`agent.yaml: pacing.maxConcurrentPulls: …`).
+
+pub mod reference;
+pub mod units;
+
+pub use reference::{Digest, DigestAlgorithm, DigestError, ImageRef, ReferenceError};
+pub use units::{ByteSize, DiskFloor, Platform, PlatformError, UnitError};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent reads its configuration from inside the pod.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/prewarm/config.yaml";
+
+/// The whole agent configuration.
+///
+/// New sections (such as activation windows) are added as further fields;
+/// their image lists reuse [`ImageEntry`] and the same validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    pub runtime: RuntimeConfig,
+    pub registry: RegistryConfig,
+    pub pacing: Pacing,
+    /// Images kept warm at all times.
+    pub images: Vec<ImageEntry>,
+    /// How often the agent re-checks that every image is present.
+    #[serde(with = "humantime_serde")]
+    pub resync: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            runtime: RuntimeConfig::default(),
+            registry: RegistryConfig::default(),
+            pacing: Pacing::default(),
+            images: Vec::new(),
+            resync: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The containerd instance images are pulled into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// containerd's gRPC socket; the CRI ImageService is served on it too.
+    pub socket: PathBuf,
+    /// containerd namespace; the kubelet's images live in `k8s.io`.
+    pub namespace: String,
+    /// containerd's root; the disk floor guards the filesystem holding it.
+    pub root: PathBuf,
+    /// Snapshotter that unpacks layers, as the CRI plugin would use.
+    pub snapshotter: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/containerd/containerd.sock"),
+            namespace: "k8s.io".into(),
+            root: PathBuf::from("/var/lib/containerd"),
+            snapshotter: "overlayfs".into(),
+        }
+    }
+}
+
+/// How registries are reached and authenticated, mirroring the kubelet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Files in `kubernetes.io/dockerconfigjson` format; missing ones are skipped.
+    pub docker_config: Vec<PathBuf>,
+    /// Kubelet image credential provider plugins, if the node uses them.
+    pub credential_provider: Option<CredentialProviderRef>,
+    /// containerd `hosts.toml` directory (`config_path`); `null` disables it.
+    pub hosts_dir: Option<PathBuf>,
+    /// Platform to pull for; `None` means this node's.
+    pub platform: Option<Platform>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            docker_config: vec![PathBuf::from("/var/lib/kubelet/config.json")],
+            credential_provider: None,
+            hosts_dir: Some(PathBuf::from("/etc/containerd/certs.d")),
+            platform: None,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The configured platform, or this node's.
+    pub fn effective_platform(&self) -> Platform {
+        self.platform.clone().unwrap_or_else(Platform::host)
+    }
+}
+
+/// The same files the kubelet's `--image-credential-provider-*` flags name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialProviderRef {
+    /// `CredentialProviderConfig` file (`--image-credential-provider-config`).
+    pub config: PathBuf,
+    /// Plugin binaries (`--image-credential-provider-bin-dir`).
+    pub bin_dir: PathBuf,
+}
+
+/// How hard the agent may lean on the node and the registries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pacing {
+    /// Images pulled at the same time.
+    pub max_concurrent_pulls: usize,
+    /// Blobs fetched at the same time for one image (1..=64).
+    pub max_concurrent_blobs: usize,
+    /// Node-wide download budget in bytes per second; 0 means unlimited.
+    #[serde(with = "units::rate")]
+    pub bandwidth: ByteSize,
+    /// Free space to leave on the containerd filesystem.
+    pub disk_floor: DiskFloor,
+    pub retry: RetryPolicy,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            max_concurrent_pulls: 2,
+            max_concurrent_blobs: 6,
+            bandwidth: ByteSize::ZERO,
+            disk_floor: DiskFloor::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl Pacing {
+    /// The bandwidth cap, or `None` when unlimited.
+    pub fn bandwidth_limit(&self) -> Option<u64> {
+        (!self.bandwidth.is_zero()).then_some(self.bandwidth.as_u64())
+    }
+}
+
+/// Exponential backoff for failed pulls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Tries per pull, the first one included.
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An image to keep present on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageEntry {
+    pub image: ImageRef,
+    /// Pin in containerd so the kubelet's image GC leaves it alone.
+    #[serde(default = "pin_default")]
+    pub pin: bool,
+}
+
+fn pin_default() -> bool {
+    true
+}
+
+impl ImageEntry {
+    /// A pinned entry for `image`.
+    pub fn new(image: ImageRef) -> Self {
+        Self { image, pin: true }
+    }
+}
+
+/// What went wrong with a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigErrorKind {
+    /// The file could not be read.
+    Io,
+    /// Broken YAML, or a value of the wrong shape, type or format.
+    Parse,
+    /// Well-formed but semantically invalid (see [`AgentConfig::validate`]).
+    Invalid,
+}
+
+/// A 1-based position in the YAML text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Displays as `<file>: <field path>: <message>`; the file is left out when
+/// parsing a string, the field when the error is not about one field (then
+/// the line and column are shown instead, when known).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render(self))]
+pub struct ConfigError {
+    pub kind: ConfigErrorKind,
+    pub file: Option<PathBuf>,
+    /// YAML path such as `pacing.maxConcurrentPulls` or `images[1].image`; empty for the whole file.
+    pub field: String,
+    pub message: String,
+    pub position: Option<Position>,
+    #[source]
+    pub source: Option<std::io::Error>,
+}
+
+fn render(e: &ConfigError) -> String {
+    let mut out = String::new();
+    if let Some(file) = &e.file {
+        out.push_str(&format!("{}: ", file.display()));
+    }
+    match (&e.field, e.position) {
+        (field, _) if !field.is_empty() => out.push_str(&format!("{field}: ")),
+        (_, Some(p)) => out.push_str(&format!("line {}, column {}: ", p.line, p.column)),
+        _ => {}
+    }
+    out.push_str(&e.message);
+    out
+}
+
+impl ConfigError {
+    /// A validation error about `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: ConfigErrorKind::Invalid,
+            file: None,
+            field: field.into(),
+            message: message.into(),
+            position: None,
+            source: None,
+        }
+    }
+
+    /// Attaches the file the configuration came from.
+    pub fn with_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.file = Some(file.into());
+        self
+    }
+
+    fn from_yaml(err: serde_path_to_error::Error<serde_yaml_ng::Error>) -> Self {
+        // "?" marks a segment serde_path_to_error could not name (e.g. a YAML
+        // syntax error found before any field was reached): drop those.
+        let path = err.path().to_string();
+        let mut field = path.trim_end_matches(".?").to_owned();
+        if field == "." || field == "?" {
+            field.clear();
+        }
+        let inner = err.into_inner();
+        let position = inner.location().map(|l| Position {
+            line: l.line(),
+            column: l.column(),
+        });
+        // serde_yaml_ng decorates messages with its own path and position; we
+        // report both separately, so strip them.
+        let mut message = inner.to_string();
+        if let Some(p) = position {
+            message = message.replacen(&format!(" at line {} column {}", p.line, p.column), "", 1);
+        }
+        // serde_yaml_ng's own path is the field path or a parent of it.
+        let prefixes = field
+            .match_indices(['.', '['])
+            .map(|(i, _)| i)
+            .chain([field.len()]);
+        for end in prefixes.collect::<Vec<_>>().into_iter().rev() {
+            if let Some(rest) = message.strip_prefix(&format!("{}: ", &field[..end])) {
+                message = rest.to_owned();
+                break;
+            }
+        }
+        // "unknown field `x`, expected …" → field path ends in `x`.
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            if let Some((name, tail)) = rest.split_once('`') {
+                if !(field == name || field.ends_with(&format!(".{name}"))) {
+                    field = if field.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{field}.{name}")
+                    };
+                }
+                message = format!("unknown field{tail}");
+            }
+        }
+        Self {
+            kind: ConfigErrorKind::Parse,
+            file: None,
+            field,
+            message,
+            position,
+            source: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses and validates YAML text; errors carry no file name.
+    pub fn from_yaml(text: &str) -> Result<AgentConfig, ConfigError> {
+        // An empty document (or only comments, or `null`) means "all defaults".
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Option<AgentConfig> =
+            serde_path_to_error::deserialize(deserializer).map_err(ConfigError::from_yaml)?;
+        let config = config.unwrap_or_default();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file; errors name the file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            kind: ConfigErrorKind::Io,
+            file: Some(path.to_owned()),
+            field: String::new(),
+            message: format!("cannot read: {err}"),
+            position: None,
+            source: Some(err),
+        })?;
+        Self::from_yaml(&text).map_err(|err| err.with_file(path))
+    }
+
+    /// Checks what the types alone cannot; reports the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.runtime.validate("runtime")?;
+        self.registry.validate("registry")?;
+        self.pacing.validate("pacing")?;
+        validate_images(&self.images, "images")?;
+        ensure(
+            !self.resync.is_zero(),
+            "resync".into(),
+            "must be greater than zero",
+        )
+    }
+
+    /// Pretty YAML for this configuration (parses back to the same value).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+}
+
+/// `Ok` when `ok`, otherwise a validation error for `field`.
+fn ensure(ok: bool, field: String, message: &str) -> Result<(), ConfigError> {
+    match ok {
+        true => Ok(()),
+        false => Err(ConfigError::invalid(field, message)),
+    }
+}
+
+impl RuntimeConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("{at}.{name}");
+        let absolute = "must be an absolute path";
+        ensure(self.socket.is_absolute(), field("socket"), absolute)?;
+        ensure(self.root.is_absolute(), field("root"), absolute)?;
+        check_namespace(&self.namespace)
+            .map_err(|msg| ConfigError::invalid(field("namespace"), msg))?;
+        ensure(
+            !self.snapshotter.trim().is_empty(),
+            field("snapshotter"),
+            "must not be empty",
+        )
+    }
+}
+
+/// containerd's namespace rule: alphanumeric labels joined by `.`, `_` or `-`, ≤ 76 chars.
+fn check_namespace(ns: &str) -> Result<(), &'static str> {
+    let labels_ok = ns
+        .split(['.', '_', '-'])
+        .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric()));
+    match () {
+        _ if ns.is_empty() => Err("must not be empty"),
+        _ if ns.len() > 76 => Err("must be at most 76 characters"),
+        _ if !labels_ok => {
+            Err("must be letters and digits, optionally joined by single '.', '_' or '-'")
+        }
+        _ => Ok(()),
+    }
+}
+
+impl RegistryConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let set = |p: &Path| !p.as_os_str().is_empty();
+        let empty = "must not be empty";
+        for (i, path) in self.docker_config.iter().enumerate() {
+            ensure(set(path), format!("{at}.dockerConfig[{i}]"), empty)?;
+        }
+        if let Some(cp) = &self.credential_provider {
+            ensure(
+                set(&cp.config),
+                format!("{at}.credentialProvider.config"),
+                empty,
+            )?;
+            ensure(
+                set(&cp.bin_dir),
+                format!("{at}.credentialProvider.binDir"),
+                empty,
+            )?;
+        }
+        let hosts_ok = self.hosts_dir.as_deref().is_none_or(set);
+        ensure(
+            hosts_ok,
+            format!("{at}.hostsDir"),
+            "must not be empty (use null to disable)",
+        )
+    }
+}
+
+impl Pacing {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("{at}.{name}");
+        let pulls_ok = self.max_concurrent_pulls >= 1;
+        ensure(pulls_ok, field("maxConcurrentPulls"), "must be at least 1")?;
+        let blobs_ok = (1..=64).contains(&self.max_concurrent_blobs);
+        ensure(
+            blobs_ok,
+            field("maxConcurrentBlobs"),
+            "must be between 1 and 64",
+        )?;
+        let floor_ok = match self.disk_floor {
+            DiskFloor::Percent(pct) => (0.0..100.0).contains(&pct),
+            DiskFloor::Bytes(_) => true,
+        };
+        let floor_msg = "percentage must be at least 0% and below 100%";
+        ensure(floor_ok, field("diskFloor"), floor_msg)?;
+        let retry = &self.retry;
+        ensure(
+            retry.attempts >= 1,
+            field("retry.attempts"),
+            "must be at least 1",
+        )?;
+        let max = humantime::format_duration(retry.max_backoff);
+        let backoff_msg = format!("must not exceed retry.maxBackoff ({max})");
+        let backoff_ok = retry.initial_backoff <= retry.max_backoff;
+        ensure(backoff_ok, field("retry.initialBackoff"), &backoff_msg)
+    }
+}
+
+/// Rejects two entries naming the same image once normalized.
+fn validate_images(images: &[ImageEntry], at: &str) -> Result<(), ConfigError> {
+    for (i, entry) in images.iter().enumerate() {
+        if let Some(first) = images[..i].iter().position(|e| e.image == entry.image) {
+            let image = &entry.image;
+            let message = format!("duplicate image \"{image}\" (same as {at}[{first}])");
+            return Err(ConfigError::invalid(format!("{at}[{i}].image"), message));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_str!(concat!("../../tests/fixtures/config/", $name))
+        };
+    }
+
+    fn parse_err(text: &str) -> ConfigError {
+        match AgentConfig::from_yaml(text) {
+            Ok(config) => panic!("parsed: {config:?}\n{text}"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let config = AgentConfig::from_yaml(include_str!("../../config/agent.example.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.images.is_empty());
+        assert!(config.registry.credential_provider.is_some());
+    }
+
+    /// The ConfigMap shipped in daemonset/ must hold a valid configuration.
+    #[test]
+    fn daemonset_configmap_parses() {
+        let manifest = include_str!("../../daemonset/agent-configmap.yaml");
+        let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(manifest).unwrap();
+        let text = cm["data"]["config.yaml"]
+            .as_str()
+            .expect("data.config.yaml");
+        let config = AgentConfig::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.pacing, Pacing::default());
+        assert!(config.registry.credential_provider.is_some());
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        for text in ["", "\n", "# nothing yet\n", "---\n", "{}", "~\n", "null"] {
+            assert_eq!(
+                AgentConfig::from_yaml(text).unwrap(),
+                AgentConfig::default(),
+                "{text:?}"
+            );
+        }
+        AgentConfig::default().validate().unwrap();
+    }
+
+    /// `valid-full.yaml` sets every field; its normalized form is checked in.
+    #[test]
+    fn full_fixture_normalizes_and_round_trips() {
+        let c =
+            AgentConfig::from_yaml(fixture!("valid-full.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.to_yaml(), fixture!("valid-full.normalized.yaml"));
+        assert_eq!(AgentConfig::from_yaml(&c.to_yaml()).unwrap(), c);
+        assert_eq!(c.pacing.bandwidth_limit(), Some(100 << 20));
+        assert_eq!(c.pacing.retry.max_backoff, Duration::from_secs(60));
+        assert_eq!(c.registry.effective_platform().architecture, "arm64");
+        let default = AgentConfig::default();
+        assert_eq!(AgentConfig::from_yaml(&default.to_yaml()).unwrap(), default);
+        assert_eq!(default.registry.effective_platform(), Platform::host());
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = AgentConfig::from_yaml("pacing: {maxConcurrentPulls: 4, diskFloor: 15%}").unwrap();
+        let pacing = Pacing {
+            max_concurrent_pulls: 4,
+            disk_floor: DiskFloor::Percent(15.0),
+            ..Pacing::default()
+        };
+        assert_eq!((c.pacing, c.runtime), (pacing, RuntimeConfig::default()));
+        let c = AgentConfig::from_yaml("registry: {platform: null, hostsDir: null}").unwrap();
+        assert_eq!((c.registry.platform, c.registry.hosts_dir), (None, None));
+    }
+
+    /// Each document in the fixture starts with `# expect: <error display>`.
+    #[test]
+    fn invalid_fixtures_report_field_and_message() {
+        let text = fixture!("invalid.yaml");
+        let mut seen = 0;
+        for doc in text.split("\n---\n").filter(|d| d.contains("# expect: ")) {
+            let expect = doc
+                .lines()
+                .find_map(|l| l.strip_prefix("# expect: "))
+                .unwrap();
+            assert_eq!(parse_err(doc).to_string(), expect, "document:\n{doc}");
+            seen += 1;
+        }
+        assert!(seen >= 20, "only {seen} cases");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse_err(fixture!("invalid-syntax.yaml"));
+        assert_eq!(err.kind, ConfigErrorKind::Parse);
+        assert_eq!(err.field, "");
+        let pos = err.position.unwrap();
+        assert_eq!((pos.line, pos.column), (4, 3), "{err}");
+        assert!(err.to_string().starts_with("line 4, column 3: "), "{err}");
+    }
+
+    #[test]
+    fn errors_expose_field_and_message() {
+        let err = parse_err("images:\n  - image: nginx\n  - image: Foo/Bar\n");
+        assert_eq!(err.kind, ConfigErrorKind::Parse);
+        assert_eq!(err.field, "images[1].image");
+        assert_eq!(
+            err.message,
+            r#"invalid image reference "Foo/Bar": repository must be lowercase"#
+        );
+        assert_eq!(err.position.map(|p| p.line), Some(3));
+        let err = parse_err("pacing:\n  maxConcurrentPulls: 0\n");
+        assert_eq!(
+            (err.kind, err.field.as_str()),
+            (ConfigErrorKind::Invalid, "pacing.maxConcurrentPulls")
+        );
+        assert_eq!(err.message, "must be at least 1");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        let shown = path.display();
+        std::fs::write(&path, "pacing:\n  maxConcurrentPulls: 0\n").unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{shown}: pacing.maxConcurrentPulls: must be at least 1")
+        );
+        std::fs::write(&path, "pacing:\n  bandwidht: 1\n").unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        let want = format!("{shown}: pacing.bandwidht: unknown field, expected one of");
+        assert!(err.starts_with(&want), "{err}");
+        std::fs::write(&path, fixture!("invalid-syntax.yaml")).unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{shown}: line 4, column 3: ")),
+            "{err}"
+        );
+        std::fs::write(&path, fixture!("valid-full.yaml")).unwrap();
+        assert_eq!(
+            AgentConfig::load(&path)
+                .unwrap()
+                .pacing
+                .max_concurrent_pulls,
+            3
+        );
+        let missing = dir.path().join("missing.yaml");
+        let err = AgentConfig::load(&missing).unwrap_err();
+        assert_eq!(err.kind, ConfigErrorKind::Io);
+        assert!(std::error::Error::source(&err).is_some());
+        let want = format!("{}: cannot read: ", missing.display());
+        assert!(err.to_string().starts_with(&want), "{err}");
+    }
+
+    #[test]
+    fn validation_of_built_configs() {
+        let mut c = AgentConfig::default();
+        c.pacing.disk_floor = DiskFloor::Percent(f64::NAN);
+        assert_eq!(c.validate().unwrap_err().field, "pacing.diskFloor");
+        let images = vec![
+            ImageEntry::new("a".parse().unwrap()),
+            ImageEntry::new("b".parse().unwrap()),
+        ];
+        let mut c = AgentConfig {
+            images,
+            ..AgentConfig::default()
+        };
+        c.validate().unwrap();
+        c.images.push(ImageEntry {
+            image: "docker.io/library/a:latest".parse().unwrap(),
+            pin: false,
+        });
+        let err = c.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"images[2].image: duplicate image "docker.io/library/a:latest" (same as images[0])"#
+        );
+        assert_eq!(
+            ConfigError::invalid("x", "y")
+                .with_file("f.yaml")
+                .to_string(),
+            "f.yaml: x: y"
+        );
+    }
+}
