@@ -1,0 +1,19 @@
+//! Node I/O: the registry, containerd and CRI, the disk; and the warm
+//! engine that drives them. Each boundary is a small trait with one real
+//! implementation and an in-memory fake.
+
+pub mod auth;
+pub mod containerd;
+pub mod fake;
+pub mod hosts;
+pub mod manifest;
+pub mod pace;
+pub mod pin;
+pub mod pull;
+pub mod registry;
+pub mod retry;
+pub mod runtime;
+pub mod setup;
+
+#[cfg(test)]
+mod pull_tests;

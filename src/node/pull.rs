@@ -1,0 +1,658 @@
+//! The warm engine. Phase 1 fetches every missing blob itself (parallel,
+//! paced, resumable) into containerd's content store under a lease. Phase 2
+//! asks CRI PullImage on the same socket, which finds all content present and
+//! only resolves, unpacks and records the image exactly as a kubelet pull.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::reference::ImageRef;
+use crate::config::{Pacing, Platform};
+use crate::node::manifest::{self, Descriptor, ManifestError, Parsed};
+use crate::node::pace::{disk_check, Bandwidth, DiskProbe, DiskRefusal};
+use crate::node::pin;
+use crate::node::registry::{FetchedManifest, Registry, RegistryError};
+use crate::node::retry::{retry, Backoff, Transient};
+use crate::node::runtime::{ContentStore, ImageStore, LeaseId, RuntimeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("{image}: {source}")]
+    Registry {
+        image: String,
+        source: RegistryError,
+    },
+    #[error("{image}: {source}")]
+    Runtime { image: String, source: RuntimeError },
+    #[error("{image}: {source}")]
+    Manifest {
+        image: String,
+        source: ManifestError,
+    },
+    #[error("{image}: {source}")]
+    Disk { image: String, source: DiskRefusal },
+    #[error("{image}: cannot read free disk space: {message}")]
+    DiskProbe { image: String, message: String },
+    #[error("{image}: blob {digest} ended after {got} of {expected} bytes")]
+    Truncated {
+        image: String,
+        digest: String,
+        got: u64,
+        expected: u64,
+    },
+    #[error("{image}: cancelled")]
+    Cancelled { image: String },
+}
+
+impl PullError {
+    /// Short, stable reason for the failures metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PullError::Registry { source, .. } => source.reason(),
+            PullError::Runtime { source, .. } => match source {
+                RuntimeError::Unavailable { .. } => "runtime_unavailable",
+                RuntimeError::Verification { .. } => "digest_mismatch",
+                RuntimeError::CriPull { .. } => "cri_pull",
+                _ => "runtime",
+            },
+            PullError::Manifest { .. } => "manifest",
+            PullError::Disk { .. } | PullError::DiskProbe { .. } => "disk_floor",
+            PullError::Truncated { .. } => "truncated",
+            PullError::Cancelled { .. } => "cancelled",
+        }
+    }
+}
+
+impl Transient for PullError {
+    fn is_transient(&self) -> bool {
+        match self {
+            PullError::Registry { source, .. } => source.is_transient(),
+            PullError::Runtime { source, .. } => source.is_transient(),
+            PullError::Truncated { .. } => true,
+            _ => false,
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PullError::Registry { source, .. } => source.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// Receives progress; the CLI draws bars, the agent feeds metrics and logs.
+pub trait PullObserver: Send + Sync {
+    fn resolved(&self, _image: &str, _total: u64, _missing: u64) {}
+    fn bytes(&self, _image: &str, _n: u64) {}
+    fn finished(&self, _image: &str, _result: &Result<PullOutcome, PullError>) {}
+}
+
+pub struct NoopObserver;
+impl PullObserver for NoopObserver {}
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    pub pin: bool,
+    pub platform: Platform,
+    /// Budget for CRI PullImage (resolve + unpack) per attempt.
+    pub cri_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullOutcome {
+    pub image: String,
+    /// Digest of what the reference resolved to (index or manifest).
+    pub digest: String,
+    pub image_id: String,
+    /// Compressed bytes of the platform's manifest, config and layers.
+    pub total_bytes: u64,
+    /// Bytes this pull moved from the registry.
+    pub fetched_bytes: u64,
+    /// True when CRI already had this exact image: nothing was fetched.
+    pub already_present: bool,
+    /// Pinned (by us or someone else) and honoured by the runtime.
+    pub pinned: bool,
+    pub duration: Duration,
+}
+
+pub struct Engine {
+    registry: Arc<dyn Registry>,
+    content: Arc<dyn ContentStore>,
+    images: Arc<dyn ImageStore>,
+    disk: Arc<dyn DiskProbe>,
+    pacing: Pacing,
+    bandwidth: Bandwidth,
+    pulls: Semaphore,
+    blob_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    observer: Arc<dyn PullObserver>,
+}
+
+impl Engine {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        content: Arc<dyn ContentStore>,
+        images: Arc<dyn ImageStore>,
+        disk: Arc<dyn DiskProbe>,
+        pacing: Pacing,
+        observer: Arc<dyn PullObserver>,
+    ) -> Self {
+        Self {
+            bandwidth: Bandwidth::new(pacing.bandwidth.0),
+            pulls: Semaphore::new(pacing.max_concurrent_pulls.max(1)),
+            registry,
+            content,
+            images,
+            disk,
+            pacing,
+            blob_locks: Mutex::new(HashMap::new()),
+            observer,
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(&self.pacing.retry)
+    }
+
+    /// Warms one image; waits for a pull slot first.
+    pub async fn warm(
+        &self,
+        image: &ImageRef,
+        opts: &PullOptions,
+        cancel: &CancellationToken,
+    ) -> Result<PullOutcome, PullError> {
+        let name = image.to_string();
+        let _slot = tokio::select! {
+            permit = self.pulls.acquire() => permit.map_err(|_| PullError::Cancelled { image: name.clone() })?,
+            _ = cancel.cancelled() => return Err(PullError::Cancelled { image: name }),
+        };
+        let result = self.warm_inner(image, opts, cancel).await;
+        self.observer.finished(&name, &result);
+        result
+    }
+
+    async fn warm_inner(
+        &self,
+        image: &ImageRef,
+        opts: &PullOptions,
+        cancel: &CancellationToken,
+    ) -> Result<PullOutcome, PullError> {
+        let started = Instant::now();
+        let name = image.to_string();
+        let reg_err = |source| PullError::Registry {
+            image: name.clone(),
+            source,
+        };
+        let rt_err = |source| PullError::Runtime {
+            image: name.clone(),
+            source,
+        };
+        let reference = match &image.digest {
+            Some(d) => d.to_string(),
+            None => image.tag.clone().unwrap_or_else(|| "latest".to_string()),
+        };
+        let cancelled = || PullError::Cancelled {
+            image: name.clone(),
+        };
+        // Already in CRI at this exact digest: nothing to move. The digest
+        // comes from the reference or a HEAD, so no body crosses the wire.
+        let known = match &image.digest {
+            Some(d) => Some(d.to_string()),
+            None => tokio::select! {
+                r = retry(self.backoff(), cancel, || async {
+                    self.registry.head_digest(image, &reference).await.map_err(reg_err)
+                }) => r?,
+                _ = cancel.cancelled() => return Err(cancelled()),
+            },
+        };
+        let cri_name = cri_name(image);
+        if let Some(digest) = known {
+            if let Some(outcome) = self.already_present(image, &cri_name, &digest, opts, started).await? {
+                return Ok(outcome);
+            }
+        }
+        let top = tokio::select! {
+            r = retry(self.backoff(), cancel, || async {
+                self.registry.manifest(image, &reference).await.map_err(reg_err)
+            }) => r?,
+            _ = cancel.cancelled() => return Err(cancelled()),
+        };
+        if let Some(outcome) = self.already_present(image, &cri_name, &top.digest, opts, started).await? {
+            return Ok(outcome);
+        }
+
+        let plan = tokio::select! {
+            r = self.plan_blobs(image, top, opts, cancel) => r?,
+            _ = cancel.cancelled() => return Err(cancelled()),
+        };
+        let total: u64 = plan.blobs.iter().map(|b| b.size).sum::<u64>()
+            + plan
+                .manifests
+                .iter()
+                .map(|m| m.body.len() as u64)
+                .sum::<u64>();
+        let mut missing = 0;
+        for b in &plan.blobs {
+            if self
+                .content
+                .content_size(&b.digest)
+                .await
+                .map_err(rt_err)?
+                .is_none()
+            {
+                missing += b.size;
+            }
+        }
+        self.observer.resolved(&name, total, missing);
+        self.check_disk(&name, missing)?;
+
+        let lease_id = format!("prewarm-{}", random_suffix());
+        let expires = SystemTime::now() + self.lease_lifetime(total);
+        let lease = self
+            .content
+            .create_lease(&lease_id, expires)
+            .await
+            .map_err(rt_err)?;
+        // Whatever happens now, the lease is released (or expires if we die).
+        let result = tokio::select! {
+            r = self.fetch_and_commit(image, &plan, &lease, opts, cancel) => r,
+            _ = cancel.cancelled() => Err(cancelled()),
+        };
+        if let Err(e) = self.content.delete_lease(&lease).await {
+            tracing::warn!(lease = %lease.0, error = %e, "could not delete lease; it expires on its own");
+        }
+        let (image_id, fetched, pinned) = result?;
+        Ok(PullOutcome {
+            image: name,
+            digest: plan.top_digest,
+            image_id,
+            total_bytes: total,
+            fetched_bytes: fetched,
+            already_present: false,
+            pinned,
+            duration: started.elapsed(),
+        })
+    }
+
+    async fn fetch_and_commit(
+        &self,
+        image: &ImageRef,
+        plan: &BlobPlan,
+        lease: &LeaseId,
+        opts: &PullOptions,
+        cancel: &CancellationToken,
+    ) -> Result<(String, u64, bool), PullError> {
+        let name = image.to_string();
+        let rt_err = |source| PullError::Runtime {
+            image: name.clone(),
+            source,
+        };
+        let fetched: u64 = futures::stream::iter(plan.blobs.clone())
+            .map(|blob| async move { self.ensure_blob(image, &blob, lease, cancel).await })
+            .buffer_unordered(self.pacing.max_concurrent_blobs.max(1))
+            .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+            .await?;
+        // Manifests last, labelled so GC keeps their children once the lease goes.
+        for m in &plan.manifests {
+            self.put_small(lease, &m.digest, m.body.clone(), m.labels.clone())
+                .await
+                .map_err(rt_err)?;
+        }
+        let credential = self.registry.credential(image);
+        let cri_name = cri_name(image);
+        let image_id = retry(self.backoff(), cancel, || async {
+            self.images
+                .pull_image(&cri_name, &credential, opts.cri_timeout)
+                .await
+                .map_err(rt_err)
+        })
+        .await?;
+        let pinned = if opts.pin {
+            match self.images.image_status(&cri_name).await.map_err(rt_err)? {
+                Some(st) => pin::pin(self.images.as_ref(), &st).await.map_err(rt_err)?,
+                None => false,
+            }
+        } else {
+            false
+        };
+        Ok((image_id, fetched, pinned))
+    }
+
+    /// The outcome for an image CRI already holds at `digest`, pinning it if asked.
+    async fn already_present(
+        &self,
+        image: &ImageRef,
+        cri_name: &str,
+        digest: &str,
+        opts: &PullOptions,
+        started: Instant,
+    ) -> Result<Option<PullOutcome>, PullError> {
+        let name = image.to_string();
+        let rt_err = |source| PullError::Runtime {
+            image: name.clone(),
+            source,
+        };
+        let wanted = format!("{}@{}", image.name(), digest);
+        let Some(st) = self.images.image_status(cri_name).await.map_err(rt_err)? else {
+            return Ok(None);
+        };
+        if !st.repo_digests.contains(&wanted) {
+            return Ok(None);
+        }
+        let pinned = if opts.pin {
+            pin::pin(self.images.as_ref(), &st).await.map_err(rt_err)?
+        } else {
+            st.pinned
+        };
+        self.observer.resolved(&name, st.size, 0);
+        Ok(Some(PullOutcome {
+            image: name,
+            digest: digest.to_string(),
+            image_id: st.id,
+            total_bytes: st.size,
+            fetched_bytes: 0,
+            already_present: true,
+            pinned,
+            duration: started.elapsed(),
+        }))
+    }
+
+    /// Resolves the platform manifest and lists every blob plus the manifest
+    /// documents (with their GC reference labels).
+    async fn plan_blobs(
+        &self,
+        image: &ImageRef,
+        top: FetchedManifest,
+        opts: &PullOptions,
+        cancel: &CancellationToken,
+    ) -> Result<BlobPlan, PullError> {
+        let name = image.to_string();
+        let man_err = |source| PullError::Manifest {
+            image: name.clone(),
+            source,
+        };
+        let top_digest = top.digest.clone();
+        let mut manifests = Vec::new();
+        let mut current = top;
+        for depth in 0..2 {
+            match manifest::parse(&current.media_type, &current.body).map_err(man_err)? {
+                Parsed::Index(entries) => {
+                    if depth > 0 {
+                        return Err(man_err(ManifestError::Malformed(
+                            "nested index".to_string(),
+                        )));
+                    }
+                    let chosen = manifest::select_platform(&entries, &opts.platform)
+                        .map_err(man_err)?
+                        .descriptor
+                        .clone();
+                    let mut labels = BTreeMap::new();
+                    labels.insert(
+                        "containerd.io/gc.ref.content.m.0".into(),
+                        chosen.digest.clone(),
+                    );
+                    manifests.push(ManifestDoc::new(&current, labels));
+                    current = retry(self.backoff(), cancel, || async {
+                        self.registry
+                            .manifest(image, &chosen.digest)
+                            .await
+                            .map_err(|source| PullError::Registry {
+                                image: name.clone(),
+                                source,
+                            })
+                    })
+                    .await?;
+                }
+                Parsed::Image { config, layers } => {
+                    let mut labels = BTreeMap::new();
+                    labels.insert(
+                        "containerd.io/gc.ref.content.config".into(),
+                        config.digest.clone(),
+                    );
+                    for (i, l) in layers.iter().enumerate() {
+                        labels.insert(
+                            format!("containerd.io/gc.ref.content.l.{i}"),
+                            l.digest.clone(),
+                        );
+                    }
+                    manifests.push(ManifestDoc::new(&current, labels));
+                    let mut blobs = vec![config];
+                    blobs.extend(layers);
+                    // Children first, parents last.
+                    manifests.reverse();
+                    return Ok(BlobPlan {
+                        top_digest,
+                        blobs,
+                        manifests,
+                    });
+                }
+            }
+        }
+        Err(man_err(ManifestError::Malformed("nested index".into())))
+    }
+
+    fn check_disk(&self, image: &str, missing: u64) -> Result<(), PullError> {
+        let usage = self.disk.usage().map_err(|e| PullError::DiskProbe {
+            image: image.to_string(),
+            message: e.to_string(),
+        })?;
+        disk_check(usage, &self.pacing.disk_floor, missing).map_err(|source| PullError::Disk {
+            image: image.to_string(),
+            source,
+        })
+    }
+
+    fn lease_lifetime(&self, total: u64) -> Duration {
+        // Long enough for a paced pull of this size, short enough that
+        // content from a dead agent is collected within hours.
+        let paced = match self.pacing.bandwidth.0 {
+            0 => Duration::ZERO,
+            bps => Duration::from_secs(total / bps * 3),
+        };
+        paced.max(Duration::from_secs(3600))
+    }
+
+    /// Makes `blob` present and protected by `lease`; returns bytes fetched.
+    async fn ensure_blob(
+        &self,
+        image: &ImageRef,
+        blob: &Descriptor,
+        lease: &LeaseId,
+        cancel: &CancellationToken,
+    ) -> Result<u64, PullError> {
+        let name = image.to_string();
+        let rt_err = |source| PullError::Runtime {
+            image: name.clone(),
+            source,
+        };
+        // One download per digest on this node, whichever image asks first.
+        let lock = {
+            let mut locks = self.blob_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(blob.digest.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let result = async {
+            if self
+                .content
+                .content_size(&blob.digest)
+                .await
+                .map_err(rt_err)?
+                .is_some()
+            {
+                self.content
+                    .lease_content(lease, &blob.digest)
+                    .await
+                    .map_err(rt_err)?;
+                return Ok(0);
+            }
+            let mut labels = BTreeMap::new();
+            labels.insert(
+                format!("containerd.io/distribution.source.{}", image.registry),
+                image.repository.clone(),
+            );
+            // Counts bytes of failed attempts too: they crossed the network.
+            let moved = std::sync::atomic::AtomicU64::new(0);
+            retry(self.backoff(), cancel, || {
+                self.download(image, blob, lease, labels.clone(), &moved)
+            })
+            .await?;
+            Ok(moved.load(std::sync::atomic::Ordering::Relaxed))
+        }
+        .await;
+        drop(_guard);
+        let mut locks = self.blob_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&lock) <= 2 {
+            locks.remove(&blob.digest);
+        }
+        result
+    }
+
+    /// One attempt: resumes the ingest where containerd has it and streams
+    /// the rest through the bandwidth limiter.
+    async fn download(
+        &self,
+        image: &ImageRef,
+        blob: &Descriptor,
+        lease: &LeaseId,
+        labels: BTreeMap<String, String>,
+        moved: &std::sync::atomic::AtomicU64,
+    ) -> Result<(), PullError> {
+        let name = image.to_string();
+        let rt_err = |source| PullError::Runtime {
+            image: name.clone(),
+            source,
+        };
+        let mut writer = match self
+            .content
+            .writer(lease, &blob.digest, blob.size, labels)
+            .await
+        {
+            Ok(w) => w,
+            Err(RuntimeError::AlreadyExists { .. }) => return Ok(()),
+            Err(e) => return Err(rt_err(e)),
+        };
+        let start = writer.offset();
+        let mut got = start;
+        if start < blob.size {
+            let mut stream = self
+                .registry
+                .blob(image, &blob.digest, start)
+                .await
+                .map_err(|source| PullError::Registry {
+                    image: name.clone(),
+                    source,
+                })?;
+            let mut since_disk_check = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk: Bytes = match chunk {
+                    Ok(c) => c,
+                    // A cut stream is resumed by the next attempt.
+                    Err(RegistryError::Transport { .. }) => break,
+                    Err(source) => {
+                        return Err(PullError::Registry {
+                            image: name.clone(),
+                            source,
+                        })
+                    }
+                };
+                let n = chunk.len() as u64;
+                if got + n > blob.size {
+                    return Err(PullError::Registry {
+                        image: name.clone(),
+                        source: RegistryError::BadReply {
+                            what: format!("blob {}", blob.digest),
+                            message: format!("more than the {} bytes announced", blob.size),
+                        },
+                    });
+                }
+                self.bandwidth.take(chunk.len()).await;
+                writer.write(chunk).await.map_err(rt_err)?;
+                got += n;
+                moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                self.observer.bytes(&name, n);
+                since_disk_check += n;
+                if since_disk_check >= 64 << 20 {
+                    since_disk_check = 0;
+                    self.check_disk(&name, blob.size - got)?;
+                }
+            }
+        }
+        if got < blob.size {
+            return Err(PullError::Truncated {
+                image: name,
+                digest: blob.digest.clone(),
+                got,
+                expected: blob.size,
+            });
+        }
+        writer.commit().await.map_err(rt_err)
+    }
+
+    async fn put_small(
+        &self,
+        lease: &LeaseId,
+        digest: &str,
+        body: Bytes,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        if self.content.content_size(digest).await?.is_some() {
+            return self.content.lease_content(lease, digest).await;
+        }
+        let mut w = match self
+            .content
+            .writer(lease, digest, body.len() as u64, labels)
+            .await
+        {
+            Ok(w) => w,
+            Err(RuntimeError::AlreadyExists { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let offset = w.offset() as usize;
+        if offset < body.len() {
+            w.write(body.slice(offset..)).await?;
+        }
+        w.commit().await
+    }
+}
+
+struct ManifestDoc {
+    digest: String,
+    body: Bytes,
+    labels: BTreeMap<String, String>,
+}
+
+impl ManifestDoc {
+    fn new(m: &FetchedManifest, labels: BTreeMap<String, String>) -> Self {
+        Self {
+            digest: m.digest.clone(),
+            body: m.body.clone(),
+            labels,
+        }
+    }
+}
+
+struct BlobPlan {
+    top_digest: String,
+    blobs: Vec<Descriptor>,
+    manifests: Vec<ManifestDoc>,
+}
+
+/// The name CRI and the kubelet use for the reference.
+pub fn cri_name(image: &ImageRef) -> String {
+    match (&image.tag, &image.digest) {
+        (_, Some(d)) => format!("{}@{}", image.name(), d),
+        (Some(t), None) => format!("{}:{}", image.name(), t),
+        (None, None) => format!("{}:latest", image.name()),
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}

@@ -1,0 +1,4 @@
+//! Pure planning: (desired, observed, now) → actions. No I/O and no clock in
+//! here; callers pass observations and time in, so tests are exact.
+
+pub mod warm;
