@@ -1,0 +1,91 @@
+//! Subcommands. Each parses its flags (with env fallbacks), builds the typed
+//! config and hands over to the library.
+
+mod pull;
+mod testkit;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "prewarm",
+    version,
+    about = "Warms container images on Kubernetes nodes before they are needed"
+)]
+pub struct Cli {
+    /// Log format: text for terminals, json in clusters.
+    #[arg(
+        long,
+        global = true,
+        env = "PREWARM_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Warm images into the node's containerd exactly as a kubelet pull would.
+    Pull(Box<pull::PullArgs>),
+    /// Run the node agent: keep the configured images warm and pinned.
+    Agent(AgentArgs),
+    /// Test kit: push generated images to a registry (demo and benches).
+    #[command(hide = true)]
+    Testkit(testkit::TestkitArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// Agent config file (the mounted ConfigMap's config.yaml).
+    #[arg(
+        long,
+        env = "PREWARM_CONFIG",
+        default_value = "/etc/prewarm/config.yaml"
+    )]
+    pub config: PathBuf,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "PREWARM_LISTEN", default_value = "0.0.0.0:9464")]
+    pub listen: std::net::SocketAddr,
+    /// This node's name (downward API).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
+}
+
+pub fn init_logging(format: &LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.compact().init(),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Pull(args) => pull::run(*args).await,
+        Command::Agent(args) => {
+            prewarm::agent::run(prewarm::agent::AgentOptions {
+                config_path: args.config,
+                listen: args.listen,
+                node_name: args.node_name,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Testkit(args) => testkit::run(args).await,
+    }
+}

@@ -1,0 +1,80 @@
+//! `prewarm testkit push`: generate an image corpus and push it to a
+//! registry over the distribution API. Used by the demo and the benches.
+
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use prewarm::testkit::corpus::{bench_corpus, corpus_shapes, demo_corpus};
+use prewarm::testkit::push::Pusher;
+
+#[derive(clap::Args, Debug)]
+pub struct TestkitArgs {
+    #[command(subcommand)]
+    pub command: TestkitCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TestkitCommand {
+    /// Push a generated corpus; prints one image reference per line.
+    Push {
+        /// Registry base URL, e.g. http://127.0.0.1:5000
+        #[arg(long)]
+        registry: String,
+        #[arg(long, value_enum, default_value = "demo")]
+        corpus: Corpus,
+        /// bench corpus: number of images.
+        #[arg(long, default_value_t = 8)]
+        images: usize,
+        /// bench corpus: total uncompressed bytes.
+        #[arg(long, default_value_t = 640 << 20)]
+        total_bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// HTTP basic credentials user:password.
+        #[arg(long)]
+        basic: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Corpus {
+    Demo,
+    Shapes,
+    Bench,
+}
+
+pub async fn run(args: TestkitArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        TestkitCommand::Push {
+            registry,
+            corpus,
+            images,
+            total_bytes,
+            seed,
+            basic,
+        } => {
+            let auth = basic
+                .map(|b| {
+                    b.split_once(':')
+                        .map(|(u, p)| (u.to_string(), p.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("--basic: expected user:password"))
+                })
+                .transpose()?;
+            let entries = match corpus {
+                Corpus::Demo => demo_corpus(),
+                Corpus::Shapes => corpus_shapes(seed),
+                Corpus::Bench => bench_corpus(images, total_bytes, seed),
+            };
+            let pusher = Pusher::new(&registry, auth)?;
+            pusher.push_corpus(&entries).await?;
+            let host = registry
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/');
+            for (repo, tag, _) in &entries {
+                println!("{host}/{repo}:{tag}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
