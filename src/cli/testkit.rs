@@ -34,6 +34,22 @@ pub enum TestkitCommand {
         #[arg(long)]
         basic: Option<String>,
     },
+    /// Start a throwaway containerd and registry, write their addresses to
+    /// DIR/env, and keep them running until interrupted.
+    Up {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, value_enum, default_value = "2")]
+        containerd: CtdVersion,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CtdVersion {
+    #[value(name = "1.7")]
+    V17,
+    #[value(name = "2")]
+    V2,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -76,5 +92,40 @@ pub async fn run(args: TestkitArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        TestkitCommand::Up { dir, containerd } => up(&dir, containerd).await,
     }
+}
+
+async fn up(dir: &std::path::Path, v: CtdVersion) -> anyhow::Result<ExitCode> {
+    use prewarm::testkit::containerd::{TestContainerd, Version};
+    use prewarm::testkit::registry::Registry;
+    let version = match v {
+        CtdVersion::V17 => Version::V17,
+        CtdVersion::V2 => Version::V2,
+    };
+    std::fs::create_dir_all(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let ctd = TestContainerd::start_in(version, &dir.join("containerd")).await?;
+    let registry = Registry::start(None).await?;
+    let env = format!(
+        "SOCKET={}\nROOT={}\nHOSTS_DIR={}\nREGISTRY={}\nCTR={}\n",
+        ctd.socket.display(),
+        ctd.root.display(),
+        ctd.hosts_dir.display(),
+        registry.host(),
+        version.binary().with_file_name("ctr").display()
+    );
+    let tmp = dir.join("env.tmp");
+    std::fs::write(&tmp, env)?;
+    std::fs::rename(&tmp, dir.join("env"))?;
+    eprintln!(
+        "containerd {} at {} and a registry at {} are up; Ctrl-C stops them",
+        version.label(),
+        ctd.socket.display(),
+        registry.url()
+    );
+    tokio::signal::ctrl_c().await?;
+    drop(registry);
+    drop(ctd);
+    Ok(ExitCode::SUCCESS)
 }

@@ -121,7 +121,7 @@ pub struct CredentialProviderRef {
 pub struct Pacing {
     /// Images pulled at the same time.
     pub max_concurrent_pulls: usize,
-    /// Blobs fetched at the same time for one image (1..=64).
+    /// Blob downloads in flight on the node (1..=64), granted in order.
     pub max_concurrent_blobs: usize,
     /// Node-wide download budget in bytes per second; 0 means unlimited.
     #[serde(with = "units::rate")]

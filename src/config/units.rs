@@ -262,10 +262,13 @@ impl FromStr for DiskFloor {
         if !shape_ok {
             return Err(error("expected a non-negative number before '%'"));
         }
-        number
+        let value = number
             .parse::<f64>()
-            .map(DiskFloor::Percent)
-            .map_err(|_| error("expected a non-negative number before '%'"))
+            .map_err(|_| error("expected a non-negative number before '%'"))?;
+        if value >= 100.0 {
+            return Err(error("must be below 100%"));
+        }
+        Ok(DiskFloor::Percent(value))
     }
 }
 

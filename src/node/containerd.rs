@@ -108,6 +108,16 @@ impl Containerd {
         }
     }
 
+    /// Ids of every lease in the namespace (tests assert none leak).
+    pub async fn lease_ids(&self) -> Result<Vec<String>> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let resp = client
+            .list(self.req(containerd_client::services::v1::ListRequest { filters: vec![] }))
+            .await
+            .map_err(|s| self.map_err("leases.List", s))?;
+        Ok(resp.into_inner().leases.into_iter().map(|l| l.id).collect())
+    }
+
     /// Labels of a committed blob (e.g. `containerd.io/gc.ref.snapshot.*`).
     pub async fn content_labels(&self, digest: &str) -> Result<Option<BTreeMap<String, String>>> {
         let mut client = ContentClient::new(self.channel.clone());

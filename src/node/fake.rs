@@ -353,8 +353,14 @@ impl Registry for FakeRegistry {
         })
     }
 
-    async fn head_digest(&self, image: &ImageRef, reference: &str) -> std::result::Result<Option<String>, RegistryError> {
-        self.manifest(image, reference).await.map(|m| Some(m.digest))
+    async fn head_digest(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+    ) -> std::result::Result<Option<String>, RegistryError> {
+        self.manifest(image, reference)
+            .await
+            .map(|m| Some(m.digest))
     }
 
     async fn blob(

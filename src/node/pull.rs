@@ -129,6 +129,10 @@ pub struct Engine {
     pacing: Pacing,
     bandwidth: Bandwidth,
     pulls: Semaphore,
+    /// Node-wide download slots, handed out first come first served: the
+    /// image that started first finishes its download first and starts
+    /// unpacking while later images are still downloading.
+    blob_slots: Semaphore,
     blob_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     observer: Arc<dyn PullObserver>,
 }
@@ -145,6 +149,7 @@ impl Engine {
         Self {
             bandwidth: Bandwidth::new(pacing.bandwidth.0),
             pulls: Semaphore::new(pacing.max_concurrent_pulls.max(1)),
+            blob_slots: Semaphore::new(pacing.max_concurrent_blobs.max(1)),
             registry,
             content,
             images,
@@ -212,7 +217,10 @@ impl Engine {
         };
         let cri_name = cri_name(image);
         if let Some(digest) = known {
-            if let Some(outcome) = self.already_present(image, &cri_name, &digest, opts, started).await? {
+            if let Some(outcome) = self
+                .already_present(image, &cri_name, &digest, opts, started)
+                .await?
+            {
                 return Ok(outcome);
             }
         }
@@ -222,7 +230,10 @@ impl Engine {
             }) => r?,
             _ = cancel.cancelled() => return Err(cancelled()),
         };
-        if let Some(outcome) = self.already_present(image, &cri_name, &top.digest, opts, started).await? {
+        if let Some(outcome) = self
+            .already_present(image, &cri_name, &top.digest, opts, started)
+            .await?
+        {
             return Ok(outcome);
         }
 
@@ -495,6 +506,13 @@ impl Engine {
                 format!("containerd.io/distribution.source.{}", image.registry),
                 image.repository.clone(),
             );
+            let _slot = self
+                .blob_slots
+                .acquire()
+                .await
+                .map_err(|_| PullError::Cancelled {
+                    image: name.clone(),
+                })?;
             // Counts bytes of failed attempts too: they crossed the network.
             let moved = std::sync::atomic::AtomicU64::new(0);
             retry(self.backoff(), cancel, || {

@@ -683,7 +683,14 @@ impl Registry for HttpRegistry {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, MANIFEST_ACCEPT.parse().expect("static header"));
         let resp = self
-            .send(image, true, Method::HEAD, &format!("manifests/{reference}"), headers, &what)
+            .send(
+                image,
+                true,
+                Method::HEAD,
+                &format!("manifests/{reference}"),
+                headers,
+                &what,
+            )
             .await?;
         Ok(resp
             .headers()
@@ -708,7 +715,14 @@ impl Registry for HttpRegistry {
             );
         }
         let resp = self
-            .send(image, false, Method::GET, &format!("blobs/{digest}"), headers, &what)
+            .send(
+                image,
+                false,
+                Method::GET,
+                &format!("blobs/{digest}"),
+                headers,
+                &what,
+            )
             .await?;
         if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
             // The server ignored Range: skip what we already have.

@@ -28,10 +28,21 @@ pub struct NodeStack {
 }
 
 pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
+    // A hostPath FileOrCreate mount leaves an empty file on nodes without a
+    // credential provider: that means "not configured", not an error.
     let provider = cfg
         .registry
         .credential_provider
         .as_ref()
+        .filter(|p| {
+            let present = std::fs::read_to_string(&p.config)
+                .map(|t| !t.trim().is_empty())
+                .unwrap_or(false);
+            if !present {
+                tracing::info!(config = %p.config.display(), "no credential provider config on this node; skipping providers");
+            }
+            present
+        })
         .map(|p| ProviderSetup {
             config: p.config.clone(),
             bin_dir: p.bin_dir.clone(),

@@ -1,6 +1,6 @@
 //! Ready-made image sets. All are deterministic in their seed.
 //!
-//! [`corpus_shapes`] (repo `shapes/*`, tag `v1`), ≈ 108 MB uncompressed by default:
+//! [`corpus_shapes`] (repo `shapes/*`, tag `v1`), ≈ 106 MiB uncompressed by default:
 //! - `shapes/shared-a`, `shapes/shared-b`: share an 8 MiB base layer (50 files),
 //!   each adds a unique 4 MiB layer.
 //! - `shapes/large`: one large gzip layer (64 MiB by default, 4 files,

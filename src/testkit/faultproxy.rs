@@ -203,7 +203,7 @@ impl FaultProxy {
         self.inner.fired.load(Ordering::Relaxed)
     }
 
-    /// Requests whose path contains `substr`.
+    /// Requests whose path (with `?query`, if any) contains `substr`.
     pub fn hits(&self, substr: &str) -> u64 {
         self.inner
             .log
@@ -212,7 +212,7 @@ impl FaultProxy {
             .unwrap_or(0)
     }
 
-    /// `"METHOD /path"` per request, in arrival order.
+    /// `"METHOD /path[?query]"` per request, in arrival order.
     pub fn request_log(&self) -> Vec<String> {
         self.inner.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
@@ -245,7 +245,12 @@ async fn handle(
     let path = req.uri().path().to_string();
     inner.requests.fetch_add(1, Ordering::Relaxed);
     if let Ok(mut l) = inner.log.lock() {
-        l.push(format!("{method} {path}"));
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        l.push(format!("{method} {path}{query}"));
     }
     let fault = inner.take_fault(&method, &path);
     match fault {

@@ -17,9 +17,12 @@ pub const REGISTRY_BIN_ENV: &str = "PREWARM_REGISTRY_BIN";
 pub const DEFAULT_REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const BIND_ATTEMPTS: usize = 5;
-/// `sh -c WATCHDOG name BIN CONFIG PARENT_PID`
+/// `sh -c WATCHDOG name BIN CONFIG PARENT_PID DIR`: if PARENT_PID dies while
+/// the registry (which `exec` puts on the shell's pid) still runs, kill it and
+/// remove DIR. Exits quietly once the registry is gone.
 const WATCHDOG: &str = r#"p=$3
-(while kill -0 "$p" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 1; done; kill $$ 2>/dev/null) &
+(while kill -0 "$p" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 1; done
+ if kill -0 $$ 2>/dev/null; then kill $$; sleep 1; rm -rf "$4"; fi) &
 exec "$1" serve "$2""#;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,7 @@ impl Registry {
                 .arg(&bin)
                 .arg(&config)
                 .arg(std::process::id().to_string())
+                .arg(dir)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(log2))

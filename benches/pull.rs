@@ -1,0 +1,542 @@
+//! Pull benchmark: prewarm against `ctr` and CRI PullImage, each on a cold
+//! containerd fed by the same warm local registry, plus bandwidth-cap accuracy
+//! and the agent's idle footprint. Prints Markdown to stdout, progress to stderr.
+//!
+//! `cargo bench --bench pull` (as root; `scripts/bench.sh` does the setup).
+//! Env: `PREWARM_BENCH_CONTAINERD` = `2` (default) or `1.7`,
+//! `PREWARM_BENCH_IMAGES` (8), `PREWARM_BENCH_BYTES` (uncompressed total,
+//! 640MiB; units as in the agent config), `PREWARM_BENCH_RUNS` (3).
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::future::try_join_all;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use prewarm::config::{AgentConfig, ByteSize, DiskFloor, ImageRef};
+use prewarm::node::auth::Credential;
+use prewarm::node::containerd::Containerd;
+use prewarm::node::manifest::host_platform;
+use prewarm::node::pull::{cri_name, PullObserver, PullOptions};
+use prewarm::node::runtime::ImageStore;
+use prewarm::node::setup;
+use prewarm::testkit::containerd::{TestContainerd, Version};
+use prewarm::testkit::corpus::{bench_corpus, CorpusEntry};
+use prewarm::testkit::registry::Registry;
+
+const MIB: f64 = (1 << 20) as f64;
+const MB: f64 = 1e6;
+const CRI_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const BANDWIDTH_CAP: u64 = 40 << 20;
+const AGENT_SETTLE: Duration = Duration::from_secs(5);
+const AGENT_SAMPLE: Duration = Duration::from_secs(20);
+const AGENT_IMAGES: usize = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Method {
+    Prewarm,
+    CtrSeq,
+    CriSeq,
+    CriAll,
+}
+
+impl Method {
+    const ALL: [Self; 4] = [Self::Prewarm, Self::CtrSeq, Self::CriSeq, Self::CriAll];
+
+    fn label(self) -> &'static str {
+        match self {
+            Method::Prewarm => "prewarm, all images through one Engine",
+            Method::CtrSeq => "`ctr images pull`, one after another",
+            Method::CriSeq => "CRI PullImage, one after another",
+            Method::CriAll => "CRI PullImage, all at once",
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v.parse().map_err(|e| anyhow::anyhow!("{name}={v}: {e}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Records when bytes flowed (first and last chunk) and how many.
+#[derive(Default)]
+struct Recorder(Mutex<Flow>);
+
+#[derive(Default, Clone, Copy)]
+struct Flow {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    first_chunk: u64,
+    total: u64,
+}
+
+impl PullObserver for Recorder {
+    fn bytes(&self, _image: &str, n: u64) {
+        let now = Instant::now();
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if f.first.is_none() {
+            f.first = Some(now);
+            f.first_chunk = n;
+        }
+        f.last = Some(now);
+        f.total += n;
+    }
+}
+
+impl Flow {
+    /// Seconds from the first to the last chunk.
+    fn span(&self) -> f64 {
+        let span = self.first.zip(self.last).map(|(f, l)| l - f);
+        span.unwrap_or_default().as_secs_f64()
+    }
+
+    /// Bytes/s over the span; the first chunk arrived before it started.
+    fn rate(&self) -> f64 {
+        (self.total - self.first_chunk) as f64 / self.span().max(1e-9)
+    }
+}
+
+/// One prewarm warm of the whole set.
+struct Warm {
+    wall: f64,
+    /// Start until the last byte arrived: phase 1 (CRI unpack overlaps its tail).
+    fetch: f64,
+    flow: Flow,
+    runtime_version: String,
+}
+
+async fn warm_all(node: &TestContainerd, refs: &[ImageRef], bandwidth: u64) -> Result<Warm> {
+    let mut cfg = AgentConfig::default();
+    cfg.runtime.socket = node.socket.clone();
+    cfg.runtime.root = node.root.clone();
+    cfg.registry.hosts_dir = None;
+    cfg.registry.docker_config.clear();
+    cfg.pacing.max_concurrent_pulls = refs.len().max(1);
+    cfg.pacing.bandwidth = ByteSize(bandwidth);
+    cfg.pacing.disk_floor = DiskFloor::Bytes(0);
+    let rec = Arc::new(Recorder::default());
+    let stack = setup::connect(&cfg, rec.clone()).await?;
+    let opts = PullOptions {
+        pin: false,
+        platform: host_platform(),
+        cri_timeout: CRI_TIMEOUT,
+    };
+    let cancel = CancellationToken::new();
+    let start = Instant::now();
+    try_join_all(refs.iter().map(|r| stack.engine.warm(r, &opts, &cancel))).await?;
+    let wall = start.elapsed().as_secs_f64();
+    let flow = *rec.0.lock().unwrap_or_else(|p| p.into_inner());
+    let fetch = flow
+        .last
+        .map_or(0.0, |l| l.duration_since(start).as_secs_f64());
+    Ok(Warm {
+        wall,
+        fetch,
+        flow,
+        runtime_version: stack.runtime_version,
+    })
+}
+
+async fn cri_pull(node: &TestContainerd, refs: &[ImageRef], all_at_once: bool) -> Result<f64> {
+    let ctd = Containerd::connect(&node.socket, "k8s.io").await?;
+    let names: Vec<String> = refs.iter().map(cri_name).collect();
+    let anon = Credential::Anonymous;
+    let start = Instant::now();
+    if all_at_once {
+        try_join_all(names.iter().map(|n| ctd.pull_image(n, &anon, CRI_TIMEOUT))).await?;
+    } else {
+        for n in &names {
+            ctd.pull_image(n, &anon, CRI_TIMEOUT).await?;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Runs the `ctr` that ships with this containerd against the node.
+async fn ctr(node: &TestContainerd, args: &[&str]) -> Result<String> {
+    let out = Command::new(node.version.binary().with_file_name("ctr"))
+        .arg("-a")
+        .arg(&node.socket)
+        .args(["-n", "k8s.io"])
+        .args(args)
+        // `--snapshotter` of `images pull` (unpack target) and `snapshots`.
+        .env("CONTAINERD_SNAPSHOTTER", "overlayfs")
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "ctr {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn ctr_pull(node: &TestContainerd, refs: &[ImageRef]) -> Result<f64> {
+    let platform = host_platform().to_string();
+    let start = Instant::now();
+    for r in refs {
+        let r = r.to_string();
+        ctr(
+            node,
+            &[
+                "images",
+                "pull",
+                "--plain-http",
+                "--platform",
+                &platform,
+                &r,
+            ],
+        )
+        .await?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Committed overlayfs snapshots: one per distinct layer chain once unpacked.
+async fn committed_snapshots(node: &TestContainerd) -> Result<usize> {
+    let out = ctr(node, &["snapshots", "ls"]).await?;
+    Ok(out.lines().filter(|l| l.contains("Committed")).count())
+}
+
+struct Sample {
+    wall: f64,
+    fetch: Option<f64>,
+    snapshots: usize,
+}
+
+/// One method on a fresh containerd, which is removed afterwards.
+async fn measure(m: Method, version: Version, refs: &[ImageRef]) -> Result<Sample> {
+    let mut node = TestContainerd::start(version).await?;
+    let result = async {
+        let (wall, fetch) = match m {
+            Method::Prewarm => {
+                let w = warm_all(&node, refs, 0).await?;
+                (w.wall, Some(w.fetch))
+            }
+            Method::CtrSeq => (ctr_pull(&node, refs).await?, None),
+            Method::CriSeq => (cri_pull(&node, refs, false).await?, None),
+            Method::CriAll => (cri_pull(&node, refs, true).await?, None),
+        };
+        let snapshots = committed_snapshots(&node).await?;
+        anyhow::Ok(Sample {
+            wall,
+            fetch,
+            snapshots,
+        })
+    }
+    .await
+    .with_context(|| format!("{}; containerd log:\n{}", m.label(), node.log_tail()));
+    node.stop().await;
+    drop(node);
+    // Flush the deleted node's writeback so it doesn't bill the next one.
+    let _ = Command::new("sync").status().await;
+    result
+}
+
+/// (median, min, max)
+fn stats(xs: &[f64]) -> (f64, f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = (v[(n - 1) / 2] + v[n / 2]) / 2.0;
+    (median, v[0], v[n - 1])
+}
+
+struct CorpusStats {
+    uncompressed: u64,
+    distinct_compressed: u64,
+    distinct_layers: usize,
+}
+
+/// Layer bytes summed per image, and what a cold node has to download.
+fn corpus_stats(corpus: &[CorpusEntry]) -> Result<CorpusStats> {
+    let mut sizes: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut uncompressed = 0;
+    for (_, _, built) in corpus {
+        for img in built.images() {
+            for l in &img.layers {
+                if !sizes.contains_key(&l.digest) {
+                    let mut gz = flate2::read::GzDecoder::new(&l.data[..]);
+                    let n = std::io::copy(&mut gz, &mut std::io::sink())?;
+                    sizes.insert(l.digest.clone(), (n, l.data.len() as u64));
+                }
+                uncompressed += sizes[&l.digest].0;
+            }
+        }
+    }
+    Ok(CorpusStats {
+        uncompressed,
+        distinct_compressed: sizes.values().map(|s| s.1).sum(),
+        distinct_layers: sizes.len(),
+    })
+}
+
+fn read_proc(pid: u32, file: &str) -> Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).with_context(|| format!("/proc/{pid}"))
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let text = read_proc(pid, "status")?;
+    let line = text.lines().find(|l| l.starts_with(field));
+    let kib = line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+    kib.with_context(|| format!("{field} in /proc/{pid}/status"))
+}
+
+/// utime + stime in clock ticks (fields 14 and 15; `comm` may hold spaces).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let text = read_proc(pid, "stat")?;
+    let rest = text.rsplit_once(')').context("stat")?.1;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|s| s.parse().unwrap_or(0))
+        .collect();
+    Ok(f.get(11).context("utime")? + f.get(12).context("stime")?)
+}
+
+async fn clock_ticks() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().await;
+    out.ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct Footprint {
+    rss_mean: f64,
+    rss_max: f64,
+    hwm: f64,
+    cpu_pct: f64,
+    warm: String,
+}
+
+/// Cargo builds the binary (bench profile = release) for benches.
+const AGENT_BIN: &str = env!("CARGO_BIN_EXE_prewarm");
+
+/// Runs the real agent against a node that already holds `refs`, samples it idle.
+async fn agent_footprint(node: &TestContainerd, refs: &[ImageRef]) -> Result<Footprint> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("agent.yaml");
+    let images: String = refs.iter().map(|r| format!("  - image: {r}\n")).collect();
+    let yaml = format!(
+        "runtime:\n  socket: {}\n  root: {}\nregistry:\n  dockerConfig: []\n  hostsDir: null\n\
+         pacing:\n  diskFloor: 0\nimages:\n{images}resync: 60s\n",
+        node.socket.display(),
+        node.root.display()
+    );
+    std::fs::write(&config, yaml)?;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let log = std::fs::File::create(dir.path().join("agent.log"))?;
+    let mut child = Command::new(AGENT_BIN)
+        .args(["agent", "--listen", &addr.to_string(), "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {AGENT_BIN}"))?;
+    let pid = child.id().context("agent pid")?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(get("/readyz").await, Ok(r) if r.status().is_success()) {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+            bail!("agent not ready within 60s; log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(AGENT_SETTLE).await;
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
+    let mut rss = Vec::new();
+    while t0.elapsed() < AGENT_SAMPLE {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss.push(status_kib(pid, "VmRSS:")? as f64 / 1024.0);
+    }
+    let ticks = (cpu_ticks(pid)? - c0) as f64;
+    let cpu_pct = 100.0 * ticks / clock_ticks().await / t0.elapsed().as_secs_f64();
+    let hwm = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
+    let metrics = get("/metrics").await?.text().await?;
+    let gauge = |name: &str| {
+        let line = metrics.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let warm = format!(
+        "{}/{}",
+        gauge("prewarm_images_warm "),
+        gauge("prewarm_images_desired ")
+    );
+    child.kill().await?;
+    Ok(Footprint {
+        rss_mean: rss.iter().sum::<f64>() / rss.len().max(1) as f64,
+        rss_max: rss.iter().copied().fold(0.0, f64::max),
+        hwm,
+        cpu_pct,
+        warm,
+    })
+}
+
+fn verdict(ok: bool) -> &'static str {
+    ["**missed**", "met"][ok as usize]
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'));
+    model.map_or("unknown CPU".into(), |(_, v)| v.trim().to_string())
+}
+
+/// 1-minute load average: other work on the box skews CPU-bound unpacks.
+fn load() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().unwrap_or("?").to_string()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let version = match std::env::var("PREWARM_BENCH_CONTAINERD").as_deref() {
+        Err(_) | Ok("2" | "2.x" | "") => Version::V2,
+        Ok("1.7") => Version::V17,
+        Ok(other) => bail!("PREWARM_BENCH_CONTAINERD={other}: expected 2 or 1.7"),
+    };
+    let images: usize = env_or("PREWARM_BENCH_IMAGES", 8)?;
+    let bytes: ByteSize = env_or("PREWARM_BENCH_BYTES", ByteSize(640 << 20))?;
+    let runs: usize = env_or("PREWARM_BENCH_RUNS", 3)?.max(1);
+
+    let load_start = load();
+    eprintln!("bench: generating {images} images, {bytes} uncompressed");
+    let (corpus, cs) = tokio::task::spawn_blocking(move || {
+        let corpus = bench_corpus(images, bytes.0 as usize, 0xbe7c);
+        let stats = corpus_stats(&corpus);
+        (corpus, stats)
+    })
+    .await?;
+    let cs = cs?;
+    let registry = Registry::start(None).await?;
+    registry.pusher().push_corpus(&corpus).await?;
+    let refs: Vec<ImageRef> = corpus
+        .iter()
+        .map(|(repo, tag, _)| format!("{}/{repo}:{tag}", registry.host()).parse())
+        .collect::<Result<_, _>>()?;
+
+    // Interleave methods within each run so drift hits all of them alike.
+    let mut samples: HashMap<Method, Vec<Sample>> = HashMap::new();
+    for run in 1..=runs {
+        for m in Method::ALL {
+            let s = measure(m, version, &refs).await?;
+            eprintln!("bench: run {run}/{runs} {:<40} {:>7.2}s", m.label(), s.wall);
+            samples.entry(m).or_default().push(s);
+        }
+    }
+
+    // Bandwidth cap on a fresh node; the agent then idles on the same node.
+    eprintln!("bench: bandwidth cap {} MiB/s", BANDWIDTH_CAP >> 20);
+    let node = TestContainerd::start(version).await?;
+    let capped = warm_all(&node, &refs, BANDWIDTH_CAP).await?;
+    eprintln!("bench: agent footprint");
+    let agent_refs = &refs[..refs.len().min(AGENT_IMAGES)];
+    let fp = agent_footprint(&node, agent_refs).await?;
+    drop(node);
+
+    // Report.
+    let median = |m: Method| stats(&samples[&m].iter().map(|s| s.wall).collect::<Vec<_>>());
+    let (cri_seq, cri_all) = (median(Method::CriSeq).0, median(Method::CriAll).0);
+    let mut o = String::new();
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    o += &format!(
+        "Machine: {nproc} CPUs ({}), kernel {}, containerd {} ({}), \
+         registry: local `docker-registry` over loopback (plain HTTP); \
+         load average {load_start} at start, {} at end.\n\n",
+        cpu_model(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
+        capped.runtime_version,
+        version.label(),
+        load(),
+    );
+    o += &format!(
+        "Corpus: {images} images, {:.0} MB uncompressed in total ({:.0} MiB), shared base layer; \
+         a cold node downloads {} distinct layers, {:.0} MB compressed. {runs} run(s) per method, \
+         each on a fresh containerd.\n\n",
+        cs.uncompressed as f64 / MB,
+        cs.uncompressed as f64 / MIB,
+        cs.distinct_layers,
+        cs.distinct_compressed as f64 / MB,
+    );
+    o += "| Method | Median (s) | Min (s) | Max (s) | × CRI one-by-one | × CRI all-at-once | MB/s | Snapshots | Target |\n";
+    o += "|---|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    let expected_snaps = 1 + 3 * images;
+    for m in Method::ALL {
+        let (med, min, max) = median(m);
+        let snaps = samples[&m].iter().map(|s| s.snapshots).min().unwrap_or(0);
+        let target = match m {
+            Method::Prewarm => {
+                let ok = med <= 0.5 * cri_seq && med <= cri_all;
+                format!("≤ 0.5× one-by-one, ≤ 1.0× all-at-once: {}", verdict(ok))
+            }
+            _ => String::new(),
+        };
+        o += &format!(
+            "| {} | {med:.2} | {min:.2} | {max:.2} | {:.2}× | {:.2}× | {:.0} | {snaps}/{expected_snaps} | {target} |\n",
+            m.label(),
+            med / cri_seq,
+            med / cri_all,
+            cs.distinct_compressed as f64 / MB / med,
+        );
+    }
+    let pw = &samples[&Method::Prewarm];
+    let fetch = stats(&pw.iter().filter_map(|s| s.fetch).collect::<Vec<_>>()).0;
+    let wall = median(Method::Prewarm).0;
+    o += &format!(
+        "\nprewarm time split (medians): start → last blob byte {fetch:.2}s \
+         (phase 1, parallel fetch; early images' CRI unpack overlaps it), \
+         then {:.2}s until the last CRI PullImage returned (unpack tail).\n\n",
+        wall - fetch
+    );
+
+    let achieved = capped.flow.rate();
+    let err = 100.0 * (achieved - BANDWIDTH_CAP as f64) / BANDWIDTH_CAP as f64;
+    o += "| Bandwidth cap | Setting (MiB/s) | Achieved (MiB/s) | Error | Fetched (MB) | First → last byte (s) | Whole warm (s) | Target |\n";
+    o += "|---|---:|---:|---:|---:|---:|---:|---|\n";
+    o += &format!(
+        "| `pacing.bandwidth` | {:.1} | {:.2} | {err:+.1}% | {:.0} | {:.2} | {:.2} | ±10%: {} |\n\n",
+        BANDWIDTH_CAP as f64 / MIB,
+        achieved / MIB,
+        capped.flow.total as f64 / MB,
+        capped.flow.span(),
+        capped.wall,
+        verdict(err.abs() <= 10.0),
+    );
+
+    o += "| Agent idle (`prewarm agent`) | RSS mean (MiB) | RSS max (MiB) | Peak RSS since start (MiB) | CPU | Images warm | Target |\n";
+    o += "|---|---:|---:|---:|---:|---:|---|\n";
+    o += &format!(
+        "| {}s settle, then {}s sampled | {:.1} | {:.1} | {:.1} | {:.2}% | {} | RSS ≤ 15 MiB: {}; CPU ≈ 0: {} |\n",
+        AGENT_SETTLE.as_secs(),
+        AGENT_SAMPLE.as_secs(),
+        fp.rss_mean,
+        fp.rss_max,
+        fp.hwm,
+        fp.cpu_pct,
+        fp.warm,
+        verdict(fp.rss_max <= 15.0),
+        verdict(fp.cpu_pct < 0.5),
+    );
+    print!("{o}");
+    Ok(())
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine: installs what it needs
+# (scripts/setup.sh), checks formatting and lints, validates the manifests
+# offline, then runs unit and integration tests against real containerd
+# 1.7 and 2.x and a real registry. Needs root (containerd).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh
+echo "== fmt and clippy"
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+echo "== manifests"
+bash scripts/validate-manifests.sh
+echo "== tests"
+# Each integration test starts its own containerd and registry; two at a
+# time keeps a 2-core machine responsive.
+cargo test --locked --all-targets -- --test-threads="${PREWARM_TEST_THREADS:-2}"

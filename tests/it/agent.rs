@@ -1,0 +1,159 @@
+//! The agent keeps its configured images warm and pinned, follows config
+//! changes in place, rejects bad files, and shuts down cleanly.
+
+use std::time::Duration;
+
+use prewarm::agent::{Agent, AgentOptions};
+use prewarm::node::pin;
+use prewarm::testkit::containerd::{TestContainerd, Version};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{Upstream, MIB};
+
+fn config_yaml(ctd: &TestContainerd, images: &[String]) -> String {
+    let list: String = images.iter().map(|i| format!("  - image: {i}\n")).collect();
+    format!(
+        "runtime:\n  socket: {}\n  root: {}\nregistry:\n  dockerConfig: []\n  hostsDir: {}\npacing:\n  diskFloor: 0\nresync: 1s\nimages:\n{list}",
+        ctd.socket.display(),
+        ctd.root.display(),
+        ctd.hosts_dir.display()
+    )
+}
+
+async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_warms_pins_reloads_and_unpins() {
+    let up = Upstream::start(None, 4 * MIB).await;
+    let ctd = TestContainerd::start(Version::V17).await.unwrap();
+    let a = up.image("shapes/docker");
+    let b = up.image("shapes/zstd");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config_yaml(&ctd, &[a.clone(), b.clone()])).unwrap();
+
+    let cancel = CancellationToken::new();
+    let agent = Agent::start(
+        AgentOptions {
+            config_path: path.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            node_name: "test-node".into(),
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = agent.addr;
+    wait_for("both images warm and pinned", async || {
+        metric(addr, "prewarm_images_warm").await == Some(2.0)
+            && metric(addr, "prewarm_images_pinned").await == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        metric(addr, "prewarm_runtime_pinning_supported").await,
+        Some(1.0)
+    );
+    assert!(
+        metric(addr, "prewarm_pulled_bytes_total")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(
+        reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Drop b from the config: its pin is released, a stays pinned.
+    let store = prewarm::node::containerd::Containerd::connect(&ctd.socket, "k8s.io")
+        .await
+        .unwrap();
+    std::fs::write(&path, config_yaml(&ctd, std::slice::from_ref(&a))).unwrap();
+    let b_name = b.clone();
+    wait_for("b unpinned", async || {
+        let ours = pin::pinned_by_us(&store).await.unwrap();
+        !ours.is_empty()
+            && ours.iter().all(|r| {
+                !r.name
+                    .starts_with(b_name.split(':').next().unwrap_or_default())
+                    || r.name.contains("shapes/docker")
+            })
+    })
+    .await;
+    let ours = pin::pinned_by_us(&store).await.unwrap();
+    assert!(
+        ours.iter().all(|r| !r.name.contains("shapes/zstd")),
+        "{ours:?}"
+    );
+    assert!(
+        ours.iter().any(|r| r.name.contains("shapes/docker")),
+        "{ours:?}"
+    );
+
+    // A bad file is rejected and counted; the running config stays.
+    std::fs::write(&path, "pacing:\n  maxConcurrentPulls: 0\n").unwrap();
+    wait_for("reload failure counted", async || {
+        metric(addr, "prewarm_config_reload_failures_total").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(metric(addr, "prewarm_images_desired").await, Some(1.0));
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), agent.join())
+        .await
+        .expect("agent stops on cancel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_a_bad_config_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, "pacing:\n  bandwidht: 10MiB\n").unwrap();
+    let err = Agent::start(
+        AgentOptions {
+            config_path: path,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            node_name: String::new(),
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("bad config must fail");
+    let text = err.to_string();
+    assert!(
+        text.contains("pacing.bandwidht") && text.contains("unknown field"),
+        "{text}"
+    );
+}

@@ -1,0 +1,144 @@
+//! Shared rig: a registry with the test corpus, a containerd, a node stack.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prewarm::config::units::DiskFloor;
+use prewarm::config::AgentConfig;
+use prewarm::node::manifest::host_platform;
+use prewarm::node::pull::{NoopObserver, PullOptions};
+use prewarm::node::runtime::ImageStore;
+use prewarm::node::setup::{self, NodeStack};
+use prewarm::testkit::containerd::{TestContainerd, Version};
+use prewarm::testkit::corpus::{corpus_shapes_with, CorpusEntry};
+use prewarm::testkit::faultproxy::FaultProxy;
+use prewarm::testkit::registry::Registry;
+
+pub const MIB: usize = 1 << 20;
+
+/// Runs an async test body on both containerd versions.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn containerd_1_7() {
+                super::$name(prewarm::testkit::containerd::Version::V17).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn containerd_2_x() {
+                super::$name(prewarm::testkit::containerd::Version::V2).await
+            }
+        }
+    };
+}
+
+pub struct Upstream {
+    /// Kept so the registry lives as long as the rig.
+    _registry: Registry,
+    pub proxy: FaultProxy,
+    pub corpus: Vec<CorpusEntry>,
+}
+
+impl Upstream {
+    /// A registry (optionally htpasswd-protected) holding the shapes corpus,
+    /// reached through a counting fault proxy.
+    pub async fn start(auth: Option<(&str, &str)>, large_layer: usize) -> Upstream {
+        let registry = Registry::start(auth).await.expect("start registry");
+        let corpus = corpus_shapes_with(7, large_layer);
+        registry
+            .pusher()
+            .push_corpus(&corpus)
+            .await
+            .expect("push corpus");
+        let proxy = FaultProxy::start(&registry.url())
+            .await
+            .expect("start proxy");
+        Upstream {
+            _registry: registry,
+            proxy,
+            corpus,
+        }
+    }
+
+    /// Image reference through the proxy.
+    pub fn image(&self, repo: &str) -> String {
+        let (r, tag, _) = self
+            .corpus
+            .iter()
+            .find(|(r, _, _)| r.ends_with(repo))
+            .unwrap_or_else(|| panic!("no {repo} in corpus"));
+        format!("{}/{}:{}", self.proxy.host(), r, tag)
+    }
+}
+
+pub struct Node {
+    pub ctd: TestContainerd,
+    pub stack: NodeStack,
+}
+
+pub fn config_for(ctd: &TestContainerd) -> AgentConfig {
+    let mut cfg = AgentConfig::default();
+    cfg.runtime.socket = ctd.socket.clone();
+    cfg.runtime.root = ctd.root.clone();
+    cfg.registry.hosts_dir = Some(ctd.hosts_dir.clone());
+    cfg.registry.docker_config = vec![];
+    cfg.pacing.disk_floor = DiskFloor::Bytes(0);
+    cfg.pacing.retry.initial_backoff = Duration::from_millis(50);
+    cfg.pacing.retry.max_backoff = Duration::from_millis(500);
+    cfg
+}
+
+impl Node {
+    pub async fn start(v: Version, tweak: impl FnOnce(&mut AgentConfig)) -> Node {
+        let ctd = TestContainerd::start(v).await.expect("start containerd");
+        let mut cfg = config_for(&ctd);
+        tweak(&mut cfg);
+        let stack = setup::connect(&cfg, Arc::new(NoopObserver))
+            .await
+            .expect("connect");
+        Node { ctd, stack }
+    }
+
+    /// Leases prewarm left behind (must be none once pulls end).
+    pub async fn our_leases(&self) -> Vec<String> {
+        let ids = self
+            .stack
+            .containerd
+            .lease_ids()
+            .await
+            .expect("list leases");
+        ids.into_iter()
+            .filter(|l| l.starts_with("prewarm-"))
+            .collect()
+    }
+
+    pub async fn status(&self, name: &str) -> Option<prewarm::node::runtime::CriImage> {
+        self.stack
+            .containerd
+            .image_status(name)
+            .await
+            .expect("image status")
+    }
+}
+
+pub fn opts(pin: bool) -> PullOptions {
+    PullOptions {
+        pin,
+        platform: host_platform(),
+        cri_timeout: Duration::from_secs(300),
+    }
+}
+
+/// Chain id of the top layer, as containerd names unpacked snapshots.
+pub fn chain_id(diff_ids: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut chain = diff_ids[0].clone();
+    for d in &diff_ids[1..] {
+        chain = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{chain} {d}").as_bytes()))
+        );
+    }
+    chain
+}

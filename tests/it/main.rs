@@ -1,0 +1,9 @@
+//! Integration tests against real components: containerd 1.7 and 2.x
+//! started per test (root required), the distribution registry on loopback,
+//! and the fault-injecting proxy in front of it. Run with `scripts/test.sh`.
+
+mod agent;
+mod cli;
+mod common;
+mod faults;
+mod pull;
