@@ -129,6 +129,7 @@ async fn warm_all(node: &TestContainerd, refs: &[ImageRef], bandwidth: u64) -> R
         pin: false,
         platform: host_platform(),
         cri_timeout: CRI_TIMEOUT,
+        priority: 0,
     };
     let cancel = CancellationToken::new();
     let start = Instant::now();

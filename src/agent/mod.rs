@@ -298,6 +298,7 @@ impl Loop {
                         pin,
                         platform: platform.clone(),
                         cri_timeout: Duration::from_secs(3600),
+                        priority: 0,
                     };
                     self.in_flight.insert(name.clone());
                     self.pulls.spawn(async move {

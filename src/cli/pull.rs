@@ -139,6 +139,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         pin: args.pin,
         platform: cfg.registry.platform.clone().unwrap_or_else(host_platform),
         cri_timeout: Duration::from_secs(30 * 60),
+        priority: 0,
     };
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod retry;
 pub mod runtime;
 pub mod setup;
+pub mod slots;
 
 #[cfg(test)]
 mod pull_tests;

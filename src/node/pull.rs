@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::reference::ImageRef;
@@ -20,6 +19,7 @@ use crate::node::pin;
 use crate::node::registry::{FetchedManifest, Registry, RegistryError};
 use crate::node::retry::{retry, Backoff, Transient};
 use crate::node::runtime::{ContentStore, ImageStore, LeaseId, RuntimeError};
+use crate::node::slots::{PrioritySlots, SlotKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -102,6 +102,8 @@ pub struct PullOptions {
     pub platform: Platform,
     /// Budget for CRI PullImage (resolve + unpack) per attempt.
     pub cri_timeout: Duration,
+    /// Higher pulls first when download slots are scarce (late windows).
+    pub priority: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,11 +130,13 @@ pub struct Engine {
     disk: Arc<dyn DiskProbe>,
     pacing: Pacing,
     bandwidth: Bandwidth,
-    pulls: Semaphore,
-    /// Node-wide download slots, handed out first come first served: the
-    /// image that started first finishes its download first and starts
-    /// unpacking while later images are still downloading.
-    blob_slots: Semaphore,
+    pulls: PrioritySlots,
+    /// Node-wide download slots, granted to the highest-priority, earliest
+    /// started image first: it finishes downloading and unpacks while later
+    /// images are still downloading.
+    blob_slots: PrioritySlots,
+    /// Start order of pulls, the tie-breaker after priority.
+    started: std::sync::atomic::AtomicU64,
     blob_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     observer: Arc<dyn PullObserver>,
 }
@@ -148,8 +152,9 @@ impl Engine {
     ) -> Self {
         Self {
             bandwidth: Bandwidth::new(pacing.bandwidth.0),
-            pulls: Semaphore::new(pacing.max_concurrent_pulls.max(1)),
-            blob_slots: Semaphore::new(pacing.max_concurrent_blobs.max(1)),
+            pulls: PrioritySlots::new(pacing.max_concurrent_pulls.max(1)),
+            blob_slots: PrioritySlots::new(pacing.max_concurrent_blobs.max(1)),
+            started: std::sync::atomic::AtomicU64::new(0),
             registry,
             content,
             images,
@@ -172,11 +177,17 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<PullOutcome, PullError> {
         let name = image.to_string();
+        // Pull slots and download slots both go by priority, then start order.
+        let key: SlotKey = (
+            -opts.priority,
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
         let _slot = tokio::select! {
-            permit = self.pulls.acquire() => permit.map_err(|_| PullError::Cancelled { image: name.clone() })?,
+            slot = self.pulls.acquire(key) => slot,
             _ = cancel.cancelled() => return Err(PullError::Cancelled { image: name }),
         };
-        let result = self.warm_inner(image, opts, cancel).await;
+        let result = self.warm_inner(image, opts, key, cancel).await;
         self.observer.finished(&name, &result);
         result
     }
@@ -185,6 +196,7 @@ impl Engine {
         &self,
         image: &ImageRef,
         opts: &PullOptions,
+        key: SlotKey,
         cancel: &CancellationToken,
     ) -> Result<PullOutcome, PullError> {
         let started = Instant::now();
@@ -271,7 +283,7 @@ impl Engine {
             .map_err(rt_err)?;
         // Whatever happens now, the lease is released (or expires if we die).
         let result = tokio::select! {
-            r = self.fetch_and_commit(image, &plan, &lease, opts, cancel) => r,
+            r = self.fetch_and_commit(image, &plan, &lease, opts, key, cancel) => r,
             _ = cancel.cancelled() => Err(cancelled()),
         };
         if let Err(e) = self.content.delete_lease(&lease).await {
@@ -296,6 +308,7 @@ impl Engine {
         plan: &BlobPlan,
         lease: &LeaseId,
         opts: &PullOptions,
+        key: SlotKey,
         cancel: &CancellationToken,
     ) -> Result<(String, u64, bool), PullError> {
         let name = image.to_string();
@@ -304,7 +317,7 @@ impl Engine {
             source,
         };
         let fetched: u64 = futures::stream::iter(plan.blobs.clone())
-            .map(|blob| async move { self.ensure_blob(image, &blob, lease, cancel).await })
+            .map(|blob| async move { self.ensure_blob(image, &blob, lease, key, cancel).await })
             .buffer_unordered(self.pacing.max_concurrent_blobs.max(1))
             .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
             .await?;
@@ -474,6 +487,7 @@ impl Engine {
         image: &ImageRef,
         blob: &Descriptor,
         lease: &LeaseId,
+        key: SlotKey,
         cancel: &CancellationToken,
     ) -> Result<u64, PullError> {
         let name = image.to_string();
@@ -506,13 +520,7 @@ impl Engine {
                 format!("containerd.io/distribution.source.{}", image.registry),
                 image.repository.clone(),
             );
-            let _slot = self
-                .blob_slots
-                .acquire()
-                .await
-                .map_err(|_| PullError::Cancelled {
-                    image: name.clone(),
-                })?;
+            let _slot = self.blob_slots.acquire(key).await;
             // Counts bytes of failed attempts too: they crossed the network.
             let moved = std::sync::atomic::AtomicU64::new(0);
             retry(self.backoff(), cancel, || {

@@ -89,6 +89,7 @@ fn opts(pin: bool) -> PullOptions {
         pin,
         platform: host_platform(),
         cri_timeout: Duration::from_secs(30),
+        priority: 0,
     }
 }
 

@@ -127,6 +127,7 @@ pub fn opts(pin: bool) -> PullOptions {
         pin,
         platform: host_platform(),
         cri_timeout: Duration::from_secs(300),
+        priority: 0,
     }
 }
 
