@@ -130,6 +130,7 @@ async fn warm_all(node: &TestContainerd, refs: &[ImageRef], bandwidth: u64) -> R
         platform: host_platform(),
         cri_timeout: CRI_TIMEOUT,
         priority: 0,
+        bandwidth: None,
     };
     let cancel = CancellationToken::new();
     let start = Instant::now();

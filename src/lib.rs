@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod k8s;
 pub mod node;
 pub mod plan;
 pub mod testkit;

@@ -2,8 +2,8 @@
 //! engine's observer, so pulls feed them directly.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::node::pull::{PullError, PullObserver, PullOutcome};
@@ -22,6 +22,12 @@ pub struct Metrics {
     pub config_last_reload: Gauge,
     pub pin_supported: IntGauge,
     pub runtime_up: IntGauge,
+    pub throughput: Gauge,
+    pub window_next_activation: GaugeVec,
+    pub window_warm: IntGaugeVec,
+    pub window_lead: GaugeVec,
+    pub window_late: IntCounterVec,
+    pub window_phase: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -101,6 +107,69 @@ impl Metrics {
                 "1 if the runtime honours the CRI pinned label",
             ),
             runtime_up: g("runtime_up", "1 if containerd answered the last reconcile"),
+            throughput: reg(
+                &r,
+                Gauge::new(
+                    "node_throughput_bytes_per_second",
+                    "This node's measured pull throughput (fetch and unpack)",
+                )
+                .expect("valid metric"),
+            ),
+            window_next_activation: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "window_next_activation_timestamp_seconds",
+                        "Unix time of the window's next activation",
+                    ),
+                    &["window"],
+                )
+                .expect("valid metric"),
+            ),
+            window_warm: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "window_warm",
+                        "1 if every image of the window is warm on this node",
+                    ),
+                    &["window"],
+                )
+                .expect("valid metric"),
+            ),
+            window_lead: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "window_lead_seconds",
+                        "Seconds before activation the window became warm; negative if late",
+                    ),
+                    &["window"],
+                )
+                .expect("valid metric"),
+            ),
+            window_late: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "window_late_total",
+                        "Activations that found the window not yet warm",
+                    ),
+                    &["window"],
+                )
+                .expect("valid metric"),
+            ),
+            window_phase: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "window_phase",
+                        "1 for the window's current phase (idle, warming, active, late, grace)",
+                    ),
+                    &["window", "phase"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }

@@ -4,8 +4,12 @@
 
 pub mod http;
 pub mod metrics;
+mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use chrono::Utc;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -16,13 +20,17 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, ConfigError, ImageEntry};
+use crate::config::reference::ImageRef;
+use crate::config::{AgentConfig, ConfigError};
+use crate::k8s::{ApiNodeLabels, Labels, NodeLabels, StaticNodeLabels};
 use crate::node::manifest::host_platform;
 use crate::node::pin;
 use crate::node::pull::{cri_name, PullOptions};
 use crate::node::runtime::{ImageRecord, ImageStore};
 use crate::node::setup::{self, NodeStack};
+use crate::plan::throughput::Throughput;
 use crate::plan::warm::{plan, Action, Desired, Observed, Present};
+use crate::plan::windows::{plan_windows as plan_windows_pure, NodeView, Phase, WindowPlan};
 
 use self::http::Health;
 use self::metrics::{unix_now, Metrics};
@@ -32,6 +40,8 @@ pub struct AgentOptions {
     pub config_path: PathBuf,
     pub listen: SocketAddr,
     pub node_name: String,
+    /// Fixed node labels instead of reading them from the API server.
+    pub node_labels: Option<Labels>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +59,14 @@ pub enum AgentError {
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// Wait between attempts to reach containerd.
 const RUNTIME_RETRY: Duration = Duration::from_secs(5);
+/// How often node labels are re-read from the API server.
+const LABELS_TTL: Duration = Duration::from_secs(300);
+/// Measured missing bytes are trusted this long.
+const SIZE_TTL: Duration = Duration::from_secs(600);
+/// Sizes are measured for windows starting within this many hours.
+const SIZE_HORIZON_HOURS: i64 = 48;
+/// Budget for measuring one image's missing bytes.
+const SIZE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight pulls get to stop on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -109,7 +127,22 @@ impl Agent {
             metrics.clone(),
             cancel.clone(),
         ));
-        let task = tokio::spawn(reconcile_loop(rx, metrics.clone(), health, cancel));
+        let source: Option<Arc<dyn NodeLabels>> = match opts.node_labels {
+            Some(l) => Some(Arc::new(StaticNodeLabels(l))),
+            None if opts.node_name.is_empty() => {
+                tracing::warn!("NODE_NAME is not set: node labels unknown, windows with a nodeSelector will not apply");
+                None
+            }
+            None => match ApiNodeLabels::from_env().await {
+                Ok(api) => Some(Arc::new(api)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Kubernetes API: node labels unknown, windows with a nodeSelector will not apply");
+                    None
+                }
+            },
+        };
+        let node = NodeState::new(opts.node_name.clone(), source);
+        let task = tokio::spawn(reconcile_loop(rx, metrics.clone(), health, node, cancel));
         Ok(Agent {
             addr,
             metrics,
@@ -163,14 +196,34 @@ struct Loop {
     health: Arc<Health>,
     cancel: CancellationToken,
     stack: Option<(NodeStack, Arc<AgentConfig>)>,
-    pulls: JoinSet<String>,
-    in_flight: BTreeSet<String>,
+    pulls: JoinSet<PullDone>,
+    in_flight: BTreeMap<String, Vec<String>>,
+    node: NodeState,
+}
+
+/// What the agent learns about its node over time.
+struct NodeState {
+    name: String,
+    source: Option<Arc<dyn NodeLabels>>,
+    labels: Labels,
+    labels_read: Option<Instant>,
+    throughput: Throughput,
+    /// Missing bytes per image, with when they were measured.
+    sizes: HashMap<String, (u64, Instant)>,
+    tracker: windows::Tracker,
+}
+
+/// A finished pull: its name and, if it moved bytes, how many and how fast.
+struct PullDone {
+    name: String,
+    sample: Option<(u64, f64)>,
 }
 
 async fn reconcile_loop(
     mut rx: watch::Receiver<Arc<AgentConfig>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    node: NodeState,
     cancel: CancellationToken,
 ) {
     let mut lp = Loop {
@@ -179,12 +232,13 @@ async fn reconcile_loop(
         cancel: cancel.clone(),
         stack: None,
         pulls: JoinSet::new(),
-        in_flight: BTreeSet::new(),
+        in_flight: BTreeMap::new(),
+        node,
     };
     loop {
         let cfg = rx.borrow_and_update().clone();
         let wait = match lp.reconcile(&cfg).await {
-            Ok(()) => cfg.resync,
+            Ok(wait) => wait,
             Err(e) => {
                 tracing::warn!(error = %e, "reconcile failed; retrying");
                 lp.health.ready.store(false, Ordering::Relaxed);
@@ -197,16 +251,16 @@ async fn reconcile_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = rx.changed() => {}
             Some(done) = lp.pulls.join_next(), if !lp.pulls.is_empty() => {
-                if let Ok(name) = done {
-                    lp.in_flight.remove(&name);
+                if let Ok(done) = done {
+                    lp.finished(done);
                 }
             }
             _ = cancel.cancelled() => break,
         }
         // Reap every finished pull, not just the one that woke us.
         while let Some(done) = lp.pulls.try_join_next() {
-            if let Ok(name) = done {
-                lp.in_flight.remove(&name);
+            if let Ok(done) = done {
+                lp.finished(done);
             }
         }
         lp.metrics.pulls_in_flight.set(lp.in_flight.len() as i64);
@@ -224,7 +278,20 @@ fn stack_inputs_changed(a: &AgentConfig, b: &AgentConfig) -> bool {
 }
 
 impl Loop {
-    async fn reconcile(&mut self, cfg: &Arc<AgentConfig>) -> Result<(), setup::SetupError> {
+    fn finished(&mut self, done: PullDone) {
+        self.in_flight.remove(&done.name);
+        if let Some((bytes, secs)) = done.sample {
+            self.node.throughput.record(bytes, secs);
+            if let Some(bps) = self.node.throughput.bytes_per_second() {
+                self.metrics.throughput.set(bps);
+            }
+        }
+        // Sizes changed: measure again when needed.
+        self.node.sizes.remove(&done.name);
+    }
+
+    /// One pass: observe the node, plan, act. Returns how long to sleep.
+    async fn reconcile(&mut self, cfg: &Arc<AgentConfig>) -> Result<Duration, setup::SetupError> {
         if self
             .stack
             .as_ref()
@@ -238,31 +305,32 @@ impl Loop {
             self.metrics.pin_supported.set(stack.pin_supported as i64);
             self.stack = Some((stack, cfg.clone()));
         }
+        self.node.refresh_labels().await;
         let (stack, _) = self.stack.as_ref().expect("connected above");
         let store: &dyn ImageStore = &stack.containerd;
+        let platform = cfg.registry.platform.clone().unwrap_or_else(host_platform);
 
-        let entries: HashMap<String, &ImageEntry> =
-            cfg.images.iter().map(|e| (cri_name(&e.image), e)).collect();
-        let desired: Vec<Desired> = cfg
+        // Every image this node may need: config images and applying windows'.
+        let mut candidates: BTreeMap<String, ImageRef> = cfg
             .images
             .iter()
-            .map(|e| Desired {
-                name: cri_name(&e.image),
-                pin: e.pin,
-            })
+            .map(|e| (cri_name(&e.image), e.image.clone()))
             .collect();
-        let mut observed = Observed {
-            pin_supported: stack.pin_supported,
-            in_flight: self.in_flight.clone(),
-            ..Default::default()
-        };
-        for d in &desired {
-            if let Some(img) = store.image_status(&d.name).await? {
+        for w in cfg
+            .windows
+            .iter()
+            .filter(|w| w.applies_to(&self.node.labels))
+        {
+            candidates.extend(w.images.iter().map(|i| (cri_name(i), i.clone())));
+        }
+        let mut present = BTreeMap::new();
+        for name in candidates.keys() {
+            if let Some(img) = store.image_status(name).await? {
                 let mut names = img.repo_tags.clone();
                 names.extend(img.repo_digests.iter().cloned());
                 names.push(img.id.clone());
-                observed.present.insert(
-                    d.name.clone(),
+                present.insert(
+                    name.clone(),
                     Present {
                         names,
                         pinned: img.pinned,
@@ -270,12 +338,69 @@ impl Loop {
                 );
             }
         }
+        let warm: BTreeSet<String> = present.keys().cloned().collect();
+
+        // The window plan, with sizes measured for windows coming up soon.
+        let now = Utc::now();
+        let wplan = self
+            .node
+            .plan_windows(
+                cfg,
+                stack,
+                &self.in_flight,
+                &self.cancel,
+                &candidates,
+                &warm,
+                &platform,
+                now,
+            )
+            .await;
+        self.node
+            .tracker
+            .observe(&wplan.windows, now, &self.metrics);
+
+        let mut desired: BTreeMap<String, Desired> = BTreeMap::new();
+        let mut reasons: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in &cfg.images {
+            let name = cri_name(&e.image);
+            desired.insert(
+                name.clone(),
+                Desired {
+                    name,
+                    pin: e.pin,
+                    pull: true,
+                    priority: 0,
+                },
+            );
+        }
+        for d in &wplan.desired {
+            let entry = desired.entry(d.name.clone()).or_insert(Desired {
+                name: d.name.clone(),
+                pin: false,
+                pull: false,
+                priority: i64::MIN,
+            });
+            entry.pin |= d.pin;
+            entry.pull |= d.pull;
+            entry.priority = entry.priority.max(d.priority);
+            reasons.insert(d.name.clone(), d.windows.clone());
+        }
+        let desired: Vec<Desired> = desired.into_values().collect();
+
         let ours: BTreeMap<String, ImageRecord> = pin::pinned_by_us(store)
             .await?
             .into_iter()
             .map(|r| (r.name.clone(), r))
             .collect();
-        observed.pinned_by_us = ours.keys().cloned().collect();
+        let observed = Observed {
+            present: present
+                .into_iter()
+                .filter(|(n, _)| desired.iter().any(|d| &d.name == n))
+                .collect(),
+            pinned_by_us: ours.keys().cloned().collect(),
+            in_flight: self.in_flight.keys().cloned().collect(),
+            pin_supported: stack.pin_supported,
+        };
         self.metrics.runtime_up.set(1);
         self.health.ready.store(true, Ordering::Relaxed);
         self.metrics.images_desired.set(desired.len() as i64);
@@ -284,27 +409,50 @@ impl Loop {
             .images_pinned
             .set(observed.present.values().filter(|p| p.pinned).count() as i64);
 
-        let platform = cfg.registry.platform.clone().unwrap_or_else(host_platform);
-        for action in plan(&desired, &observed) {
+        let mut actions = plan(&desired, &observed);
+        // Highest priority first, so late windows start before anything else.
+        actions.sort_by_key(|a| match a {
+            Action::Warm { priority, .. } => -priority,
+            _ => i64::MIN,
+        });
+        for action in actions {
             match action {
-                Action::Warm { name, pin } => {
-                    let Some(entry) = entries.get(&name) else {
+                Action::Warm {
+                    name,
+                    pin,
+                    priority,
+                } => {
+                    let Some(image) = candidates.get(&name).cloned() else {
                         continue;
                     };
-                    let image = entry.image.clone();
+                    let windows = reasons.get(&name).cloned().unwrap_or_default();
+                    let overrides = window_overrides(cfg, &windows);
+                    if let Some(cap_window) = self.window_at_capacity(cfg, &windows) {
+                        tracing::debug!(image = %name, window = %cap_window, "window pull cap reached; waiting");
+                        continue;
+                    }
                     let engine = stack.engine.clone();
                     let cancel = self.cancel.clone();
                     let opts = PullOptions {
                         pin,
                         platform: platform.clone(),
                         cri_timeout: Duration::from_secs(3600),
-                        priority: 0,
+                        priority,
+                        bandwidth: overrides,
                     };
-                    self.in_flight.insert(name.clone());
+                    if !windows.is_empty() {
+                        tracing::info!(image = %name, windows = ?windows, priority, "warming for window");
+                    }
+                    self.in_flight.insert(name.clone(), windows);
                     self.pulls.spawn(async move {
                         // The engine's observer (metrics) records the outcome.
-                        let _ = engine.warm(&image, &opts, &cancel).await;
-                        name
+                        let sample = engine
+                            .warm(&image, &opts, &cancel)
+                            .await
+                            .ok()
+                            .filter(|o| o.fetched_bytes > 0)
+                            .map(|o| (o.fetched_bytes, o.duration.as_secs_f64()));
+                        PullDone { name, sample }
                     });
                 }
                 Action::Pin { name } => {
@@ -316,7 +464,7 @@ impl Loop {
                 Action::Unpin { record } => {
                     if let Some(r) = ours.get(&record) {
                         pin::unpin_record(store, r).await?;
-                        tracing::info!(record = %record, "unpinned: no longer desired");
+                        tracing::info!(record = %record, "unpinned: no longer needed");
                     }
                 }
             }
@@ -324,6 +472,156 @@ impl Loop {
         self.metrics
             .pulls_in_flight
             .set(self.in_flight.len() as i64);
-        Ok(())
+        // Wake for the plan's next transition, or the resync, whichever is first.
+        let until_next = wplan
+            .next_wakeup
+            .and_then(|t| (t - now).to_std().ok())
+            .unwrap_or(cfg.resync);
+        Ok(until_next.clamp(Duration::from_millis(200), cfg.resync))
+    }
+
+    /// The first of `windows` whose maxConcurrentPulls is reached, if any.
+    fn window_at_capacity(&self, cfg: &AgentConfig, windows: &[String]) -> Option<String> {
+        windows.iter().find_map(|w| {
+            let cap = cfg
+                .windows
+                .iter()
+                .find(|x| &x.name == w)?
+                .pacing
+                .as_ref()?
+                .max_concurrent_pulls?;
+            let running = self.in_flight.values().filter(|ws| ws.contains(w)).count();
+            (running >= cap).then(|| w.clone())
+        })
+    }
+}
+
+/// The bandwidth override of the highest-priority window that sets one.
+fn window_overrides(cfg: &AgentConfig, windows: &[String]) -> Option<u64> {
+    cfg.windows
+        .iter()
+        .filter(|w| windows.contains(&w.name))
+        .filter_map(|w| Some((w.priority, w.pacing.as_ref()?.bandwidth?)))
+        .max_by_key(|(p, _)| *p)
+        .map(|(_, b)| b.0)
+}
+
+impl NodeState {
+    #[allow(clippy::too_many_arguments)]
+    async fn plan_windows(
+        &mut self,
+        cfg: &AgentConfig,
+        stack: &NodeStack,
+        in_flight: &BTreeMap<String, Vec<String>>,
+        cancel: &CancellationToken,
+        candidates: &BTreeMap<String, ImageRef>,
+        warm: &BTreeSet<String>,
+        platform: &crate::config::Platform,
+        now: chrono::DateTime<Utc>,
+    ) -> WindowPlan {
+        let fresh = |t: &Instant| t.elapsed() < SIZE_TTL;
+        let sizes = |node: &NodeState| -> BTreeMap<String, u64> {
+            node.sizes
+                .iter()
+                .map(|(k, (b, _))| (k.clone(), *b))
+                .collect()
+        };
+        let missing = sizes(self);
+        let view = NodeView {
+            labels: &self.labels,
+            missing_bytes: &missing,
+            warm,
+            throughput: self.throughput.bytes_per_second(),
+        };
+        let first = plan_windows_pure(&cfg.windows, &cfg.scheduling, &view, now);
+        // Measure what is missing for windows that are near or running.
+        let horizon = now + chrono::Duration::hours(SIZE_HORIZON_HOURS);
+        let opts = PullOptions {
+            pin: false,
+            platform: platform.clone(),
+            cri_timeout: Duration::from_secs(60),
+            priority: 0,
+            bandwidth: None,
+        };
+        let mut measured = false;
+        for st in first
+            .windows
+            .iter()
+            .filter(|s| s.applies && (s.phase != Phase::Idle || s.next_activation <= horizon))
+        {
+            for name in &st.images {
+                if warm.contains(name) || in_flight.contains_key(name) {
+                    continue;
+                }
+                if self.sizes.get(name).is_some_and(|(_, t)| fresh(t)) {
+                    continue;
+                }
+                let Some(image) = candidates.get(name) else {
+                    continue;
+                };
+                match tokio::time::timeout(
+                    SIZE_TIMEOUT,
+                    stack.engine.missing_bytes(image, &opts, cancel),
+                )
+                .await
+                {
+                    Ok(Ok(bytes)) => {
+                        self.sizes.insert(name.clone(), (bytes, Instant::now()));
+                        measured = true;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(image = %name, error = %e, "cannot measure missing bytes; lead time uses the minimum")
+                    }
+                    Err(_) => tracing::warn!(image = %name, "measuring missing bytes timed out"),
+                }
+            }
+        }
+        if !measured {
+            return first;
+        }
+        let missing = sizes(self);
+        let view = NodeView {
+            missing_bytes: &missing,
+            ..view
+        };
+        plan_windows_pure(&cfg.windows, &cfg.scheduling, &view, now)
+    }
+
+    fn new(name: String, source: Option<Arc<dyn NodeLabels>>) -> Self {
+        Self {
+            name,
+            source,
+            labels: Labels::new(),
+            labels_read: None,
+            throughput: Throughput::default(),
+            sizes: HashMap::new(),
+            tracker: windows::Tracker::default(),
+        }
+    }
+
+    /// Re-reads the node's labels now and then; on failure the last known
+    /// labels stay (the API server being down must not stop the agent).
+    async fn refresh_labels(&mut self) {
+        if self.labels_read.is_some_and(|t| t.elapsed() < LABELS_TTL) {
+            return;
+        }
+        let Some(source) = &self.source else {
+            self.labels_read = Some(Instant::now());
+            return;
+        };
+        match source.labels(&self.name).await {
+            Ok(labels) => {
+                if labels != self.labels {
+                    tracing::info!(node = %self.name, labels = labels.len(), "node labels read");
+                }
+                self.labels = labels;
+                self.labels_read = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.name, error = %e, "cannot read node labels; keeping the last known");
+                // Try again soon rather than after the full TTL.
+                self.labels_read = Some(Instant::now() - LABELS_TTL + RUNTIME_RETRY);
+            }
+        }
     }
 }

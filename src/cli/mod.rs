@@ -1,6 +1,7 @@
 //! Subcommands. Each parses its flags (with env fallbacks), builds the typed
 //! config and hands over to the library.
 
+mod plan;
 mod pull;
 mod testkit;
 
@@ -40,6 +41,9 @@ pub enum Command {
     Pull(Box<pull::PullArgs>),
     /// Run the node agent: keep the configured images warm and pinned.
     Agent(AgentArgs),
+    /// Dry run of the activation windows for one node: next activations,
+    /// when warming starts, which images and bytes.
+    Plan(plan::PlanArgs),
     /// Test kit: push generated images to a registry (demo and benches).
     #[command(hide = true)]
     Testkit(testkit::TestkitArgs),
@@ -60,6 +64,9 @@ pub struct AgentArgs {
     /// This node's name (downward API).
     #[arg(long, env = "NODE_NAME", default_value = "")]
     pub node_name: String,
+    /// Fixed node labels k=v,... instead of reading them from the API server.
+    #[arg(long, env = "PREWARM_NODE_LABELS", value_parser = prewarm::k8s::parse_labels)]
+    pub node_labels: Option<prewarm::k8s::Labels>,
 }
 
 pub fn init_logging(format: &LogFormat) {
@@ -82,10 +89,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config_path: args.config,
                 listen: args.listen,
                 node_name: args.node_name,
+                node_labels: args.node_labels,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan(args) => plan::run(args).await,
         Command::Testkit(args) => testkit::run(args).await,
     }
 }

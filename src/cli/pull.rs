@@ -140,6 +140,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         platform: cfg.registry.platform.clone().unwrap_or_else(host_platform),
         cri_timeout: Duration::from_secs(30 * 60),
         priority: 0,
+        bandwidth: None,
     };
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();

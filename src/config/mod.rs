@@ -7,6 +7,7 @@
 
 pub mod reference;
 pub mod units;
+pub mod windows;
 
 pub use reference::{Digest, DigestAlgorithm, DigestError, ImageRef, ReferenceError};
 pub use units::{ByteSize, DiskFloor, Platform, PlatformError, UnitError};
@@ -34,6 +35,12 @@ pub struct AgentConfig {
     /// How often the agent re-checks that every image is present.
     #[serde(with = "humantime_serde")]
     pub resync: Duration,
+    /// Defaults for activation windows.
+    #[serde(skip_serializing_if = "windows::Scheduling::is_default")]
+    pub scheduling: windows::Scheduling,
+    /// Activation windows: images warmed ahead of recurring busy periods.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<windows::Window>,
 }
 
 impl Default for AgentConfig {
@@ -44,6 +51,8 @@ impl Default for AgentConfig {
             pacing: Pacing::default(),
             images: Vec::new(),
             resync: Duration::from_secs(60),
+            scheduling: windows::Scheduling::default(),
+            windows: Vec::new(),
         }
     }
 }
@@ -349,7 +358,10 @@ impl AgentConfig {
             !self.resync.is_zero(),
             "resync".into(),
             "must be greater than zero",
-        )
+        )?;
+        self.scheduling.validate("scheduling")?;
+        // The clock only anchors the "never fires" check on schedules.
+        windows::validate_windows(&self.windows, "windows", chrono::Utc::now())
     }
 
     /// Pretty YAML for this configuration (parses back to the same value).

@@ -104,6 +104,9 @@ pub struct PullOptions {
     pub cri_timeout: Duration,
     /// Higher pulls first when download slots are scarce (late windows).
     pub priority: i64,
+    /// A budget of its own in bytes/s instead of the node's (a window's
+    /// pacing override); 0 means unlimited.
+    pub bandwidth: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,8 +319,13 @@ impl Engine {
             image: name.clone(),
             source,
         };
+        let own_budget = opts.bandwidth.map(Bandwidth::new);
+        let bandwidth = own_budget.as_ref().unwrap_or(&self.bandwidth);
         let fetched: u64 = futures::stream::iter(plan.blobs.clone())
-            .map(|blob| async move { self.ensure_blob(image, &blob, lease, key, cancel).await })
+            .map(|blob| async move {
+                self.ensure_blob(image, &blob, lease, key, bandwidth, cancel)
+                    .await
+            })
             .buffer_unordered(self.pacing.max_concurrent_blobs.max(1))
             .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
             .await?;
@@ -345,6 +353,47 @@ impl Engine {
             false
         };
         Ok((image_id, fetched, pinned))
+    }
+
+    /// Compressed bytes this node still lacks for `image` on `opts.platform`
+    /// (what a pull would move now). Used to estimate lead times.
+    pub async fn missing_bytes(
+        &self,
+        image: &ImageRef,
+        opts: &PullOptions,
+        cancel: &CancellationToken,
+    ) -> Result<u64, PullError> {
+        let name = image.to_string();
+        let reference = match &image.digest {
+            Some(d) => d.to_string(),
+            None => image.tag.clone().unwrap_or_else(|| "latest".to_string()),
+        };
+        let top = retry(self.backoff(), cancel, || async {
+            self.registry
+                .manifest(image, &reference)
+                .await
+                .map_err(|source| PullError::Registry {
+                    image: name.clone(),
+                    source,
+                })
+        })
+        .await?;
+        let plan = self.plan_blobs(image, top, opts, cancel).await?;
+        let mut missing = 0;
+        for b in &plan.blobs {
+            let present = self
+                .content
+                .content_size(&b.digest)
+                .await
+                .map_err(|source| PullError::Runtime {
+                    image: name.clone(),
+                    source,
+                })?;
+            if present.is_none() {
+                missing += b.size;
+            }
+        }
+        Ok(missing)
     }
 
     /// The outcome for an image CRI already holds at `digest`, pinning it if asked.
@@ -488,6 +537,7 @@ impl Engine {
         blob: &Descriptor,
         lease: &LeaseId,
         key: SlotKey,
+        bandwidth: &Bandwidth,
         cancel: &CancellationToken,
     ) -> Result<u64, PullError> {
         let name = image.to_string();
@@ -524,7 +574,7 @@ impl Engine {
             // Counts bytes of failed attempts too: they crossed the network.
             let moved = std::sync::atomic::AtomicU64::new(0);
             retry(self.backoff(), cancel, || {
-                self.download(image, blob, lease, labels.clone(), &moved)
+                self.download(image, blob, lease, labels.clone(), bandwidth, &moved)
             })
             .await?;
             Ok(moved.load(std::sync::atomic::Ordering::Relaxed))
@@ -546,6 +596,7 @@ impl Engine {
         blob: &Descriptor,
         lease: &LeaseId,
         labels: BTreeMap<String, String>,
+        bandwidth: &Bandwidth,
         moved: &std::sync::atomic::AtomicU64,
     ) -> Result<(), PullError> {
         let name = image.to_string();
@@ -596,7 +647,7 @@ impl Engine {
                         },
                     });
                 }
-                self.bandwidth.take(chunk.len()).await;
+                bandwidth.take(chunk.len()).await;
                 writer.write(chunk).await.map_err(rt_err)?;
                 got += n;
                 moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed);

@@ -90,6 +90,7 @@ fn opts(pin: bool) -> PullOptions {
         platform: host_platform(),
         cri_timeout: Duration::from_secs(30),
         priority: 0,
+        bandwidth: None,
     }
 }
 

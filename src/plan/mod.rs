@@ -1,4 +1,6 @@
 //! Pure planning: (desired, observed, now) → actions. No I/O and no clock in
 //! here; callers pass observations and time in, so tests are exact.
 
+pub mod throughput;
 pub mod warm;
+pub mod windows;

@@ -7,6 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Desired {
     pub name: String,
     pub pin: bool,
+    /// False while only the pin is held (a window's grace period): a
+    /// missing image is then not pulled again.
+    pub pull: bool,
+    /// Higher first when pull slots are scarce.
+    pub priority: i64,
 }
 
 /// What CRI reports for a present image.
@@ -32,7 +37,11 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
     /// Pull (and pin if asked) an image that is missing.
-    Warm { name: String, pin: bool },
+    Warm {
+        name: String,
+        pin: bool,
+        priority: i64,
+    },
     /// The image is present but our pin is missing.
     Pin { name: String },
     /// Remove our pin from a record no desired image needs.
@@ -44,10 +53,11 @@ pub fn plan(desired: &[Desired], observed: &Observed) -> Vec<Action> {
     let mut keep_pinned = BTreeSet::new();
     for d in desired {
         match observed.present.get(&d.name) {
-            None if observed.in_flight.contains(&d.name) => {}
+            None if observed.in_flight.contains(&d.name) || !d.pull => {}
             None => actions.push(Action::Warm {
                 name: d.name.clone(),
                 pin: d.pin,
+                priority: d.priority,
             }),
             Some(p) => {
                 if d.pin {
@@ -84,6 +94,8 @@ mod tests {
         Desired {
             name: name.into(),
             pin,
+            pull: true,
+            priority: 0,
         }
     }
 
@@ -106,11 +118,13 @@ mod tests {
             vec![
                 Action::Warm {
                     name: "r/a:1".into(),
-                    pin: true
+                    pin: true,
+                    priority: 0
                 },
                 Action::Warm {
                     name: "r/b:1".into(),
-                    pin: false
+                    pin: false,
+                    priority: 0
                 }
             ]
         );
@@ -119,7 +133,8 @@ mod tests {
             plan(&want, &obs),
             vec![Action::Warm {
                 name: "r/b:1".into(),
-                pin: false
+                pin: false,
+                priority: 0
             }]
         );
     }
@@ -177,6 +192,27 @@ mod tests {
         // Desired without pin: its records are unpinned too.
         let acts = plan(&[d("r/a:1", false)], &obs);
         assert_eq!(acts.len(), 4);
+    }
+
+    #[test]
+    fn grace_keeps_pins_without_pulling() {
+        let mut obs = Observed {
+            pin_supported: true,
+            ..Default::default()
+        };
+        let grace = Desired {
+            name: "r/a:1".into(),
+            pin: true,
+            pull: false,
+            priority: 0,
+        };
+        // Gone during grace: not pulled again.
+        assert!(plan(std::slice::from_ref(&grace), &obs).is_empty());
+        // Present and pinned by us: the pin stays.
+        obs.present
+            .insert("r/a:1".into(), present(&["r/a:1"], true));
+        obs.pinned_by_us.insert("r/a:1".into());
+        assert!(plan(&[grace], &obs).is_empty());
     }
 
     #[test]

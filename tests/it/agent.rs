@@ -59,6 +59,7 @@ async fn agent_warms_pins_reloads_and_unpins() {
             config_path: path.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
             node_name: "test-node".into(),
+            node_labels: None,
         },
         cancel.clone(),
     )
@@ -145,6 +146,7 @@ async fn agent_refuses_a_bad_config_at_start() {
             config_path: path,
             listen: "127.0.0.1:0".parse().unwrap(),
             node_name: String::new(),
+            node_labels: None,
         },
         CancellationToken::new(),
     )

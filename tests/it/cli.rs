@@ -82,3 +82,61 @@ fn agent_with_invalid_config_exits_with_field_error() {
         "{err}"
     );
 }
+
+#[test]
+fn plan_shows_the_aks_example() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/config/aks-integrations.yaml");
+    let (code, out, err) = prewarm(&[
+        "plan",
+        "--config",
+        cfg,
+        "--node-labels",
+        "kubernetes.azure.com/agentpool=integrations",
+        "--at",
+        "2026-11-23T06:30:00Z",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Monday 08:00 Amsterdam is 07:00 UTC; warming starts 10 minutes before.
+    assert!(out.contains("window erp-sync"), "{out}");
+    assert!(out.contains("Mon 2026-11-23 08:00:00 CET"), "{out}");
+    assert!(
+        out.contains("warm from  Mon 2026-11-23 07:50:00 CET"),
+        "{out}"
+    );
+    assert!(
+        out.contains("myregistry.azurecr.io/erp/orders-sync:1.4.2"),
+        "{out}"
+    );
+
+    // Another pool: the windows do not apply.
+    let (code, out, _) = prewarm(&[
+        "plan",
+        "--config",
+        cfg,
+        "--node-labels",
+        "kubernetes.azure.com/agentpool=system",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("does not apply to this node"), "{out}");
+}
+
+#[test]
+fn plan_errors_name_file_window_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("windows:\n  - name: a\n    schedule: \"0 8 * *\"\n    duration: 1h\n    images: [x.io/a:1]\n", "windows[0].schedule: expected 5 or 6 fields, got 4"),
+        ("windows:\n  - name: a\n    schedule: \"0 8 * * *\"\n    timezone: Europe/Amsterdm\n    duration: 1h\n    images: [x.io/a:1]\n", "windows[0].timezone"),
+        ("windows:\n  - name: a\n    schedule: \"0 8 * * *\"\n    duration: 1h\n    images: [x.io/a:1]\n  - name: b\n    schedule: \"0 8 * * *\"\n    duration: 0s\n    images: [x.io/a:1]\n", "windows[1].duration"),
+        ("windows:\n  - name: a\n    schedule: \"0 8 * * *\"\n    duration: 1h\n    images: [\"X/Y:1\"]\n", "windows[0].images[0]"),
+    ];
+    for (i, (yaml, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("w{i}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let (code, _, err) = prewarm(&["plan", "--config", path.to_str().unwrap()]);
+        assert_ne!(code, 0, "{yaml}");
+        assert!(
+            err.contains(&format!("w{i}.yaml: {want}")),
+            "want {want:?} in {err}"
+        );
+    }
+}

@@ -128,6 +128,7 @@ pub fn opts(pin: bool) -> PullOptions {
         platform: host_platform(),
         cri_timeout: Duration::from_secs(300),
         priority: 0,
+        bandwidth: None,
     }
 }
 

@@ -1,0 +1,195 @@
+//! `prewarm plan`: a dry run of the activation windows for one node. It
+//! validates the config and prints, per window, the next activations, when
+//! warming would start, and which images and bytes this node would pull.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use prewarm::config::AgentConfig;
+use prewarm::k8s::{parse_labels, Labels};
+use prewarm::node::manifest::host_platform;
+use prewarm::node::pull::{NoopObserver, PullOptions};
+use prewarm::node::runtime::ImageStore;
+use prewarm::node::setup;
+use prewarm::plan::windows::{activations, cri_name, plan_windows, NodeView, Phase};
+
+use super::pull::human;
+
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// Agent config file.
+    #[arg(long, env = "PREWARM_CONFIG")]
+    pub config: PathBuf,
+    /// This node's labels, k=v,k2=v2 (e.g. kubernetes.azure.com/agentpool=integrations).
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    pub node_labels: Labels,
+    /// Plan as of this time (RFC 3339); default now.
+    #[arg(long)]
+    pub at: Option<DateTime<Utc>>,
+    /// Activations to list per window.
+    #[arg(long, default_value_t = 3)]
+    pub count: usize,
+    /// Ask the node's containerd and the registries how many bytes are missing.
+    #[arg(long)]
+    pub bytes: bool,
+}
+
+pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let cfg = AgentConfig::load(&args.config)?;
+    let now = args.at.unwrap_or_else(Utc::now);
+    let (missing, warm, note) = if args.bytes {
+        measure(&cfg).await
+    } else {
+        (
+            BTreeMap::new(),
+            BTreeSet::new(),
+            Some(
+                "bytes not measured (pass --bytes to ask containerd and the registries)"
+                    .to_string(),
+            ),
+        )
+    };
+    let node = NodeView {
+        labels: &args.node_labels,
+        missing_bytes: &missing,
+        warm: &warm,
+        throughput: None,
+    };
+    let plan = plan_windows(&cfg.windows, &cfg.scheduling, &node, now);
+    println!(
+        "{}: {} window(s), planned at {}",
+        args.config.display(),
+        cfg.windows.len(),
+        now.to_rfc3339()
+    );
+    if let Some(n) = &note {
+        println!("note: {n}");
+    }
+    for (w, st) in cfg.windows.iter().zip(&plan.windows) {
+        let tz = w.timezone;
+        let local = |t: DateTime<Utc>| {
+            t.with_timezone(&tz)
+                .format("%a %Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        };
+        println!();
+        println!(
+            "window {}  priority {}  {}",
+            w.name,
+            w.priority,
+            if st.applies {
+                format!("applies to this node, {}", phase_name(st.phase))
+            } else {
+                "does not apply to this node (nodeSelector)".to_string()
+            }
+        );
+        println!(
+            "  schedule   {:?} in {}, for {}, lead time at least {}",
+            w.schedule.to_string(),
+            tz,
+            fmt_dur(w.duration),
+            fmt_dur(w.lead_time)
+        );
+        let next: Vec<String> = activations(w, now, args.count)
+            .into_iter()
+            .map(local)
+            .collect();
+        println!("  next       {}", next.join(" | "));
+        if let Some((start, end)) = st.occurrence {
+            println!("  current    {} until {}", local(start), local(end));
+        }
+        if st.applies {
+            let why = match st.missing_bytes {
+                Some(_) => format!("estimated pull {}", fmt_dur(st.estimated_pull)),
+                None => "lead time only: bytes not measured".to_string(),
+            };
+            println!("  warm from  {} ({why})", local(st.warm_start));
+        }
+        for img in &w.images {
+            let name = cri_name(img);
+            let bytes = if warm.contains(&name) {
+                "warm".to_string()
+            } else {
+                missing
+                    .get(&name)
+                    .map(|b| format!("{} to pull", human(*b)))
+                    .unwrap_or_else(|| "? bytes".to_string())
+            };
+            println!("  image      {name}  {bytes}");
+        }
+        if st.applies {
+            let total = st
+                .missing_bytes
+                .map(human)
+                .unwrap_or_else(|| "unknown".into());
+            println!("  this node would pull {total}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Idle => "idle",
+        Phase::Warming => "warming now",
+        Phase::Active => "active now",
+        Phase::Late => "active and LATE (images not warm)",
+        Phase::Grace => "in its grace period",
+    }
+}
+
+fn fmt_dur(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// Missing bytes per window image, from the node's containerd and the registries.
+async fn measure(cfg: &AgentConfig) -> (BTreeMap<String, u64>, BTreeSet<String>, Option<String>) {
+    let mut missing = BTreeMap::new();
+    let mut warm = BTreeSet::new();
+    let stack = match setup::connect(cfg, Arc::new(NoopObserver)).await {
+        Ok(s) => s,
+        Err(e) => return (missing, warm, Some(format!("bytes unknown: {e}"))),
+    };
+    let opts = PullOptions {
+        pin: false,
+        platform: cfg.registry.platform.clone().unwrap_or_else(host_platform),
+        cri_timeout: Duration::from_secs(60),
+        priority: 0,
+        bandwidth: None,
+    };
+    let cancel = CancellationToken::new();
+    let mut problems = Vec::new();
+    let images: BTreeSet<_> = cfg
+        .windows
+        .iter()
+        .flat_map(|w| w.images.iter().cloned())
+        .collect();
+    for img in images {
+        let name = cri_name(&img);
+        if let Ok(Some(_)) = stack.containerd.image_status(&name).await {
+            warm.insert(name);
+            continue;
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            stack.engine.missing_bytes(&img, &opts, &cancel),
+        )
+        .await
+        {
+            Ok(Ok(b)) => {
+                missing.insert(name, b);
+            }
+            Ok(Err(e)) => problems.push(e.to_string()),
+            Err(_) => problems.push(format!("{name}: registry did not answer in 20s")),
+        }
+    }
+    let note =
+        (!problems.is_empty()).then(|| format!("some sizes unknown: {}", problems.join("; ")));
+    (missing, warm, note)
+}
