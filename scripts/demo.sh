@@ -27,29 +27,54 @@ echo "== pushing demo images to the registry at $REGISTRY"
 mapfile -t IMAGES < <("$PREWARM" testkit push --registry "http://$REGISTRY" --corpus demo)
 printf '   %s\n' "${IMAGES[@]}"
 
-echo "== warming them through containerd (paced at 8 MiB/s so the progress is visible)"
+NOW=("${IMAGES[@]:0:2}")
+LATER=("${IMAGES[@]:2}")
+echo "== warming ${#NOW[@]} of them now through containerd (paced at 8 MiB/s so the progress is visible)"
 "$PREWARM" pull --socket "$SOCKET" --root "$ROOT/.run" --hosts-dir "$HOSTS_DIR" \
-  --bandwidth 8MiB --disk-floor 5% --pin "${IMAGES[@]}"
+  --bandwidth 8MiB --disk-floor 5% --pin "${NOW[@]}"
 
 echo "== the CRI image store now holds them (what the kubelet sees), pinned:"
 "$CTR" -a "$SOCKET" -n k8s.io images ls | awk 'NR==1 || /demo\/[a-z]+:1.0/ {print $1, $NF}' | column -t
 echo "== unpacked for the overlayfs snapshotter:"
 "$CTR" -a "$SOCKET" -n k8s.io snapshots --snapshotter overlayfs ls | head -5
 echo "== a second run moves nothing:"
-"$PREWARM" pull --socket "$SOCKET" --root "$ROOT/.run" --hosts-dir "$HOSTS_DIR" --pin "${IMAGES[@]}" | tail -1
+"$PREWARM" pull --socket "$SOCKET" --root "$ROOT/.run" --hosts-dir "$HOSTS_DIR" --pin "${NOW[@]}" | tail -1
 
-echo "== the agent keeps a config's images warm and exports metrics"
+# An activation window opening 30 s from now (6-field cron, UTC), with a
+# 15 s lead time: the agent warms the other images ahead of it.
+OPENS=$(( $(date +%s) + 30 ))
+SCHEDULE="$(date -u -d "@$OPENS" '+%-S %-M %-H %-d %-m *')"
 cat >"$RUN/agent.yaml" <<YAML
 runtime: { socket: $SOCKET, root: $ROOT/.run }
 registry: { dockerConfig: [], hostsDir: $HOSTS_DIR }
-pacing: { diskFloor: 5% }
-resync: 2s
+pacing: { diskFloor: 5%, bandwidth: 8MiB }
+resync: 60s
 images:
-  - image: ${IMAGES[0]}
-  - image: ${IMAGES[1]}
+  - image: ${NOW[0]}
+windows:
+  - name: demo-window
+    schedule: "$SCHEDULE"
+    timezone: UTC
+    duration: 20s
+    leadTime: 15s
+    grace: 5s
+    nodeSelector: { kubernetes.azure.com/agentpool: integrations }
+    images: [ $(IFS=,; echo "${LATER[*]}") ]
 YAML
-"$PREWARM" agent --config "$RUN/agent.yaml" --listen 127.0.0.1:19464 2>"$RUN/agent.log" &
+echo "== the agent, with a window opening at $(date -u -d "@$OPENS" +%H:%M:%S) UTC for: ${LATER[*]}"
+"$PREWARM" plan --config "$RUN/agent.yaml" --node-labels kubernetes.azure.com/agentpool=integrations | sed -n '4,9p'
+"$PREWARM" agent --config "$RUN/agent.yaml" --listen 127.0.0.1:19464 \
+  --node-labels kubernetes.azure.com/agentpool=integrations 2>"$RUN/agent.log" &
 AGENT=$!
-for _ in $(seq 50); do curl -sf http://127.0.0.1:19464/metrics 2>/dev/null | grep -q '^prewarm_images_warm 2' && break; sleep 0.2; done
-curl -s http://127.0.0.1:19464/metrics | grep -E '^prewarm_(images_|runtime_|pulls_in_flight)'
+metric() { curl -s http://127.0.0.1:19464/metrics | awk -v m="$1" '$1 == m {print $2}'; }
+while :; do
+  left=$(( OPENS - $(date +%s) ))
+  phase=$(curl -s http://127.0.0.1:19464/metrics | awk -F'[",]' '/^prewarm_window_phase\{.*demo-window/ && / 1$/ {print $4}')
+  printf '   t-%3ss  phase=%-8s warm=%s  pulled=%s bytes\n' "$left" "${phase:-?}" \
+    "$(metric 'prewarm_window_warm{window="demo-window"}')" "$(metric prewarm_pulled_bytes_total)"
+  [ "$left" -le -3 ] && break
+  sleep 3
+done
+echo "   lead achieved: $(metric 'prewarm_window_lead_seconds{window="demo-window"}') s before the window opened"
+curl -s http://127.0.0.1:19464/metrics | grep -E '^prewarm_(images_|runtime_|window_late)'
 echo "== done; everything is torn down on exit"

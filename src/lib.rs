@@ -2,9 +2,10 @@
 //! prewarm: warms container images on Kubernetes nodes before they are needed.
 //!
 //! Layers, in dependency order: `config` (typed config and wire types),
-//! `node` (registry, containerd/CRI, disk I/O and the warm engine), then
-//! `agent`, which only wires them together. `testkit` builds test images and
-//! throwaway registries for tests, benches and the demo.
+//! `plan` (pure decisions: warm plan, window scheduler), `node` (registry,
+//! containerd/CRI, disk I/O and the warm engine), `k8s` (Kubernetes API),
+//! then `agent`, which only wires them together. `testkit` builds test
+//! images and throwaway registries for tests, benches and the demo.
 
 pub mod agent;
 pub mod config;

@@ -22,8 +22,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/prewarm/config.yaml";
 
 /// The whole agent configuration.
 ///
-/// New sections (such as activation windows) are added as further fields;
-/// their image lists reuse [`ImageEntry`] and the same validation.
+/// Always-warm `images` and activation `windows` (see [`windows`]); both
+/// image lists are validated as image references.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
