@@ -30,22 +30,22 @@ printf '   %s\n' "${IMAGES[@]}"
 NOW=("${IMAGES[@]:0:2}")
 LATER=("${IMAGES[@]:2}")
 echo "== warming ${#NOW[@]} of them now through containerd (paced at 8 MiB/s so the progress is visible)"
-"$PREWARM" pull --socket "$SOCKET" --root "$ROOT/.run" --hosts-dir "$HOSTS_DIR" \
+"$PREWARM" pull --socket "$SOCKET" --root "$CTD_ROOT" --hosts-dir "$HOSTS_DIR" \
   --bandwidth 8MiB --disk-floor 5% --pin "${NOW[@]}"
 
 echo "== the CRI image store now holds them (what the kubelet sees), pinned:"
-"$CTR" -a "$SOCKET" -n k8s.io images ls | awk 'NR==1 || /demo\/[a-z]+:1.0/ {print $1, $NF}' | column -t
+"$CTR" -a "$SOCKET" -n k8s.io images ls | awk 'NR==1 || /demo\/[a-z]+:1.0/ {printf "%-40s %s\n", $1, $NF}'
 echo "== unpacked for the overlayfs snapshotter:"
 "$CTR" -a "$SOCKET" -n k8s.io snapshots --snapshotter overlayfs ls | head -5
 echo "== a second run moves nothing:"
-"$PREWARM" pull --socket "$SOCKET" --root "$ROOT/.run" --hosts-dir "$HOSTS_DIR" --pin "${NOW[@]}" | tail -1
+"$PREWARM" pull --socket "$SOCKET" --root "$CTD_ROOT" --hosts-dir "$HOSTS_DIR" --pin "${NOW[@]}" | tail -1
 
 # An activation window opening 30 s from now (6-field cron, UTC), with a
 # 15 s lead time: the agent warms the other images ahead of it.
 OPENS=$(( $(date +%s) + 30 ))
 SCHEDULE="$(date -u -d "@$OPENS" '+%-S %-M %-H %-d %-m *')"
 cat >"$RUN/agent.yaml" <<YAML
-runtime: { socket: $SOCKET, root: $ROOT/.run }
+runtime: { socket: $SOCKET, root: $CTD_ROOT }
 registry: { dockerConfig: [], hostsDir: $HOSTS_DIR }
 pacing: { diskFloor: 5%, bandwidth: 8MiB }
 resync: 60s
@@ -69,7 +69,7 @@ AGENT=$!
 metric() { curl -s http://127.0.0.1:19464/metrics | awk -v m="$1" '$1 == m {print $2}'; }
 while :; do
   left=$(( OPENS - $(date +%s) ))
-  phase=$(curl -s http://127.0.0.1:19464/metrics | awk -F'[",]' '/^prewarm_window_phase\{.*demo-window/ && / 1$/ {print $4}')
+  phase=$(curl -s http://127.0.0.1:19464/metrics | grep '^prewarm_window_phase{.*demo-window.* 1$' | sed -E 's/.*phase="([a-z]+)".*/\1/')
   printf '   t-%3ss  phase=%-8s warm=%s  pulled=%s bytes\n' "$left" "${phase:-?}" \
     "$(metric 'prewarm_window_warm{window="demo-window"}')" "$(metric prewarm_pulled_bytes_total)"
   [ "$left" -le -3 ] && break

@@ -108,7 +108,7 @@ async fn up(dir: &std::path::Path, v: CtdVersion) -> anyhow::Result<ExitCode> {
     let ctd = TestContainerd::start_in(version, &dir.join("containerd")).await?;
     let registry = Registry::start(None).await?;
     let env = format!(
-        "SOCKET={}\nROOT={}\nHOSTS_DIR={}\nREGISTRY={}\nCTR={}\n",
+        "SOCKET={}\nCTD_ROOT={}\nHOSTS_DIR={}\nREGISTRY={}\nCTR={}\n",
         ctd.socket.display(),
         ctd.root.display(),
         ctd.hosts_dir.display(),
