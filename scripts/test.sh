@@ -15,4 +15,5 @@ bash scripts/validate-manifests.sh
 echo "== tests"
 # Each integration test starts its own containerd and registry; two at a
 # time keeps a 2-core machine responsive.
-cargo test --locked --all-targets -- --test-threads="${PREWARM_TEST_THREADS:-2}"
+# Benches are built (by clippy above) but not run: timings belong in benches/.
+cargo test --locked --lib --bins --tests -- --test-threads="${PREWARM_TEST_THREADS:-2}"

@@ -9,7 +9,9 @@
 
 pub mod agent;
 pub mod config;
+pub mod coordinator;
 pub mod k8s;
 pub mod node;
 pub mod plan;
 pub mod testkit;
+pub mod wire;

@@ -3,7 +3,9 @@
 //! and on SIGTERM cancels pulls (releasing their leases) before exiting.
 
 pub mod http;
+pub mod link;
 pub mod metrics;
+mod report;
 mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -24,11 +26,16 @@ use crate::config::reference::ImageRef;
 use crate::config::{AgentConfig, ConfigError};
 use crate::k8s::{ApiNodeLabels, Labels, NodeLabels, StaticNodeLabels};
 use crate::node::manifest::host_platform;
+use crate::node::pace::{DiskProbe, StatvfsProbe};
 use crate::node::pin;
 use crate::node::pull::{cri_name, PullOptions};
 use crate::node::runtime::{ImageRecord, ImageStore};
 use crate::node::setup::{self, NodeStack};
 use crate::plan::throughput::Throughput;
+use crate::wire::v1::Intent;
+
+use self::link::NodeReport;
+use self::report::{applicable_intents, node_report, window_states, AgentObserver};
 use crate::plan::warm::{plan, Action, Desired, Observed, Present};
 use crate::plan::windows::{plan_windows as plan_windows_pure, NodeView, Phase, WindowPlan};
 
@@ -142,7 +149,31 @@ impl Agent {
             },
         };
         let node = NodeState::new(opts.node_name.clone(), source);
-        let task = tokio::spawn(reconcile_loop(rx, metrics.clone(), health, node, cancel));
+        let observer = Arc::new(AgentObserver::new(metrics.clone()));
+        let (intents_tx, intents_rx) = watch::channel(Vec::new());
+        // Without a coordinator the sender is dropped; the loop then simply
+        // never sees intents (a closed channel disables that select branch).
+        let reports = match rx.borrow().coordinator.clone() {
+            Some(c) => {
+                let (tx, reports_rx) = watch::channel(Arc::new(NodeReport::default()));
+                let cfg = link::LinkConfig {
+                    endpoint: c.endpoint,
+                    token_file: c.token_file,
+                    ca_file: c.ca_file,
+                    node: opts.node_name.clone(),
+                };
+                tokio::spawn(link::run(cfg, reports_rx, intents_tx, cancel.clone()));
+                Some(tx)
+            }
+            None => None,
+        };
+        let parts = LoopParts {
+            node,
+            observer,
+            reports,
+            intents: intents_rx,
+        };
+        let task = tokio::spawn(reconcile_loop(rx, metrics.clone(), health, parts, cancel));
         Ok(Agent {
             addr,
             metrics,
@@ -199,6 +230,10 @@ struct Loop {
     pulls: JoinSet<PullDone>,
     in_flight: BTreeMap<String, Vec<String>>,
     node: NodeState,
+    observer: Arc<AgentObserver>,
+    /// To the coordinator link, when one is configured.
+    reports: Option<watch::Sender<Arc<NodeReport>>>,
+    intents: watch::Receiver<Vec<Intent>>,
 }
 
 /// What the agent learns about its node over time.
@@ -219,11 +254,18 @@ struct PullDone {
     sample: Option<(u64, f64)>,
 }
 
+struct LoopParts {
+    node: NodeState,
+    observer: Arc<AgentObserver>,
+    reports: Option<watch::Sender<Arc<NodeReport>>>,
+    intents: watch::Receiver<Vec<Intent>>,
+}
+
 async fn reconcile_loop(
     mut rx: watch::Receiver<Arc<AgentConfig>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    node: NodeState,
+    parts: LoopParts,
     cancel: CancellationToken,
 ) {
     let mut lp = Loop {
@@ -233,7 +275,10 @@ async fn reconcile_loop(
         stack: None,
         pulls: JoinSet::new(),
         in_flight: BTreeMap::new(),
-        node,
+        node: parts.node,
+        observer: parts.observer,
+        reports: parts.reports,
+        intents: parts.intents,
     };
     loop {
         let cfg = rx.borrow_and_update().clone();
@@ -250,6 +295,7 @@ async fn reconcile_loop(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = rx.changed() => {}
+            Ok(()) = lp.intents.changed() => {}
             Some(done) = lp.pulls.join_next(), if !lp.pulls.is_empty() => {
                 if let Ok(done) = done {
                     lp.finished(done);
@@ -297,7 +343,7 @@ impl Loop {
             .as_ref()
             .is_none_or(|(_, old)| stack_inputs_changed(old, cfg))
         {
-            let stack = setup::connect(cfg, self.metrics.clone()).await?;
+            let stack = setup::connect(cfg, self.observer.clone()).await?;
             tracing::info!(version = %stack.runtime_version, pin_supported = stack.pin_supported, "connected to containerd");
             if !stack.pin_supported {
                 tracing::warn!(version = %stack.runtime_version, "this containerd ignores the CRI pinned label: warm images are not protected from kubelet image GC");
@@ -322,6 +368,27 @@ impl Loop {
             .filter(|w| w.applies_to(&self.node.labels))
         {
             candidates.extend(w.images.iter().map(|i| (cri_name(i), i.clone())));
+        }
+        // Rollout intents from the coordinator, kept until their deadline
+        // even while the coordinator is unreachable.
+        let intents = self.intents.borrow().clone();
+        let mut intent_images: BTreeMap<String, (i64, String)> = BTreeMap::new();
+        for i in applicable_intents(&intents, &self.node.name, &self.node.labels, Utc::now()) {
+            for raw in &i.images {
+                match raw.parse::<ImageRef>() {
+                    Ok(img) => {
+                        let name = cri_name(&img);
+                        candidates.insert(name.clone(), img);
+                        let e = intent_images
+                            .entry(name)
+                            .or_insert((i.priority, i.id.clone()));
+                        e.0 = e.0.max(i.priority);
+                    }
+                    Err(e) => {
+                        tracing::warn!(intent = %i.id, error = %e, "intent names a bad image; ignored")
+                    }
+                }
+            }
         }
         let mut present = BTreeMap::new();
         for name in candidates.keys() {
@@ -384,6 +451,20 @@ impl Loop {
             entry.pull |= d.pull;
             entry.priority = entry.priority.max(d.priority);
             reasons.insert(d.name.clone(), d.windows.clone());
+        }
+        for (name, (priority, id)) in &intent_images {
+            let entry = desired.entry(name.clone()).or_insert(Desired {
+                name: name.clone(),
+                pin: true,
+                pull: true,
+                priority: *priority,
+            });
+            entry.pull = true;
+            entry.priority = entry.priority.max(*priority);
+            reasons
+                .entry(name.clone())
+                .or_default()
+                .push(format!("intent:{id}"));
         }
         let desired: Vec<Desired> = desired.into_values().collect();
 
@@ -472,6 +553,38 @@ impl Loop {
         self.metrics
             .pulls_in_flight
             .set(self.in_flight.len() as i64);
+        if let Some(tx) = &self.reports {
+            let images = desired
+                .iter()
+                .filter_map(|d| {
+                    let image = candidates.get(&d.name)?;
+                    let present = observed.present.get(&d.name).map(|p| p.pinned);
+                    let running = self.in_flight.contains_key(&d.name);
+                    Some((
+                        d.name.clone(),
+                        self.observer.image_state(&d.name, image, present, running),
+                    ))
+                })
+                .collect();
+            let free = StatvfsProbe::new(&cfg.runtime.root)
+                .usage()
+                .map(|u| u.free)
+                .unwrap_or(0);
+            let report = node_report(
+                &self.node.labels,
+                images,
+                window_states(&wplan.windows),
+                free,
+                stack.pin_supported,
+            );
+            tx.send_if_modified(|cur| {
+                let changed = **cur != report;
+                if changed {
+                    *cur = Arc::new(report);
+                }
+                changed
+            });
+        }
         // Wake for the plan's next transition, or the resync, whichever is first.
         let until_next = wplan
             .next_wakeup

@@ -1,6 +1,7 @@
 //! Subcommands. Each parses its flags (with env fallbacks), builds the typed
 //! config and hands over to the library.
 
+mod coordinator;
 mod plan;
 mod pull;
 mod testkit;
@@ -41,6 +42,10 @@ pub enum Command {
     Pull(Box<pull::PullArgs>),
     /// Run the node agent: keep the configured images warm and pinned.
     Agent(AgentArgs),
+    /// Run the coordinator: the agents' link, the cluster view, rollout intents.
+    Coordinator(coordinator::CoordinatorArgs),
+    /// Warmth of images per node pool, from the coordinator.
+    Status(coordinator::StatusArgs),
     /// Dry run of the activation windows for one node: next activations,
     /// when warming starts, which images and bytes.
     Plan(plan::PlanArgs),
@@ -95,6 +100,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan(args) => plan::run(args).await,
+        Command::Coordinator(args) => coordinator::run(args).await,
+        Command::Status(args) => coordinator::status(args).await,
         Command::Testkit(args) => testkit::run(args).await,
     }
 }

@@ -41,6 +41,9 @@ pub struct AgentConfig {
     /// Activation windows: images warmed ahead of recurring busy periods.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<windows::Window>,
+    /// Link to the coordinator; absent, the agent works on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<CoordinatorLink>,
 }
 
 impl Default for AgentConfig {
@@ -53,6 +56,7 @@ impl Default for AgentConfig {
             resync: Duration::from_secs(60),
             scheduling: windows::Scheduling::default(),
             windows: Vec::new(),
+            coordinator: None,
         }
     }
 }
@@ -360,6 +364,9 @@ impl AgentConfig {
             "must be greater than zero",
         )?;
         self.scheduling.validate("scheduling")?;
+        if let Some(c) = &self.coordinator {
+            c.validate("coordinator")?;
+        }
         // The clock only anchors the "never fires" check on schedules.
         windows::validate_windows(&self.windows, "windows", chrono::Utc::now())
     }
@@ -367,6 +374,46 @@ impl AgentConfig {
     /// Pretty YAML for this configuration (parses back to the same value).
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Where the agent reports to and takes rollout intents from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CoordinatorLink {
+    /// gRPC endpoint, e.g. `https://prewarm-coordinator.prewarm-system.svc:8443`.
+    pub endpoint: String,
+    /// Projected ServiceAccount token with the coordinator's audience.
+    #[serde(default = "default_token_file")]
+    pub token_file: PathBuf,
+    /// CA of the coordinator's serving certificate (required for https).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_token_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/prewarm/token")
+}
+
+impl CoordinatorLink {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let scheme_ok =
+            self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://");
+        ensure(
+            scheme_ok,
+            format!("{at}.endpoint"),
+            "must be an http:// or https:// URL",
+        )?;
+        ensure(
+            !self.endpoint.starts_with("https://") || self.ca_file.is_some(),
+            format!("{at}.caFile"),
+            "is required for an https endpoint",
+        )?;
+        ensure(
+            !self.token_file.as_os_str().is_empty(),
+            format!("{at}.tokenFile"),
+            "must not be empty",
+        )
     }
 }
 

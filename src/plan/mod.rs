@@ -1,6 +1,9 @@
 //! Pure planning: (desired, observed, now) → actions. No I/O and no clock in
 //! here; callers pass observations and time in, so tests are exact.
 
+pub mod eligibility;
+pub mod rollout;
 pub mod throughput;
+pub mod view;
 pub mod warm;
 pub mod windows;

@@ -4,6 +4,7 @@
 
 mod agent;
 mod cli;
+mod link;
 mod common;
 mod faults;
 mod pull;

@@ -1,0 +1,192 @@
+//! What the agent tells the coordinator: per-image progress (an engine
+//! observer that also feeds the metrics) and the node report built after
+//! each reconcile; plus the intents it accepts back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+
+use super::link::NodeReport;
+use super::metrics::Metrics;
+use crate::config::reference::ImageRef;
+use crate::node::pull::{PullError, PullObserver, PullOutcome};
+use crate::plan::windows::WindowStatus;
+use crate::wire::v1::image_state::Phase;
+use crate::wire::v1::{ImageState, Intent, WindowState};
+
+/// Bytes done/total of running pulls and the last error per image.
+#[derive(Default)]
+struct Progress {
+    running: HashMap<String, (u64, u64)>,
+    failed: HashMap<String, String>,
+}
+
+/// The engine's observer in the agent: metrics plus per-image progress.
+pub struct AgentObserver {
+    pub metrics: Arc<Metrics>,
+    progress: Mutex<Progress>,
+}
+
+impl AgentObserver {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            progress: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state to report for `image` (keyed like the engine, by ImageRef).
+    pub fn image_state(
+        &self,
+        name: &str,
+        image: &ImageRef,
+        present: Option<bool>,
+        in_flight: bool,
+    ) -> ImageState {
+        let p = self.lock();
+        let key = image.to_string();
+        let (done, total) = p.running.get(&key).copied().unwrap_or((0, 0));
+        let phase = match (present, in_flight) {
+            (Some(_), _) => Phase::Warm,
+            (None, true) => Phase::Pulling,
+            (None, false) if p.failed.contains_key(&key) => Phase::Failed,
+            (None, false) => Phase::Unspecified,
+        };
+        ImageState {
+            name: name.to_string(),
+            phase: phase as i32,
+            pinned: present.unwrap_or(false),
+            bytes_done: done,
+            bytes_total: total,
+            error: if phase == Phase::Failed {
+                p.failed.get(&key).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
+impl PullObserver for AgentObserver {
+    fn resolved(&self, image: &str, total: u64, missing: u64) {
+        self.lock().running.insert(image.to_string(), (0, missing));
+        self.metrics.resolved(image, total, missing);
+    }
+    fn bytes(&self, image: &str, n: u64) {
+        if let Some(e) = self.lock().running.get_mut(image) {
+            e.0 += n;
+        }
+        self.metrics.bytes(image, n);
+    }
+    fn finished(&self, image: &str, result: &Result<PullOutcome, PullError>) {
+        {
+            let mut p = self.lock();
+            p.running.remove(image);
+            match result {
+                Ok(_) => p.failed.remove(image),
+                Err(e) => p.failed.insert(image.to_string(), e.to_string()),
+            };
+        }
+        self.metrics.finished(image, result);
+    }
+}
+
+/// Intents that apply to this node now: not expired, selector matching,
+/// and naming this node (or no node).
+pub fn applicable_intents<'a>(
+    intents: &'a [Intent],
+    node: &str,
+    labels: &BTreeMap<String, String>,
+    now: DateTime<Utc>,
+) -> Vec<&'a Intent> {
+    intents
+        .iter()
+        .filter(|i| i.deadline_unix == 0 || i.deadline_unix > now.timestamp())
+        .filter(|i| {
+            i.node_selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .filter(|i| i.nodes.is_empty() || i.nodes.iter().any(|n| n == node))
+        .collect()
+}
+
+pub fn window_states(statuses: &[WindowStatus]) -> BTreeMap<String, WindowState> {
+    statuses
+        .iter()
+        .filter(|s| s.applies)
+        .map(|s| {
+            (
+                s.name.clone(),
+                WindowState {
+                    name: s.name.clone(),
+                    phase: s.phase.as_str().to_string(),
+                    next_activation_unix: s.next_activation.timestamp(),
+                    warm: s.all_warm,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Assembles the report; `images` maps CRI names to their state.
+pub fn node_report(
+    labels: &BTreeMap<String, String>,
+    images: BTreeMap<String, ImageState>,
+    windows: BTreeMap<String, WindowState>,
+    free_disk_bytes: u64,
+    pin_supported: bool,
+) -> NodeReport {
+    NodeReport {
+        labels: labels.clone(),
+        images,
+        windows,
+        free_disk_bytes,
+        pin_supported,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(id: &str, deadline: i64, sel: &[(&str, &str)], nodes: &[&str]) -> Intent {
+        Intent {
+            id: id.into(),
+            images: vec!["r/a:1".into()],
+            deadline_unix: deadline,
+            node_selector: sel
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn intents_filtered_by_deadline_selector_and_node() {
+        let now = DateTime::from_timestamp(1_000, 0).unwrap();
+        let labels: BTreeMap<String, String> = [("pool".to_string(), "int".to_string())]
+            .into_iter()
+            .collect();
+        let all = vec![
+            intent("ok", 2_000, &[("pool", "int")], &[]),
+            intent("expired", 999, &[], &[]),
+            intent("other-pool", 2_000, &[("pool", "sys")], &[]),
+            intent("other-node", 2_000, &[], &["n2"]),
+            intent("this-node", 2_000, &[], &["n1"]),
+            intent("no-deadline", 0, &[], &[]),
+        ];
+        let ids: Vec<_> = applicable_intents(&all, "n1", &labels, now)
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["ok", "this-node", "no-deadline"]);
+    }
+}

@@ -1,0 +1,163 @@
+//! `prewarm coordinator` and `prewarm status`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use prewarm::coordinator::auth::{Authenticator, StaticAuth, TokenReviewAuth, AUDIENCE};
+use prewarm::coordinator::http::{ImageRow, NodeSummary};
+use prewarm::coordinator::{Coordinator, CoordinatorOptions};
+
+use super::pull::human;
+
+#[derive(clap::Args, Debug)]
+pub struct CoordinatorArgs {
+    /// gRPC address agents attach to.
+    #[arg(long, env = "PREWARM_GRPC_LISTEN", default_value = "0.0.0.0:8443")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP address of the cluster view API and metrics.
+    #[arg(long, env = "PREWARM_HTTP_LISTEN", default_value = "0.0.0.0:9465")]
+    pub http_listen: SocketAddr,
+    /// Serving certificate (PEM), e.g. tls.crt of a cert-manager Secret.
+    #[arg(long, env = "PREWARM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PREWARM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Namespace of the agents' ServiceAccount.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "prewarm-system")]
+    pub namespace: String,
+    #[arg(long, default_value = "prewarm-agent")]
+    pub agent_service_account: String,
+    /// Instead of TokenReview: a file of `token node` lines (development only).
+    #[arg(long)]
+    pub static_tokens: Option<PathBuf>,
+}
+
+pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let auth: Arc<dyn Authenticator> = match &args.static_tokens {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--static-tokens {}", path.display()))?;
+            let mut map = HashMap::new();
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let (token, node) = line.split_once(char::is_whitespace).with_context(|| {
+                    format!("{}:{}: expected `token node`", path.display(), n + 1)
+                })?;
+                map.insert(token.trim().to_string(), node.trim().to_string());
+            }
+            Arc::new(StaticAuth(map))
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("Kubernetes client (TokenReview)")?;
+            Arc::new(TokenReviewAuth::new(
+                client,
+                AUDIENCE,
+                &args.namespace,
+                &args.agent_service_account,
+            ))
+        }
+    };
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        c.cancel();
+    });
+    #[cfg(unix)]
+    {
+        let c = cancel.clone();
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::spawn(async move {
+                term.recv().await;
+                c.cancel();
+            });
+        }
+    }
+    let opts = CoordinatorOptions {
+        grpc_listen: args.grpc_listen,
+        http_listen: args.http_listen,
+        tls: args.tls_cert.zip(args.tls_key),
+    };
+    let coordinator = Coordinator::start(opts, auth, cancel).await?;
+    coordinator.join().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// The coordinator's HTTP address.
+    #[arg(
+        long,
+        env = "PREWARM_COORDINATOR",
+        default_value = "http://prewarm-coordinator.prewarm-system.svc:9465"
+    )]
+    pub coordinator: String,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let base = args.coordinator.trim_end_matches('/');
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let get = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let resp = client
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            anyhow::ensure!(
+                resp.status().is_success(),
+                "GET {url}: HTTP {}",
+                resp.status()
+            );
+            resp.text().await.with_context(|| format!("GET {url}"))
+        }
+    };
+    let images: Vec<ImageRow> =
+        serde_json::from_str(&get("/v1/images").await?).context("bad /v1/images reply")?;
+    let nodes: Vec<NodeSummary> =
+        serde_json::from_str(&get("/v1/nodes").await?).context("bad /v1/nodes reply")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "images": images, "nodes": nodes })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let connected = nodes.iter().filter(|n| n.connected).count();
+    println!("{connected} of {} agents connected", nodes.len());
+    println!(
+        "{:<60} {:<16} {:>12} {:>14}",
+        "IMAGE", "POOL", "WARM/NODES", "BYTES PENDING"
+    );
+    for r in &images {
+        let pool = if r.pool.is_empty() { "-" } else { &r.pool };
+        println!(
+            "{:<60} {:<16} {:>12} {:>14}",
+            r.image,
+            pool,
+            format!("{}/{}", r.warm_nodes, r.nodes),
+            human(r.bytes_pending)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

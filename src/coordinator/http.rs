@@ -1,0 +1,162 @@
+//! The cluster view over HTTP: `/v1/nodes`, `/v1/images`, `/v1/windows`,
+//! plus `/metrics`, `/healthz` and `/readyz`. Read-only JSON.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::link::LinkState;
+use crate::wire::v1::image_state::Phase;
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSummary {
+    pub node: String,
+    pub pool: String,
+    pub connected: bool,
+    pub last_report_seconds_ago: f64,
+    pub images_warm: usize,
+    pub images_pulling: usize,
+    pub free_disk_bytes: u64,
+    pub pin_supported: bool,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRow {
+    pub image: String,
+    pub pool: String,
+    pub warm_nodes: usize,
+    pub nodes: usize,
+    pub bytes_pending: u64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowRow {
+    pub window: String,
+    pub node: String,
+    pub phase: String,
+    pub warm: bool,
+    pub next_activation_unix: i64,
+}
+
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<LinkState>,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/images", get(images))
+        .route("/v1/windows", get(windows))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+    });
+    Ok(local)
+}
+
+pub fn node_summaries(state: &LinkState) -> Vec<NodeSummary> {
+    let now = Utc::now();
+    state
+        .view()
+        .nodes()
+        .map(|n| NodeSummary {
+            node: n.node.clone(),
+            pool: n.pool().to_string(),
+            connected: n.connected,
+            last_report_seconds_ago: (now - n.last_report).num_milliseconds().max(0) as f64
+                / 1000.0,
+            images_warm: n
+                .images
+                .values()
+                .filter(|i| i.phase == Phase::Warm as i32)
+                .count(),
+            images_pulling: n
+                .images
+                .values()
+                .filter(|i| i.phase == Phase::Pulling as i32)
+                .count(),
+            free_disk_bytes: n.free_disk_bytes,
+            pin_supported: n.pin_supported,
+        })
+        .collect()
+}
+
+pub fn image_rows(state: &LinkState) -> Vec<ImageRow> {
+    // Eligibility here is "reports the image"; rollout intents narrow it.
+    state
+        .view()
+        .image_pools(|_, _| false)
+        .into_iter()
+        .map(|r| ImageRow {
+            image: r.image,
+            pool: r.pool,
+            warm_nodes: r.warm_nodes,
+            nodes: r.nodes,
+            bytes_pending: r.bytes_pending,
+        })
+        .collect()
+}
+
+async fn nodes(State(s): State<Arc<LinkState>>) -> Json<Vec<NodeSummary>> {
+    Json(node_summaries(&s))
+}
+
+async fn images(State(s): State<Arc<LinkState>>) -> Json<Vec<ImageRow>> {
+    Json(image_rows(&s))
+}
+
+async fn windows(State(s): State<Arc<LinkState>>) -> Json<Vec<WindowRow>> {
+    let view = s.view();
+    let rows = view
+        .nodes()
+        .flat_map(|n| {
+            n.windows.values().map(|w| WindowRow {
+                window: w.name.clone(),
+                node: n.node.clone(),
+                phase: w.phase.clone(),
+                warm: w.warm,
+                next_activation_unix: w.next_activation_unix,
+            })
+        })
+        .collect();
+    Json(rows)
+}
+
+async fn metrics(State(s): State<Arc<LinkState>>) -> impl IntoResponse {
+    let now = Utc::now();
+    let lag = s.view().report_lag(now).into_iter().fold(0.0, f64::max);
+    s.metrics.report_lag.set(lag);
+    for r in image_rows(&s) {
+        let frac = if r.nodes == 0 {
+            0.0
+        } else {
+            r.warm_nodes as f64 / r.nodes as f64
+        };
+        s.metrics
+            .warm_fraction
+            .with_label_values(&[&r.image, &r.pool])
+            .set(frac);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}

@@ -1,0 +1,275 @@
+//! The coordinator's end of the agent link: authenticates each stream, binds
+//! it to the caller's node, folds reports into the cluster view and pushes
+//! the node's intents. Bad messages end the stream with a clear status;
+//! nothing a client sends can crash or grow the coordinator unboundedly.
+
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use chrono::Utc;
+use futures::Stream;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::Authenticator;
+use super::metrics::CoordinatorMetrics;
+use crate::plan::view::{ClusterView, ViewError};
+use crate::wire::limits;
+use crate::wire::v1::link_server::Link;
+use crate::wire::v1::{
+    agent_message, coordinator_message, AgentMessage, CoordinatorMessage, Intent, IntentSet,
+    Snapshot,
+};
+
+/// Shared by every stream.
+pub struct LinkState {
+    pub view: RwLock<ClusterView>,
+    pub auth: Arc<dyn Authenticator>,
+    pub metrics: Arc<CoordinatorMetrics>,
+    /// The full intent set; each stream sends its node's share on change.
+    pub intents: watch::Sender<Arc<Vec<Intent>>>,
+    /// Ends every stream on shutdown so agents move to another replica.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl LinkState {
+    pub fn new(
+        auth: Arc<dyn Authenticator>,
+        metrics: Arc<CoordinatorMetrics>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Arc<Self> {
+        let (intents, _) = watch::channel(Arc::new(Vec::new()));
+        Arc::new(Self {
+            view: RwLock::new(ClusterView::default()),
+            auth,
+            metrics,
+            intents,
+            shutdown,
+        })
+    }
+
+    pub fn view(&self) -> std::sync::RwLockReadGuard<'_, ClusterView> {
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn view_mut(&self) -> std::sync::RwLockWriteGuard<'_, ClusterView> {
+        self.view.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone)]
+pub struct LinkService {
+    state: Arc<LinkState>,
+}
+
+impl LinkService {
+    pub fn new(state: Arc<LinkState>) -> Self {
+        Self { state }
+    }
+
+    /// The tonic service with message size limits on both directions.
+    pub fn into_server(self) -> crate::wire::v1::link_server::LinkServer<Self> {
+        crate::wire::v1::link_server::LinkServer::new(self)
+            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::MAX_MESSAGE_BYTES)
+    }
+}
+
+fn bearer<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Checks a snapshot's shape before it touches the view.
+pub fn validate_snapshot(s: &Snapshot) -> Result<(), String> {
+    if s.node.is_empty() || s.node.len() > 253 {
+        return Err("snapshot.node must be a node name".into());
+    }
+    if s.images.len() > limits::MAX_IMAGES {
+        return Err(format!("snapshot.images: more than {}", limits::MAX_IMAGES));
+    }
+    if s.windows.len() > limits::MAX_WINDOWS {
+        return Err(format!(
+            "snapshot.windows: more than {}",
+            limits::MAX_WINDOWS
+        ));
+    }
+    if s.labels.len() > limits::MAX_LABELS {
+        return Err(format!("snapshot.labels: more than {}", limits::MAX_LABELS));
+    }
+    if let Some(i) = s
+        .images
+        .iter()
+        .find(|i| i.name.is_empty() || i.name.len() > limits::MAX_NAME_LEN)
+    {
+        return Err(format!(
+            "snapshot.images: bad image name of {} bytes",
+            i.name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The intents meant for `node`: those naming it, or naming no node at all.
+pub fn intents_for(all: &[Intent], node: &str) -> IntentSet {
+    IntentSet {
+        intents: all
+            .iter()
+            .filter(|i| i.nodes.is_empty() || i.nodes.iter().any(|n| n == node))
+            .cloned()
+            .collect(),
+    }
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Link for LinkService {
+    type AttachStream = Outbound;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
+        let st = self.state.clone();
+        let node = match st.auth.node_of(&bearer(&req)).await {
+            Ok(n) => n,
+            Err(e) => {
+                st.metrics.rejected.with_label_values(&["auth"]).inc();
+                tracing::warn!(error = %e, "agent stream refused");
+                return Err(Status::unauthenticated(e.to_string()));
+            }
+        };
+        let mut inbound = req.into_inner();
+        // The first message must be this node's snapshot.
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream ended before the snapshot"))?;
+        let snap = match first.body {
+            Some(agent_message::Body::Snapshot(s)) => s,
+            _ => {
+                st.metrics.rejected.with_label_values(&["protocol"]).inc();
+                return Err(Status::invalid_argument(
+                    "the first message must be a snapshot",
+                ));
+            }
+        };
+        admit_snapshot(&st, &node, snap)?;
+        st.metrics.connected.inc();
+        tracing::info!(node = %node, "agent connected");
+
+        let mut intents = st.intents.subscribe();
+        let outbound = async_stream_of(st.clone(), node.clone(), inbound, move || {
+            let all = intents.borrow_and_update().clone();
+            (intents_for(&all, &node), intents.clone())
+        });
+        Ok(Response::new(outbound))
+    }
+}
+
+fn admit_snapshot(st: &LinkState, node: &str, snap: Snapshot) -> Result<(), Status> {
+    if snap.node != node {
+        st.metrics
+            .rejected
+            .with_label_values(&["foreign_node"])
+            .inc();
+        tracing::warn!(bound = %node, claimed = %snap.node, "report for a foreign node rejected");
+        return Err(Status::permission_denied(format!(
+            "this stream is bound to node {node}; a report for {} is not accepted",
+            snap.node
+        )));
+    }
+    if let Err(e) = validate_snapshot(&snap) {
+        st.metrics.rejected.with_label_values(&["invalid"]).inc();
+        return Err(Status::invalid_argument(e));
+    }
+    st.view_mut().apply_snapshot(snap, Utc::now());
+    Ok(())
+}
+
+/// Drives one stream: applies the agent's messages, sends intent updates,
+/// and marks the node disconnected when either side ends.
+fn async_stream_of(
+    st: Arc<LinkState>,
+    node: String,
+    mut inbound: Streaming<AgentMessage>,
+    first: impl FnOnce() -> (IntentSet, watch::Receiver<Arc<Vec<Intent>>>) + Send + 'static,
+) -> Outbound {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<CoordinatorMessage, Status>>(4);
+    tokio::spawn(async move {
+        let (initial, mut intents) = first();
+        let msg = |set| CoordinatorMessage {
+            body: Some(coordinator_message::Body::Intents(set)),
+        };
+        if tx.send(Ok(msg(initial))).await.is_err() {
+            st.view_mut().disconnect(&node);
+            st.metrics.connected.dec();
+            return;
+        }
+        let end = loop {
+            tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(m)) => if let Err(status) = handle(&st, &node, m) { break Some(status) },
+                    Ok(None) => break None,
+                    Err(status) => {
+                        tracing::debug!(node = %node, %status, "agent stream error");
+                        break None;
+                    }
+                },
+                changed = intents.changed() => {
+                    if changed.is_err() { break None; }
+                    let all = intents.borrow_and_update().clone();
+                    if tx.send(Ok(msg(intents_for(&all, &node)))).await.is_err() { break None; }
+                }
+                _ = tx.closed() => break None,
+                _ = st.shutdown.cancelled() => break Some(Status::unavailable("coordinator shutting down; reconnect")),
+            }
+        };
+        if let Some(status) = end {
+            let _ = tx.send(Err(status)).await;
+        }
+        st.view_mut().disconnect(&node);
+        st.metrics.connected.dec();
+        tracing::info!(node = %node, "agent disconnected");
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn handle(st: &LinkState, node: &str, m: AgentMessage) -> Result<(), Status> {
+    match m.body {
+        Some(agent_message::Body::Snapshot(s)) => admit_snapshot(st, node, s),
+        Some(agent_message::Body::Delta(d)) => {
+            if d.upserted.len() > limits::MAX_IMAGES || d.removed.len() > limits::MAX_IMAGES {
+                st.metrics.rejected.with_label_values(&["invalid"]).inc();
+                return Err(Status::invalid_argument(
+                    "delta larger than the image limit",
+                ));
+            }
+            st.metrics
+                .updates
+                .inc_by(1 + d.upserted.len() as u64 + d.removed.len() as u64);
+            match st.view_mut().apply_delta(node, d, Utc::now()) {
+                Ok(()) => Ok(()),
+                Err(e @ ViewError::OutOfOrder { .. }) | Err(e @ ViewError::NoSnapshot(_)) => {
+                    st.metrics
+                        .rejected
+                        .with_label_values(&["out_of_order"])
+                        .inc();
+                    Err(Status::failed_precondition(format!(
+                        "{e}; resend a snapshot"
+                    )))
+                }
+            }
+        }
+        None => {
+            st.metrics.rejected.with_label_values(&["protocol"]).inc();
+            Err(Status::invalid_argument("empty message"))
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The coordinator's cluster view: a pure index of what every agent last
+//! reported, updated by snapshots and deltas, queried for warmth per image
+//! and node pool. No I/O; `now` is passed in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::wire::v1::{image_state::Phase, Delta, ImageState, Snapshot, Taint, WindowState};
+
+/// Node label that names an AKS node pool.
+pub const POOL_LABEL: &str = "kubernetes.azure.com/agentpool";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub images: BTreeMap<String, ImageState>,
+    pub windows: BTreeMap<String, WindowState>,
+    pub free_disk_bytes: u64,
+    pub pin_supported: bool,
+    pub seq: u64,
+    pub last_report: DateTime<Utc>,
+    pub connected: bool,
+}
+
+impl NodeRecord {
+    pub fn pool(&self) -> &str {
+        self.labels
+            .get(POOL_LABEL)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn is_warm(&self, image: &str) -> bool {
+        self.images
+            .get(image)
+            .is_some_and(|i| i.phase == Phase::Warm as i32)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ViewError {
+    #[error("delta from {0} before any snapshot")]
+    NoSnapshot(String),
+    #[error("delta from {node} out of order: seq {got} after {last}")]
+    OutOfOrder { node: String, got: u64, last: u64 },
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ClusterView {
+    nodes: BTreeMap<String, NodeRecord>,
+}
+
+/// Warmth of one image in one pool.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImagePoolRow {
+    pub image: String,
+    pub pool: String,
+    pub warm_nodes: usize,
+    pub nodes: usize,
+    pub pulling_nodes: usize,
+    pub bytes_pending: u64,
+}
+
+impl ClusterView {
+    /// Replaces everything known about the snapshot's node.
+    pub fn apply_snapshot(&mut self, snap: Snapshot, now: DateTime<Utc>) {
+        let record = NodeRecord {
+            node: snap.node.clone(),
+            labels: snap.labels.into_iter().collect(),
+            taints: snap.taints,
+            images: snap
+                .images
+                .into_iter()
+                .map(|i| (i.name.clone(), i))
+                .collect(),
+            windows: snap
+                .windows
+                .into_iter()
+                .map(|w| (w.name.clone(), w))
+                .collect(),
+            free_disk_bytes: snap.free_disk_bytes,
+            pin_supported: snap.pin_supported,
+            seq: snap.seq,
+            last_report: now,
+            connected: true,
+        };
+        self.nodes.insert(snap.node, record);
+    }
+
+    /// Applies changes; a delta that does not follow the last message is
+    /// refused (the agent then resends a snapshot).
+    pub fn apply_delta(
+        &mut self,
+        node: &str,
+        delta: Delta,
+        now: DateTime<Utc>,
+    ) -> Result<(), ViewError> {
+        let rec = self
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| ViewError::NoSnapshot(node.to_string()))?;
+        if delta.seq <= rec.seq {
+            return Err(ViewError::OutOfOrder {
+                node: node.to_string(),
+                got: delta.seq,
+                last: rec.seq,
+            });
+        }
+        rec.seq = delta.seq;
+        rec.last_report = now;
+        rec.connected = true;
+        for i in delta.upserted {
+            rec.images.insert(i.name.clone(), i);
+        }
+        for name in delta.removed {
+            rec.images.remove(&name);
+        }
+        for w in delta.windows {
+            rec.windows.insert(w.name.clone(), w);
+        }
+        if let Some(free) = delta.free_disk_bytes {
+            rec.free_disk_bytes = free;
+        }
+        if delta.labels_changed {
+            rec.labels = delta.labels.into_iter().collect();
+        }
+        Ok(())
+    }
+
+    /// The stream ended: the node's last state is kept, marked stale.
+    pub fn disconnect(&mut self, node: &str) {
+        if let Some(r) = self.nodes.get_mut(node) {
+            r.connected = false;
+        }
+    }
+
+    pub fn node(&self, node: &str) -> Option<&NodeRecord> {
+        self.nodes.get(node)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    pub fn connected(&self) -> usize {
+        self.nodes.values().filter(|n| n.connected).count()
+    }
+
+    /// Image × pool table: warm nodes of all nodes in the pool reporting
+    /// the image or eligible for it (`eligible` decides per node).
+    pub fn image_pools(
+        &self,
+        mut eligible: impl FnMut(&str, &NodeRecord) -> bool,
+    ) -> Vec<ImagePoolRow> {
+        let images: BTreeSet<&str> = self
+            .nodes
+            .values()
+            .flat_map(|n| n.images.keys().map(String::as_str))
+            .collect();
+        let mut rows = BTreeMap::new();
+        for image in images {
+            for n in self.nodes.values() {
+                let state = n.images.get(image);
+                if state.is_none() && !eligible(image, n) {
+                    continue;
+                }
+                let row = rows
+                    .entry((image.to_string(), n.pool().to_string()))
+                    .or_insert_with(|| ImagePoolRow {
+                        image: image.to_string(),
+                        pool: n.pool().to_string(),
+                        warm_nodes: 0,
+                        nodes: 0,
+                        pulling_nodes: 0,
+                        bytes_pending: 0,
+                    });
+                row.nodes += 1;
+                match state {
+                    Some(s) if s.phase == Phase::Warm as i32 => row.warm_nodes += 1,
+                    Some(s) => {
+                        if s.phase == Phase::Pulling as i32 {
+                            row.pulling_nodes += 1;
+                        }
+                        row.bytes_pending += s.bytes_total.saturating_sub(s.bytes_done);
+                    }
+                    None => {}
+                }
+            }
+        }
+        rows.into_values().collect()
+    }
+
+    /// Seconds since each connected node last reported, for the lag metric.
+    pub fn report_lag(&self, now: DateTime<Utc>) -> Vec<f64> {
+        self.nodes
+            .values()
+            .filter(|n| n.connected)
+            .map(|n| (now - n.last_report).num_milliseconds().max(0) as f64 / 1000.0)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn img(name: &str, phase: Phase, done: u64, total: u64) -> ImageState {
+        ImageState {
+            name: name.into(),
+            phase: phase as i32,
+            pinned: phase == Phase::Warm,
+            bytes_done: done,
+            bytes_total: total,
+            error: String::new(),
+        }
+    }
+
+    fn snap(node: &str, pool: &str, images: Vec<ImageState>) -> Snapshot {
+        Snapshot {
+            node: node.into(),
+            labels: [(POOL_LABEL.to_string(), pool.to_string())]
+                .into_iter()
+                .collect(),
+            images,
+            seq: 1,
+            pin_supported: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_then_deltas() {
+        let mut v = ClusterView::default();
+        v.apply_snapshot(
+            snap(
+                "n1",
+                "integrations",
+                vec![img("r/a:1", Phase::Pulling, 10, 100)],
+            ),
+            t(0),
+        );
+        assert!(!v.node("n1").unwrap().is_warm("r/a:1"));
+        let d = Delta {
+            seq: 2,
+            upserted: vec![img("r/a:1", Phase::Warm, 100, 100)],
+            ..Default::default()
+        };
+        v.apply_delta("n1", d, t(1)).unwrap();
+        assert!(v.node("n1").unwrap().is_warm("r/a:1"));
+        let stale = Delta {
+            seq: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            v.apply_delta("n1", stale, t(2)),
+            Err(ViewError::OutOfOrder {
+                node: "n1".into(),
+                got: 2,
+                last: 2
+            })
+        );
+        assert_eq!(
+            v.apply_delta("n9", Delta::default(), t(2)),
+            Err(ViewError::NoSnapshot("n9".into()))
+        );
+        let rm = Delta {
+            seq: 3,
+            removed: vec!["r/a:1".into()],
+            ..Default::default()
+        };
+        v.apply_delta("n1", rm, t(3)).unwrap();
+        assert!(v.node("n1").unwrap().images.is_empty());
+    }
+
+    #[test]
+    fn restart_rebuilds_from_snapshots() {
+        let mut v = ClusterView::default();
+        v.apply_snapshot(snap("n1", "p", vec![img("r/a:1", Phase::Warm, 5, 5)]), t(0));
+        v.disconnect("n1");
+        assert_eq!(v.connected(), 0);
+        assert!(v.node("n1").unwrap().is_warm("r/a:1"), "last state is kept");
+        // A reconnecting agent restarts its sequence with a new snapshot.
+        v.apply_snapshot(snap("n1", "p", vec![]), t(5));
+        assert_eq!(v.connected(), 1);
+        assert!(v.node("n1").unwrap().images.is_empty());
+    }
+
+    #[test]
+    fn image_by_pool_table() {
+        let mut v = ClusterView::default();
+        v.apply_snapshot(
+            snap(
+                "n1",
+                "integrations",
+                vec![img("r/a:1", Phase::Warm, 100, 100)],
+            ),
+            t(0),
+        );
+        v.apply_snapshot(
+            snap(
+                "n2",
+                "integrations",
+                vec![img("r/a:1", Phase::Pulling, 40, 100)],
+            ),
+            t(0),
+        );
+        v.apply_snapshot(snap("n3", "integrations", vec![]), t(0));
+        v.apply_snapshot(snap("s1", "system", vec![]), t(0));
+        let rows = v.image_pools(|_, n| n.pool() == "integrations");
+        assert_eq!(
+            rows,
+            vec![ImagePoolRow {
+                image: "r/a:1".into(),
+                pool: "integrations".into(),
+                warm_nodes: 1,
+                nodes: 3,
+                pulling_nodes: 1,
+                bytes_pending: 60
+            }]
+        );
+    }
+
+    #[test]
+    fn lag_counts_connected_nodes_only() {
+        let mut v = ClusterView::default();
+        v.apply_snapshot(snap("n1", "p", vec![]), t(0));
+        v.apply_snapshot(snap("n2", "p", vec![]), t(0));
+        v.disconnect("n2");
+        assert_eq!(v.report_lag(t(3)), vec![3.0]);
+    }
+}

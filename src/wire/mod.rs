@@ -1,0 +1,17 @@
+//! Wire types of the agent–coordinator link, generated from `link.proto`.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("prewarm.link.v1");
+}
+
+/// Limits every message is checked against, on both ends.
+pub mod limits {
+    /// Largest encoded message accepted (a node with thousands of images
+    /// fits comfortably).
+    pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+    pub const MAX_IMAGES: usize = 20_000;
+    pub const MAX_WINDOWS: usize = 1_000;
+    pub const MAX_LABELS: usize = 512;
+    pub const MAX_NAME_LEN: usize = 1_024;
+}
