@@ -1,13 +1,18 @@
 //! Pull benchmark: prewarm against `ctr` and CRI PullImage, each on a cold
-//! containerd fed by the same warm local registry, plus bandwidth-cap accuracy
-//! and the agent's idle footprint. Prints Markdown to stdout, progress to stderr.
+//! containerd fed by the same warm local registry, reached over loopback and
+//! over an emulated WAN link; plus bandwidth-cap accuracy and the agent's idle
+//! footprint. Prints Markdown to stdout, progress to stderr.
 //!
 //! `cargo bench --bench pull` (as root; `scripts/bench.sh` does the setup).
 //! Env: `PREWARM_BENCH_CONTAINERD` = `2` (default) or `1.7`,
 //! `PREWARM_BENCH_IMAGES` (8), `PREWARM_BENCH_BYTES` (uncompressed total,
-//! 640MiB; units as in the agent config), `PREWARM_BENCH_RUNS` (3).
+//! 640MiB; units as in the agent config), `PREWARM_BENCH_RUNS` (3),
+//! `PREWARM_BENCH_WAN` (`1`; `0` skips the WAN scenario).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,7 +31,7 @@ use prewarm::node::runtime::ImageStore;
 use prewarm::node::setup;
 use prewarm::testkit::containerd::{TestContainerd, Version};
 use prewarm::testkit::corpus::{bench_corpus, CorpusEntry};
-use prewarm::testkit::registry::Registry;
+use prewarm::testkit::registry::{Registry, DEFAULT_REGISTRY_BIN, REGISTRY_BIN_ENV};
 
 const MIB: f64 = (1 << 20) as f64;
 const MB: f64 = 1e6;
@@ -35,6 +40,24 @@ const BANDWIDTH_CAP: u64 = 40 << 20;
 const AGENT_SETTLE: Duration = Duration::from_secs(5);
 const AGENT_SAMPLE: Duration = Duration::from_secs(20);
 const AGENT_IMAGES: usize = 3;
+
+/// The emulated WAN link, see `scripts/wan-netns.sh`.
+const WAN_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/wan-netns.sh");
+/// The namespace, devices and addresses exist once per machine: a concurrent
+/// bench (a CI `cargo test` runs this one too) waits for this lock.
+const WAN_LOCK: &str = "/run/prewarm-wan.lock";
+const WAN_LOCK_WAIT: Duration = Duration::from_secs(15 * 60);
+const WAN_NS: &str = "prewarm-wan";
+const WAN_HOST_IF: &str = "pwan-h";
+const WAN_NS_IF: &str = "pwan-n";
+/// The registry inside the namespace.
+const WAN_REGISTRY: &str = "10.211.0.2:5000";
+/// Each way, so the round trip is twice this.
+const WAN_DELAY: Duration = Duration::from_millis(20);
+/// `tbf` rate on each direction.
+const WAN_RATE_MBIT: u64 = 400;
+/// The delay line sends a packet this much early rather than sleep again.
+const WAN_SLACK: Duration = Duration::from_micros(200);
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Method {
@@ -114,11 +137,16 @@ struct Warm {
     runtime_version: String,
 }
 
-async fn warm_all(node: &TestContainerd, refs: &[ImageRef], bandwidth: u64) -> Result<Warm> {
+async fn warm_all(
+    node: &TestContainerd,
+    refs: &[ImageRef],
+    bandwidth: u64,
+    hosts_dir: Option<PathBuf>,
+) -> Result<Warm> {
     let mut cfg = AgentConfig::default();
     cfg.runtime.socket = node.socket.clone();
     cfg.runtime.root = node.root.clone();
-    cfg.registry.hosts_dir = None;
+    cfg.registry.hosts_dir = hosts_dir;
     cfg.registry.docker_config.clear();
     cfg.pacing.max_concurrent_pulls = refs.len().max(1);
     cfg.pacing.bandwidth = ByteSize(bandwidth);
@@ -218,13 +246,50 @@ struct Sample {
     snapshots: usize,
 }
 
+/// Where the node pulls from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Loopback,
+    Wan,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Loopback => "loopback",
+            Scenario::Wan => "wan",
+        }
+    }
+}
+
+/// containerd only talks plain HTTP to localhost unless a hosts.toml says so;
+/// prewarm reads the same file.
+fn plain_http_hosts(node: &TestContainerd, host: &str) -> Result<()> {
+    let dir = node.hosts_dir.join(host);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )?;
+    Ok(())
+}
+
 /// One method on a fresh containerd, which is removed afterwards.
-async fn measure(m: Method, version: Version, refs: &[ImageRef]) -> Result<Sample> {
+async fn measure(m: Method, version: Version, refs: &[ImageRef], sc: Scenario) -> Result<Sample> {
     let mut node = TestContainerd::start(version).await?;
     let result = async {
+        let hosts_dir = match sc {
+            Scenario::Loopback => None,
+            Scenario::Wan => {
+                plain_http_hosts(&node, WAN_REGISTRY)?;
+                Some(node.hosts_dir.clone())
+            }
+        };
         let (wall, fetch) = match m {
             Method::Prewarm => {
-                let w = warm_all(&node, refs, 0).await?;
+                let w = warm_all(&node, refs, 0, hosts_dir).await?;
                 (w.wall, Some(w.fetch))
             }
             Method::CtrSeq => (ctr_pull(&node, refs).await?, None),
@@ -239,7 +304,10 @@ async fn measure(m: Method, version: Version, refs: &[ImageRef]) -> Result<Sampl
         })
     }
     .await
-    .with_context(|| format!("{}; containerd log:\n{}", m.label(), node.log_tail()));
+    .with_context(|| {
+        let (label, log) = (m.label(), node.log_tail());
+        format!("{} ({label}); containerd log:\n{log}", sc.name())
+    });
     node.stop().await;
     drop(node);
     // Flush the deleted node's writeback so it doesn't bill the next one.
@@ -299,7 +367,16 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
 
 /// utime + stime in clock ticks (fields 14 and 15; `comm` may hold spaces).
 fn cpu_ticks(pid: u32) -> Result<u64> {
-    let text = read_proc(pid, "stat")?;
+    stat_ticks(&read_proc(pid, "stat")?)
+}
+
+/// One thread of this process (`/proc/<tid>/stat` would sum all threads).
+fn thread_cpu_ticks(tid: u32) -> Result<u64> {
+    let path = format!("/proc/self/task/{tid}/stat");
+    stat_ticks(&std::fs::read_to_string(&path).context(path)?)
+}
+
+fn stat_ticks(text: &str) -> Result<u64> {
     let rest = text.rsplit_once(')').context("stat")?.1;
     let f: Vec<u64> = rest
         .split_whitespace()
@@ -392,6 +469,321 @@ async fn agent_footprint(node: &TestContainerd, refs: &[ImageRef]) -> Result<Foo
     })
 }
 
+/// Just enough of `<linux/if_tun.h>`, threads and `flock` to bridge two TUN
+/// devices from userspace.
+mod sys {
+    use std::ffi::{c_int, c_short, c_ulong};
+    use std::fs::{File, OpenOptions};
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    extern "C" {
+        fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
+        fn setns(fd: c_int, nstype: c_int) -> c_int;
+        fn sched_setscheduler(pid: c_int, policy: c_int, param: *const c_int) -> c_int;
+        fn gettid() -> c_int;
+        fn flock(fd: c_int, operation: c_int) -> c_int;
+    }
+
+    const TUNSETIFF: c_ulong = 0x4004_54ca;
+    const TUNSETOFFLOAD: c_ulong = 0x4004_54d0;
+    const IFF_TUN: c_short = 0x0001;
+    const IFF_NO_PI: c_short = 0x1000;
+    const IFF_VNET_HDR: c_short = 0x4000;
+    const TUN_F_CSUM: c_ulong = 0x01;
+    const TUN_F_TSO4: c_ulong = 0x02;
+    const TUN_F_TSO6: c_ulong = 0x04;
+    const CLONE_NEWNET: c_int = 0x4000_0000;
+    const SCHED_FIFO: c_int = 1;
+    const LOCK_EX: c_int = 2;
+    const LOCK_NB: c_int = 4;
+
+    /// `struct ifreq`: the name, then a 24-byte union led by `ifr_flags`.
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: c_short,
+        rest: [u8; 22],
+    }
+
+    fn check(rc: c_int) -> io::Result<()> {
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Attaches to the existing TUN device `name` in the named network
+    /// namespace (`None`: this process's). With a virtio-net header and TSO,
+    /// reads and writes carry whole TCP segments of up to 64 KiB.
+    pub fn attach(name: &str, netns: Option<&str>) -> io::Result<File> {
+        let name = name.to_string();
+        let netns = netns.map(|n| format!("/run/netns/{n}"));
+        // TUNSETIFF looks the device up in the namespace that opened
+        // /dev/net/tun: a throwaway thread enters it; the fd outlives it.
+        let attach = move || {
+            if let Some(ns) = netns {
+                let f = File::open(&ns)?;
+                check(unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) })?;
+            }
+            let tun = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")?;
+            let mut req = IfReq {
+                name: [0; 16],
+                flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,
+                rest: [0; 22],
+            };
+            let n = name.len().min(15);
+            req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+            check(unsafe { ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) })?;
+            let offload = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+            check(unsafe { ioctl(tun.as_raw_fd(), TUNSETOFFLOAD, offload) })?;
+            Ok(tun)
+        };
+        std::thread::spawn(attach)
+            .join()
+            .map_err(|_| io::Error::other("TUN attach thread panicked"))?
+    }
+
+    /// Best effort SCHED_FIFO for the calling thread, so packets keep their
+    /// schedule while unpacking saturates the CPUs (as network softirqs do).
+    pub fn realtime() {
+        let priority: c_int = 10;
+        unsafe { sched_setscheduler(0, SCHED_FIFO, &priority) };
+    }
+
+    /// The calling thread's id (`/proc/<tid>/stat` has its CPU time).
+    pub fn tid() -> u32 {
+        unsafe { gettid() as u32 }
+    }
+
+    /// An exclusive `flock` on `path`, held until the file is closed;
+    /// `Ok(None)` if another process holds it.
+    pub fn try_lock(path: &str) -> io::Result<Option<File>> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        if unsafe { flock(f.as_raw_fd(), LOCK_EX | LOCK_NB) } == 0 {
+            return Ok(Some(f));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        }
+    }
+}
+
+/// One direction of the link: every packet read from `src` is written to
+/// `dst` `delay` later (propagation delay; the rate is `tbf`'s, in the
+/// kernel). Its two threads add their ids to `tids` and end once `src` is
+/// gone.
+fn delay_line(
+    src: Arc<File>,
+    dst: Arc<File>,
+    delay: Duration,
+    tids: &Arc<Mutex<Vec<u32>>>,
+) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let rx_tids = tids.clone();
+    let reader = move || {
+        sys::realtime();
+        rx_tids.lock().unwrap().push(sys::tid());
+        let mut buf = vec![0; 1 << 17];
+        loop {
+            match (&*src).read(&mut buf) {
+                Ok(n) => {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let tx_tids = tids.clone();
+    let writer = move || {
+        sys::realtime();
+        tx_tids.lock().unwrap().push(sys::tid());
+        // The delay is constant, so arrival order is departure order.
+        for (due, packet) in rx {
+            let now = Instant::now();
+            if due > now + WAN_SLACK {
+                std::thread::sleep(due - now);
+            }
+            // A failed write is a lost packet, as on a real link.
+            let _ = (&*dst).write(&packet);
+        }
+    };
+    std::thread::Builder::new()
+        .name("wan-delay-rx".into())
+        .spawn(reader)?;
+    std::thread::Builder::new()
+        .name("wan-delay-tx".into())
+        .spawn(writer)?;
+    Ok(())
+}
+
+/// The emulated WAN link and a registry behind it, serving the loopback
+/// registry's storage. Dropping it tears the namespace down.
+struct Wan {
+    registry: Option<tokio::process::Child>,
+    dir: tempfile::TempDir,
+    /// The delay line's threads.
+    tids: Arc<Mutex<Vec<u32>>>,
+    /// Held until after teardown (fields drop after `Drop::drop`).
+    _lock: File,
+}
+
+impl Wan {
+    async fn start(storage: &Path) -> Result<Wan> {
+        let deadline = Instant::now() + WAN_LOCK_WAIT;
+        let lock = loop {
+            if let Some(f) = sys::try_lock(WAN_LOCK).with_context(|| WAN_LOCK.to_string())? {
+                break f;
+            }
+            if Instant::now() > deadline {
+                bail!("another run held {WAN_LOCK} for {WAN_LOCK_WAIT:?}");
+            }
+            eprintln!("bench: another run is using the WAN link ({WAN_LOCK}); waiting");
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        let out = Command::new(WAN_SCRIPT)
+            .arg("up")
+            .env("PREWARM_WAN_RATE", format!("{WAN_RATE_MBIT}mbit"))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("running {WAN_SCRIPT}"))?;
+        // From here on Drop cleans up, also after a partial `up`.
+        let mut wan = Wan {
+            registry: None,
+            dir: tempfile::tempdir()?,
+            tids: Arc::default(),
+            _lock: lock,
+        };
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            bail!("{WAN_SCRIPT} up failed: {}", err.trim());
+        }
+        let host = Arc::new(sys::attach(WAN_HOST_IF, None).context("attaching TUN")?);
+        let ns = Arc::new(sys::attach(WAN_NS_IF, Some(WAN_NS)).context("attaching TUN")?);
+        delay_line(host.clone(), ns.clone(), WAN_DELAY, &wan.tids)?;
+        delay_line(ns, host, WAN_DELAY, &wan.tids)?;
+
+        let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
+        let config = wan.dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n\
+                 \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
+                 http:\n  addr: {WAN_REGISTRY}\n",
+                q(storage)
+            ),
+        )?;
+        let log_path = wan.dir.path().join("registry.log");
+        let log = File::create(&log_path)?;
+        let bin = std::env::var(REGISTRY_BIN_ENV).unwrap_or_else(|_| DEFAULT_REGISTRY_BIN.into());
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", WAN_NS, &bin, "serve"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = wan.registry.insert(cmd.spawn().context("ip netns exec")?);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = http.get(format!("http://{WAN_REGISTRY}/v2/")).send().await;
+            if matches!(&r, Ok(r) if r.status().is_success()) {
+                return Ok(wan);
+            }
+            let exited = child.try_wait()?;
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("registry in netns {WAN_NS} not ready ({exited:?}, {r:?}); log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// CPU time the delay line has used so far, in clock ticks.
+    fn cpu_ticks(&self) -> Result<u64> {
+        let tids = self.tids.lock().unwrap().clone();
+        tids.into_iter().map(thread_cpu_ticks).sum()
+    }
+}
+
+impl Drop for Wan {
+    fn drop(&mut self) {
+        if let Some(c) = self.registry.as_mut() {
+            let _ = c.start_kill();
+        }
+        let _ = std::process::Command::new(WAN_SCRIPT)
+            .arg("down")
+            .stdin(Stdio::null())
+            .status();
+    }
+}
+
+/// What the link delivers, measured with the bench's own clients.
+struct LinkCheck {
+    connect_ms: f64,
+    blob_mb: f64,
+    blob_rate: f64,
+}
+
+/// TCP connect (one round trip), median of 5; then the largest layer over one
+/// fresh connection (slow start included), first request byte to last byte.
+async fn link_check(corpus: &[CorpusEntry]) -> Result<LinkCheck> {
+    let mut ms = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let conn = tokio::net::TcpStream::connect(WAN_REGISTRY).await?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(conn);
+    }
+    let (repo, layer) = corpus
+        .iter()
+        .flat_map(|(repo, _, b)| b.images().into_iter().map(move |i| (repo, i)))
+        .flat_map(|(repo, i)| i.layers.iter().map(move |l| (repo, l)))
+        .max_by_key(|(_, l)| l.data.len())
+        .context("empty corpus")?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("http://{WAN_REGISTRY}/v2/{repo}/blobs/{}", layer.digest);
+    let t = Instant::now();
+    let mut resp = http.get(url).send().await?.error_for_status()?;
+    let mut n = 0;
+    while let Some(chunk) = resp.chunk().await? {
+        n += chunk.len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(LinkCheck {
+        connect_ms: stats(&ms).0,
+        blob_mb: n as f64 / MB,
+        blob_rate: n as f64 / secs,
+    })
+}
+
 fn verdict(ok: bool) -> &'static str {
     ["**missed**", "met"][ok as usize]
 }
@@ -410,76 +802,35 @@ fn load() -> String {
     text.split_whitespace().next().unwrap_or("?").to_string()
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let version = match std::env::var("PREWARM_BENCH_CONTAINERD").as_deref() {
-        Err(_) | Ok("2" | "2.x" | "") => Version::V2,
-        Ok("1.7") => Version::V17,
-        Ok(other) => bail!("PREWARM_BENCH_CONTAINERD={other}: expected 2 or 1.7"),
-    };
-    let images: usize = env_or("PREWARM_BENCH_IMAGES", 8)?;
-    let bytes: ByteSize = env_or("PREWARM_BENCH_BYTES", ByteSize(640 << 20))?;
-    let runs: usize = env_or("PREWARM_BENCH_RUNS", 3)?.max(1);
-
-    let load_start = load();
-    eprintln!("bench: generating {images} images, {bytes} uncompressed");
-    let (corpus, cs) = tokio::task::spawn_blocking(move || {
-        let corpus = bench_corpus(images, bytes.0 as usize, 0xbe7c);
-        let stats = corpus_stats(&corpus);
-        (corpus, stats)
-    })
-    .await?;
-    let cs = cs?;
-    let registry = Registry::start(None).await?;
-    registry.pusher().push_corpus(&corpus).await?;
-    let refs: Vec<ImageRef> = corpus
-        .iter()
-        .map(|(repo, tag, _)| format!("{}/{repo}:{tag}", registry.host()).parse())
-        .collect::<Result<_, _>>()?;
-
-    // Interleave methods within each run so drift hits all of them alike.
+/// Every method `runs` times, each on a fresh containerd; methods are
+/// interleaved within a run so drift hits all of them alike.
+async fn run_methods(
+    sc: Scenario,
+    version: Version,
+    refs: &[ImageRef],
+    runs: usize,
+) -> Result<HashMap<Method, Vec<Sample>>> {
     let mut samples: HashMap<Method, Vec<Sample>> = HashMap::new();
     for run in 1..=runs {
         for m in Method::ALL {
-            let s = measure(m, version, &refs).await?;
-            eprintln!("bench: run {run}/{runs} {:<40} {:>7.2}s", m.label(), s.wall);
+            let s = measure(m, version, refs, sc).await?;
+            let name = sc.name();
+            eprintln!(
+                "bench: {name:<8} run {run}/{runs} {:<40} {:>7.2}s",
+                m.label(),
+                s.wall
+            );
             samples.entry(m).or_default().push(s);
         }
     }
+    Ok(samples)
+}
 
-    // Bandwidth cap on a fresh node; the agent then idles on the same node.
-    eprintln!("bench: bandwidth cap {} MiB/s", BANDWIDTH_CAP >> 20);
-    let node = TestContainerd::start(version).await?;
-    let capped = warm_all(&node, &refs, BANDWIDTH_CAP).await?;
-    eprintln!("bench: agent footprint");
-    let agent_refs = &refs[..refs.len().min(AGENT_IMAGES)];
-    let fp = agent_footprint(&node, agent_refs).await?;
-    drop(node);
-
-    // Report.
+/// The method table and prewarm's time split for one scenario.
+fn method_table(samples: &HashMap<Method, Vec<Sample>>, cs: &CorpusStats, images: usize) -> String {
     let median = |m: Method| stats(&samples[&m].iter().map(|s| s.wall).collect::<Vec<_>>());
     let (cri_seq, cri_all) = (median(Method::CriSeq).0, median(Method::CriAll).0);
     let mut o = String::new();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    o += &format!(
-        "Machine: {nproc} CPUs ({}), kernel {}, containerd {} ({}), \
-         registry: local `docker-registry` over loopback (plain HTTP); \
-         load average {load_start} at start, {} at end.\n\n",
-        cpu_model(),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
-        capped.runtime_version,
-        version.label(),
-        load(),
-    );
-    o += &format!(
-        "Corpus: {images} images, {:.0} MB uncompressed in total ({:.0} MiB), shared base layer; \
-         a cold node downloads {} distinct layers, {:.0} MB compressed. {runs} run(s) per method, \
-         each on a fresh containerd.\n\n",
-        cs.uncompressed as f64 / MB,
-        cs.uncompressed as f64 / MIB,
-        cs.distinct_layers,
-        cs.distinct_compressed as f64 / MB,
-    );
     o += "| Method | Median (s) | Min (s) | Max (s) | × CRI one-by-one | × CRI all-at-once | MB/s | Snapshots | Target |\n";
     o += "|---|---:|---:|---:|---:|---:|---:|---:|---|\n";
     let expected_snaps = 1 + 3 * images;
@@ -510,10 +861,160 @@ async fn main() -> Result<()> {
          then {:.2}s until the last CRI PullImage returned (unpack tail).\n\n",
         wall - fetch
     );
+    o
+}
+
+struct WanRuns {
+    link: LinkCheck,
+    samples: HashMap<Method, Vec<Sample>>,
+    /// Wall time of all measurements, and the delay line's CPU time in it.
+    wall: f64,
+    emulator_cpu: f64,
+}
+
+type WanResult = Result<WanRuns, String>;
+
+/// The WAN scenario; the inner error says why it was skipped. Once the link
+/// is up, failures are results and fail the bench like loopback ones.
+async fn wan_scenario(
+    storage: &Path,
+    corpus: &[CorpusEntry],
+    version: Version,
+    runs: usize,
+    enabled: bool,
+) -> Result<WanResult> {
+    if !enabled {
+        return Ok(Err("PREWARM_BENCH_WAN=0".into()));
+    }
+    eprintln!("bench: setting up the emulated WAN link");
+    let wan = match Wan::start(storage).await {
+        Ok(w) => w,
+        Err(e) => {
+            let why = format!("could not set up the emulated WAN link: {e:#}");
+            eprintln!("bench: WAN scenario skipped: {why}");
+            return Ok(Err(why));
+        }
+    };
+    let link = link_check(corpus).await.context("WAN link check")?;
+    eprintln!(
+        "bench: wan link: TCP connect {:.1} ms, one connection {:.1} MB/s",
+        link.connect_ms,
+        link.blob_rate / MB
+    );
+    let refs: Vec<ImageRef> = corpus
+        .iter()
+        .map(|(repo, tag, _)| format!("{WAN_REGISTRY}/{repo}:{tag}").parse())
+        .collect::<Result<_, _>>()?;
+    let (t0, c0) = (Instant::now(), wan.cpu_ticks()?);
+    let samples = run_methods(Scenario::Wan, version, &refs, runs).await?;
+    let emulator_cpu = (wan.cpu_ticks()? - c0) as f64 / clock_ticks().await;
+    Ok(Ok(WanRuns {
+        link,
+        samples,
+        wall: t0.elapsed().as_secs_f64(),
+        emulator_cpu,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let version = match std::env::var("PREWARM_BENCH_CONTAINERD").as_deref() {
+        Err(_) | Ok("2" | "2.x" | "") => Version::V2,
+        Ok("1.7") => Version::V17,
+        Ok(other) => bail!("PREWARM_BENCH_CONTAINERD={other}: expected 2 or 1.7"),
+    };
+    let images: usize = env_or("PREWARM_BENCH_IMAGES", 8)?;
+    let bytes: ByteSize = env_or("PREWARM_BENCH_BYTES", ByteSize(640 << 20))?;
+    let runs: usize = env_or("PREWARM_BENCH_RUNS", 3)?.max(1);
+    let wan_enabled = match std::env::var("PREWARM_BENCH_WAN").as_deref() {
+        Err(_) | Ok("1" | "") => true,
+        Ok("0") => false,
+        Ok(other) => bail!("PREWARM_BENCH_WAN={other}: expected 0 or 1"),
+    };
+
+    let load_start = load();
+    eprintln!("bench: generating {images} images, {bytes} uncompressed");
+    let (corpus, cs) = tokio::task::spawn_blocking(move || {
+        let corpus = bench_corpus(images, bytes.0 as usize, 0xbe7c);
+        let stats = corpus_stats(&corpus);
+        (corpus, stats)
+    })
+    .await?;
+    let cs = cs?;
+    let registry = Registry::start(None).await?;
+    registry.pusher().push_corpus(&corpus).await?;
+    let refs: Vec<ImageRef> = corpus
+        .iter()
+        .map(|(repo, tag, _)| format!("{}/{repo}:{tag}", registry.host()).parse())
+        .collect::<Result<_, _>>()?;
+
+    let loopback = run_methods(Scenario::Loopback, version, &refs, runs).await?;
+    let storage = registry.storage_dir();
+    let wan = wan_scenario(&storage, &corpus, version, runs, wan_enabled).await?;
+
+    // Bandwidth cap on a fresh node; the agent then idles on the same node.
+    eprintln!("bench: bandwidth cap {} MiB/s", BANDWIDTH_CAP >> 20);
+    let node = TestContainerd::start(version).await?;
+    let capped = warm_all(&node, &refs, BANDWIDTH_CAP, None).await?;
+    eprintln!("bench: agent footprint");
+    let agent_refs = &refs[..refs.len().min(AGENT_IMAGES)];
+    let fp = agent_footprint(&node, agent_refs).await?;
+    drop(node);
+
+    // Report.
+    let mut o = String::new();
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    o += &format!(
+        "Machine: {nproc} CPUs ({}), kernel {}, containerd {} ({}), \
+         registry: local `docker-registry` (plain HTTP); \
+         load average {load_start} at start, {} at end.\n\n",
+        cpu_model(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
+        capped.runtime_version,
+        version.label(),
+        load(),
+    );
+    o += &format!(
+        "Corpus: {images} images, {:.0} MB uncompressed in total ({:.0} MiB), shared base layer; \
+         a cold node downloads {} distinct layers, {:.0} MB compressed. {runs} run(s) per method \
+         and scenario, each on a fresh containerd.\n\n",
+        cs.uncompressed as f64 / MB,
+        cs.uncompressed as f64 / MIB,
+        cs.distinct_layers,
+        cs.distinct_compressed as f64 / MB,
+    );
+    o += "**Registry on loopback** (`127.0.0.1`, blobs in the page cache):\n\n";
+    o += &method_table(&loopback, &cs, images);
+    let rtt_ms = 2 * WAN_DELAY.as_millis();
+    o += &format!(
+        "**Registry over an emulated WAN link: {rtt_ms} ms RTT, {WAN_RATE_MBIT} Mbit/s** \
+         (network namespace; {} ms delay line each way, kernel `tbf` at \
+         {WAN_RATE_MBIT} Mbit/s each way; `scripts/wan-netns.sh`)",
+        WAN_DELAY.as_millis()
+    );
+    match &wan {
+        Ok(w) => {
+            o += &format!(
+                ". Link check: TCP connect {:.1} ms (median of 5); the largest layer \
+                 ({:.0} MB) over one fresh connection at {:.1} MB/s \
+                 (link: {:.0} MB/s). The delay line used {:.1} CPU-seconds in the \
+                 {:.0} s of measurements ({:.0} % of one CPU).\n\n",
+                w.link.connect_ms,
+                w.link.blob_mb,
+                w.link.blob_rate / MB,
+                WAN_RATE_MBIT as f64 * 1e6 / 8.0 / MB,
+                w.emulator_cpu,
+                w.wall,
+                100.0 * w.emulator_cpu / w.wall,
+            );
+            o += &method_table(&w.samples, &cs, images);
+        }
+        Err(why) => o += &format!(": _skipped, {why}._\n\n"),
+    }
 
     let achieved = capped.flow.rate();
     let err = 100.0 * (achieved - BANDWIDTH_CAP as f64) / BANDWIDTH_CAP as f64;
-    o += "| Bandwidth cap | Setting (MiB/s) | Achieved (MiB/s) | Error | Fetched (MB) | First → last byte (s) | Whole warm (s) | Target |\n";
+    o += "| Bandwidth cap (loopback) | Setting (MiB/s) | Achieved (MiB/s) | Error | Fetched (MB) | First → last byte (s) | Whole warm (s) | Target |\n";
     o += "|---|---:|---:|---:|---:|---:|---:|---|\n";
     o += &format!(
         "| `pacing.bandwidth` | {:.1} | {:.2} | {err:+.1}% | {:.0} | {:.2} | {:.2} | ±10%: {} |\n\n",
