@@ -100,10 +100,9 @@ pub fn node_summaries(state: &LinkState) -> Vec<NodeSummary> {
 }
 
 pub fn image_rows(state: &LinkState) -> Vec<ImageRow> {
-    // Eligibility here is "reports the image"; rollout intents narrow it.
     state
         .view()
-        .image_pools(|_, _| false)
+        .image_pools()
         .into_iter()
         .map(|r| ImageRow {
             image: r.image,

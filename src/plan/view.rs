@@ -2,7 +2,7 @@
 //! reported, updated by snapshots and deltas, queried for warmth per image
 //! and node pool. No I/O; `now` is passed in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
@@ -51,6 +51,33 @@ pub enum ViewError {
 #[derive(Debug, Default, Clone)]
 pub struct ClusterView {
     nodes: BTreeMap<String, NodeRecord>,
+    /// (image, pool) → counts, kept current on every update so queries
+    /// cost O(rows), not O(nodes × images).
+    agg: BTreeMap<(String, String), Agg>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Agg {
+    nodes: usize,
+    warm: usize,
+    pulling: usize,
+    pending: u64,
+}
+
+impl Agg {
+    fn add(&mut self, s: &ImageState, sign: i64) {
+        let step = |v: &mut usize| *v = (*v as i64 + sign).max(0) as usize;
+        step(&mut self.nodes);
+        if s.phase == Phase::Warm as i32 {
+            step(&mut self.warm);
+        } else {
+            if s.phase == Phase::Pulling as i32 {
+                step(&mut self.pulling);
+            }
+            let p = s.bytes_total.saturating_sub(s.bytes_done);
+            self.pending = if sign > 0 { self.pending + p } else { self.pending.saturating_sub(p) };
+        }
+    }
 }
 
 /// Warmth of one image in one pool.
@@ -65,6 +92,24 @@ pub struct ImagePoolRow {
 }
 
 impl ClusterView {
+    fn account(&mut self, pool: &str, image: &ImageState, sign: i64) {
+        let key = (image.name.clone(), pool.to_string());
+        let a = self.agg.entry(key.clone()).or_default();
+        a.add(image, sign);
+        if a.nodes == 0 {
+            self.agg.remove(&key);
+        }
+    }
+
+    fn account_node(&mut self, node: &str, sign: i64) {
+        let Some(rec) = self.nodes.get(node) else { return };
+        let pool = rec.pool().to_string();
+        let images: Vec<ImageState> = rec.images.values().cloned().collect();
+        for i in &images {
+            self.account(&pool, i, sign);
+        }
+    }
+
     /// Replaces everything known about the snapshot's node.
     pub fn apply_snapshot(&mut self, snap: Snapshot, now: DateTime<Utc>) {
         let record = NodeRecord {
@@ -87,7 +132,9 @@ impl ClusterView {
             last_report: now,
             connected: true,
         };
-        self.nodes.insert(snap.node, record);
+        self.account_node(&snap.node, -1);
+        self.nodes.insert(snap.node.clone(), record);
+        self.account_node(&snap.node, 1);
     }
 
     /// Applies changes; a delta that does not follow the last message is
@@ -100,7 +147,7 @@ impl ClusterView {
     ) -> Result<(), ViewError> {
         let rec = self
             .nodes
-            .get_mut(node)
+            .get(node)
             .ok_or_else(|| ViewError::NoSnapshot(node.to_string()))?;
         if delta.seq <= rec.seq {
             return Err(ViewError::OutOfOrder {
@@ -109,23 +156,48 @@ impl ClusterView {
                 last: rec.seq,
             });
         }
-        rec.seq = delta.seq;
-        rec.last_report = now;
-        rec.connected = true;
-        for i in delta.upserted {
-            rec.images.insert(i.name.clone(), i);
+        let old_pool = rec.pool().to_string();
+        let labels_change = delta.labels_changed;
+        if labels_change {
+            // The pool may change: re-account every image.
+            self.account_node(node, -1);
         }
-        for name in delta.removed {
-            rec.images.remove(&name);
+        let mut changes: Vec<(Option<ImageState>, Option<ImageState>)> = Vec::new();
+        {
+            let rec = self.nodes.get_mut(node).expect("checked above");
+            rec.seq = delta.seq;
+            rec.last_report = now;
+            rec.connected = true;
+            for i in delta.upserted {
+                let old = rec.images.insert(i.name.clone(), i.clone());
+                changes.push((old, Some(i)));
+            }
+            for name in delta.removed {
+                if let Some(old) = rec.images.remove(&name) {
+                    changes.push((Some(old), None));
+                }
+            }
+            for w in delta.windows {
+                rec.windows.insert(w.name.clone(), w);
+            }
+            if let Some(free) = delta.free_disk_bytes {
+                rec.free_disk_bytes = free;
+            }
+            if labels_change {
+                rec.labels = delta.labels.into_iter().collect();
+            }
         }
-        for w in delta.windows {
-            rec.windows.insert(w.name.clone(), w);
-        }
-        if let Some(free) = delta.free_disk_bytes {
-            rec.free_disk_bytes = free;
-        }
-        if delta.labels_changed {
-            rec.labels = delta.labels.into_iter().collect();
+        if labels_change {
+            self.account_node(node, 1);
+        } else {
+            for (old, new) in changes {
+                if let Some(o) = old {
+                    self.account(&old_pool, &o, -1);
+                }
+                if let Some(n) = new {
+                    self.account(&old_pool, &n, 1);
+                }
+            }
         }
         Ok(())
     }
@@ -149,48 +221,19 @@ impl ClusterView {
         self.nodes.values().filter(|n| n.connected).count()
     }
 
-    /// Image × pool table: warm nodes of all nodes in the pool reporting
-    /// the image or eligible for it (`eligible` decides per node).
-    pub fn image_pools(
-        &self,
-        mut eligible: impl FnMut(&str, &NodeRecord) -> bool,
-    ) -> Vec<ImagePoolRow> {
-        let images: BTreeSet<&str> = self
-            .nodes
-            .values()
-            .flat_map(|n| n.images.keys().map(String::as_str))
-            .collect();
-        let mut rows = BTreeMap::new();
-        for image in images {
-            for n in self.nodes.values() {
-                let state = n.images.get(image);
-                if state.is_none() && !eligible(image, n) {
-                    continue;
-                }
-                let row = rows
-                    .entry((image.to_string(), n.pool().to_string()))
-                    .or_insert_with(|| ImagePoolRow {
-                        image: image.to_string(),
-                        pool: n.pool().to_string(),
-                        warm_nodes: 0,
-                        nodes: 0,
-                        pulling_nodes: 0,
-                        bytes_pending: 0,
-                    });
-                row.nodes += 1;
-                match state {
-                    Some(s) if s.phase == Phase::Warm as i32 => row.warm_nodes += 1,
-                    Some(s) => {
-                        if s.phase == Phase::Pulling as i32 {
-                            row.pulling_nodes += 1;
-                        }
-                        row.bytes_pending += s.bytes_total.saturating_sub(s.bytes_done);
-                    }
-                    None => {}
-                }
-            }
-        }
-        rows.into_values().collect()
+    /// Image × pool table over the nodes that report each image.
+    pub fn image_pools(&self) -> Vec<ImagePoolRow> {
+        self.agg
+            .iter()
+            .map(|((image, pool), a)| ImagePoolRow {
+                image: image.clone(),
+                pool: pool.clone(),
+                warm_nodes: a.warm,
+                nodes: a.nodes,
+                pulling_nodes: a.pulling,
+                bytes_pending: a.pending,
+            })
+            .collect()
     }
 
     /// Seconds since each connected node last reported, for the lag metric.
@@ -313,18 +356,40 @@ mod tests {
         );
         v.apply_snapshot(snap("n3", "integrations", vec![]), t(0));
         v.apply_snapshot(snap("s1", "system", vec![]), t(0));
-        let rows = v.image_pools(|_, n| n.pool() == "integrations");
-        assert_eq!(
-            rows,
-            vec![ImagePoolRow {
-                image: "r/a:1".into(),
-                pool: "integrations".into(),
-                warm_nodes: 1,
-                nodes: 3,
-                pulling_nodes: 1,
-                bytes_pending: 60
-            }]
-        );
+        let row = |warm, nodes, pulling, pending, pool: &str| ImagePoolRow {
+            image: "r/a:1".into(),
+            pool: pool.into(),
+            warm_nodes: warm,
+            nodes,
+            pulling_nodes: pulling,
+            bytes_pending: pending,
+        };
+        assert_eq!(v.image_pools(), vec![row(1, 2, 1, 60, "integrations")]);
+        // Deltas and re-snapshots keep the counts exact.
+        let d = Delta {
+            seq: 2,
+            upserted: vec![img("r/a:1", Phase::Warm, 100, 100)],
+            ..Default::default()
+        };
+        v.apply_delta("n2", d, t(1)).unwrap();
+        assert_eq!(v.image_pools(), vec![row(2, 2, 0, 0, "integrations")]);
+        v.apply_snapshot(snap("n1", "integrations", vec![]), t(2));
+        assert_eq!(v.image_pools(), vec![row(1, 1, 0, 0, "integrations")]);
+        let moved = Delta {
+            seq: 3,
+            labels: [(POOL_LABEL.to_string(), "batch".to_string())].into_iter().collect(),
+            labels_changed: true,
+            ..Default::default()
+        };
+        v.apply_delta("n2", moved, t(3)).unwrap();
+        assert_eq!(v.image_pools(), vec![row(1, 1, 0, 0, "batch")]);
+        let gone = Delta {
+            seq: 4,
+            removed: vec!["r/a:1".into()],
+            ..Default::default()
+        };
+        v.apply_delta("n2", gone, t(4)).unwrap();
+        assert!(v.image_pools().is_empty());
     }
 
     #[test]
