@@ -36,6 +36,16 @@ pub struct CoordinatorArgs {
     /// Instead of TokenReview: a file of `token node` lines (development only).
     #[arg(long)]
     pub static_tokens: Option<PathBuf>,
+    /// Namespaces whose workloads all get rollout pre-warm (besides those
+    /// labelled prewarm.dev/rollout=true), comma-separated.
+    #[arg(long, env = "PREWARM_ROLLOUT_NAMESPACES", value_delimiter = ',')]
+    pub rollout_namespaces: Vec<String>,
+    /// This replica's identity in the leader Lease.
+    #[arg(long, env = "POD_NAME", default_value = "prewarm-coordinator")]
+    pub pod_name: String,
+    /// Do not watch workloads (no Kubernetes API; link and view only).
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
@@ -91,7 +101,45 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         http_listen: args.http_listen,
         tls: args.tls_cert.zip(args.tls_key),
     };
-    let coordinator = Coordinator::start(opts, auth, cancel).await?;
+    let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
+    if !args.no_watch {
+        let client = kube::Client::try_default().await.context("Kubernetes client (workload watch)")?;
+        // Every replica watches and serves its own agents; only the leader
+        // writes Events.
+        let leadership = prewarm::coordinator::leader::spawn(
+            client.clone(),
+            args.namespace.clone(),
+            args.pod_name.clone(),
+            std::time::Duration::from_secs(15),
+            cancel.clone(),
+        );
+        let intents = coordinator.state.intents.clone();
+        let cfg = prewarm::coordinator::rollouts::RolloutConfig {
+            namespaces: args.rollout_namespaces.clone(),
+            ..Default::default()
+        };
+        tokio::spawn(prewarm::coordinator::rollouts::run(
+            client.clone(),
+            cfg,
+            move |v| {
+                intents.send_replace(Arc::new(v));
+            },
+            cancel.clone(),
+        ));
+        tokio::spawn(prewarm::coordinator::announce::run(
+            coordinator.state.clone(),
+            client,
+            leadership.is_leader.clone(),
+            cancel.clone(),
+        ));
+        let metrics = coordinator.state.metrics.clone();
+        let mut is_leader = leadership.is_leader;
+        tokio::spawn(async move {
+            while is_leader.changed().await.is_ok() {
+                metrics.is_leader.set(*is_leader.borrow() as i64);
+            }
+        });
+    }
     coordinator.join().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -253,7 +253,7 @@ fn handle(st: &LinkState, node: &str, m: AgentMessage) -> Result<(), Status> {
             }
             st.metrics
                 .updates
-                .inc_by(1 + d.upserted.len() as u64 + d.removed.len() as u64);
+                .inc_by((d.upserted.len() + d.removed.len()) as u64);
             match st.view_mut().apply_delta(node, d, Utc::now()) {
                 Ok(()) => Ok(()),
                 Err(e @ ViewError::OutOfOrder { .. }) | Err(e @ ViewError::NoSnapshot(_)) => {

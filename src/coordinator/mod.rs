@@ -2,8 +2,11 @@
 //! cluster view (HTTP JSON and metrics), and publishes intents. It only
 //! wires `auth`, `link`, `http` and the pure view together.
 
+pub mod announce;
 pub mod auth;
+pub mod events;
 pub mod http;
+pub mod leader;
 pub mod link;
 pub mod metrics;
 pub mod rollouts;

@@ -711,16 +711,19 @@ pub async fn run(
             }
             _ = sleep_until(due), if due.is_some() => {
                 due = None;
-                let cluster = stores.snapshot(&cfg.opt_in_label);
+                let mut cluster = stores.snapshot(&cfg.opt_in_label);
+                let mut dropped = false;
                 for source in watches.reconcile(&wanted_namespaces(&cluster, &cfg)) {
-                    stores.drop_source(&source);
+                    dropped |= stores.drop_source(&source);
                 }
                 active = watches.active();
                 if !stores.nodes.synced(CLUSTER) {
                     continue;
                 }
+                if dropped {
+                    cluster = stores.snapshot(&cfg.opt_in_label);
+                }
                 let now = Utc::now();
-                let cluster = stores.snapshot(&cfg.opt_in_label);
                 let mut intents = intents_from(&cluster, &cfg, now);
                 if let Some(prev) = &published {
                     keep_deadlines(prev, &mut intents, now, cfg.intent_ttl);
