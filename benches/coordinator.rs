@@ -13,11 +13,18 @@ use prewarm::wire::v1::{agent_message, AgentMessage, Delta, ImageState, Snapshot
 use tokio::sync::mpsc;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -33,7 +40,11 @@ fn rss_mib(pid: u32) -> f64 {
 
 fn image(k: usize, phase: Phase, done: u64) -> ImageState {
     ImageState {
-        name: format!("myregistry.azurecr.io/team-{}/service-{k}:1.{}", k % 20, k % 7),
+        name: format!(
+            "myregistry.azurecr.io/team-{}/service-{k}:1.{}",
+            k % 20,
+            k % 7
+        ),
         phase: phase as i32,
         pinned: phase == Phase::Warm,
         bytes_done: done,
@@ -43,7 +54,12 @@ fn image(k: usize, phase: Phase, done: u64) -> ImageState {
 }
 
 async fn counter(http: &str) -> f64 {
-    let body = reqwest::get(format!("{http}/metrics")).await.unwrap().text().await.unwrap();
+    let body = reqwest::get(format!("{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     body.lines()
         .find(|l| l.starts_with("prewarm_coordinator_updates_total "))
         .and_then(|l| l.split_whitespace().nth(1))
@@ -66,12 +82,16 @@ async fn main() {
     std::fs::write(dir.path().join("tokens"), tokens).unwrap();
     let (grpc, http) = (free_port(), free_port());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
-        .args(["coordinator", "--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
+        .args([
+            "coordinator",
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+        ])
         .args(["--no-watch", "--static-tokens"])
         .arg(dir.path().join("tokens"))
         .env("RUST_LOG", "warn")
-        // As in the coordinator Deployment: fewer glibc arenas, less fragmentation.
-        .env("MALLOC_ARENA_MAX", std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()))
         .spawn()
         .expect("start coordinator");
     let http = format!("http://127.0.0.1:{http}");
@@ -89,7 +109,11 @@ async fn main() {
     assert!(up, "coordinator did not come up within 60 s");
     let mut channels = Vec::new();
     for _ in 0..conns {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}")).unwrap().connect().await.unwrap();
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         channels.push(ch);
     }
     let sent = Arc::new(AtomicU64::new(0));
@@ -101,16 +125,30 @@ async fn main() {
             let (tx, rx) = mpsc::channel(8);
             let snap = Snapshot {
                 node: format!("node-{i}"),
-                labels: [("kubernetes.azure.com/agentpool".to_string(), format!("pool-{}", i % 10))].into_iter().collect(),
-                images: (0..images).map(|k| image((i * 7 + k) % 500, Phase::Warm, 300 << 20)).collect(),
+                labels: [(
+                    "kubernetes.azure.com/agentpool".to_string(),
+                    format!("pool-{}", i % 10),
+                )]
+                .into_iter()
+                .collect(),
+                images: (0..images)
+                    .map(|k| image((i * 7 + k) % 500, Phase::Warm, 300 << 20))
+                    .collect(),
                 seq: 1,
                 pin_supported: true,
                 ..Default::default()
             };
-            let _ = tx.send(AgentMessage { body: Some(agent_message::Body::Snapshot(snap)) }).await;
+            let _ = tx
+                .send(AgentMessage {
+                    body: Some(agent_message::Body::Snapshot(snap)),
+                })
+                .await;
             let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            req.metadata_mut().insert("authorization", format!("Bearer tok-{i}").parse().unwrap());
-            let Ok(resp) = client.attach(req).await else { return };
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer tok-{i}").parse().unwrap());
+            let Ok(resp) = client.attach(req).await else {
+                return;
+            };
             let mut inbound = resp.into_inner();
             tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
             // Steady churn: one image changes per delta, `rate` deltas a second.
@@ -121,9 +159,23 @@ async fn main() {
                 tick.tick().await;
                 seq += 1;
                 let k = (i * 7 + seq as usize) % 500;
-                let phase = if seq % 3 == 0 { Phase::Pulling } else { Phase::Warm };
-                let d = Delta { seq, upserted: vec![image(k, phase, (seq % 300) << 20)], ..Default::default() };
-                if tx.send(AgentMessage { body: Some(agent_message::Body::Delta(d)) }).await.is_err() {
+                let phase = if seq % 3 == 0 {
+                    Phase::Pulling
+                } else {
+                    Phase::Warm
+                };
+                let d = Delta {
+                    seq,
+                    upserted: vec![image(k, phase, (seq % 300) << 20)],
+                    ..Default::default()
+                };
+                if tx
+                    .send(AgentMessage {
+                        body: Some(agent_message::Body::Delta(d)),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -139,15 +191,32 @@ async fn main() {
     let mut lat = Vec::new();
     while t0.elapsed() < Duration::from_secs(15) {
         let q = Instant::now();
-        let body = client.get(format!("{http}/v1/images")).send().await.unwrap().text().await.unwrap();
+        let body = client
+            .get(format!("{http}/v1/images"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         lat.push(q.elapsed().as_secs_f64() * 1000.0);
         assert!(body.starts_with('['));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c1 = counter(&http).await;
     let secs = t0.elapsed().as_secs_f64();
-    let nodes: serde_json::Value = client.get(format!("{http}/v1/nodes")).send().await.unwrap().json().await.unwrap();
-    let connected = nodes.as_array().map(|a| a.iter().filter(|n| n["connected"] == true).count()).unwrap_or(0);
+    let nodes: serde_json::Value = client
+        .get(format!("{http}/v1/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let connected = nodes
+        .as_array()
+        .map(|a| a.iter().filter(|n| n["connected"] == true).count())
+        .unwrap_or(0);
     let rss = rss_mib(child.id());
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
@@ -156,9 +225,19 @@ async fn main() {
     println!("\n| Coordinator load | Value | Target |\n|---|---:|---|");
     println!("| agents attached (of {agents}), {images} images each | {connected} | all |");
     println!("| offered updates/s (each agent {rate}/s) | {offered:.0} | |");
-    println!("| sustained ingest, updates/s | {ingest:.0} | ≥ 20,000: {} |", if ingest >= 20_000.0 { "met" } else { "**missed**" });
+    println!(
+        "| sustained ingest, updates/s | {ingest:.0} | ≥ 20,000: {} |",
+        if ingest >= 20_000.0 {
+            "met"
+        } else {
+            "**missed**"
+        }
+    );
     println!("| `/v1/images` while loaded, p50 / p99 ms ({} queries) | {:.1} / {:.1} | p99 ≤ 50 ms: {} |", lat.len(), pct(0.5), pct(0.99), if pct(0.99) <= 50.0 { "met" } else { "**missed**" });
-    println!("| coordinator RSS, MiB | {rss:.0} | ≤ 256: {} |", if rss <= 256.0 { "met" } else { "**missed**" });
+    println!(
+        "| coordinator RSS, MiB | {rss:.0} | ≤ 256: {} |",
+        if rss <= 256.0 { "met" } else { "**missed**" }
+    );
     println!("| setup: attach phase {attach_secs:.1}s; measured over {secs:.1}s on {} CPUs; load generator in the same machine | | |", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     let _ = child.kill();
 }

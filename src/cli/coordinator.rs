@@ -103,7 +103,9 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     };
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
     if !args.no_watch {
-        let client = kube::Client::try_default().await.context("Kubernetes client (workload watch)")?;
+        let client = kube::Client::try_default()
+            .await
+            .context("Kubernetes client (workload watch)")?;
         // Every replica watches and serves its own agents; only the leader
         // writes Events.
         let leadership = prewarm::coordinator::leader::spawn(

@@ -28,7 +28,11 @@ pub fn workload_of(id: &str) -> Option<WorkloadRef> {
         "DaemonSet" => WorkloadKind::DaemonSet,
         _ => return None,
     };
-    Some(WorkloadRef { kind, namespace: parts.next()?.to_string(), name: parts.next()?.to_string() })
+    Some(WorkloadRef {
+        kind,
+        namespace: parts.next()?.to_string(),
+        name: parts.next()?.to_string(),
+    })
 }
 
 /// Intents whose images are warm on every node they name.
@@ -37,12 +41,20 @@ pub fn ready<'a>(intents: &'a [Intent], view: &ClusterView) -> Vec<&'a Intent> {
         .iter()
         .filter(|i| !i.nodes.is_empty())
         .filter(|i| {
-            i.nodes.iter().all(|n| view.node(n).is_some_and(|rec| i.images.iter().all(|img| rec.is_warm(img))))
+            i.nodes.iter().all(|n| {
+                view.node(n)
+                    .is_some_and(|rec| i.images.iter().all(|img| rec.is_warm(img)))
+            })
         })
         .collect()
 }
 
-pub async fn run(state: Arc<LinkState>, client: kube::Client, leader: watch::Receiver<bool>, cancel: CancellationToken) {
+pub async fn run(
+    state: Arc<LinkState>,
+    client: kube::Client,
+    leader: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
     let mut announced: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::select! {
@@ -60,7 +72,11 @@ pub async fn run(state: Arc<LinkState>, client: kube::Client, leader: watch::Rec
                 .filter(|i| !announced.contains(&i.id))
                 .filter_map(|i| {
                     let w = workload_of(&i.id)?;
-                    let msg = format!("images {} warm on all {} eligible nodes", i.images.join(", "), i.nodes.len());
+                    let msg = format!(
+                        "images {} warm on all {} eligible nodes",
+                        i.images.join(", "),
+                        i.nodes.len()
+                    );
                     Some((w, i.id.clone(), msg))
                 })
                 .collect()
@@ -88,7 +104,10 @@ mod tests {
     #[test]
     fn parses_workload_ids() {
         let w = workload_of("Deployment/erp/orders-sync@0a1b2c3d4e").unwrap();
-        assert_eq!((w.kind, w.namespace.as_str(), w.name.as_str()), (WorkloadKind::Deployment, "erp", "orders-sync"));
+        assert_eq!(
+            (w.kind, w.namespace.as_str(), w.name.as_str()),
+            (WorkloadKind::Deployment, "erp", "orders-sync")
+        );
         assert!(workload_of("ReplicaSet/erp/x/pods@1").is_none());
         assert!(workload_of("garbage").is_none());
     }
@@ -115,7 +134,12 @@ mod tests {
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             ..Default::default()
         };
-        let all = vec![intent(&["n1"]), intent(&["n1", "n2"]), intent(&[]), intent(&["n9"])];
+        let all = vec![
+            intent(&["n1"]),
+            intent(&["n1", "n2"]),
+            intent(&[]),
+            intent(&["n9"]),
+        ];
         let r = ready(&all, &view);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].nodes, vec!["n1".to_string()]);

@@ -75,7 +75,11 @@ impl Agg {
                 step(&mut self.pulling);
             }
             let p = s.bytes_total.saturating_sub(s.bytes_done);
-            self.pending = if sign > 0 { self.pending + p } else { self.pending.saturating_sub(p) };
+            self.pending = if sign > 0 {
+                self.pending + p
+            } else {
+                self.pending.saturating_sub(p)
+            };
         }
     }
 }
@@ -102,7 +106,9 @@ impl ClusterView {
     }
 
     fn account_node(&mut self, node: &str, sign: i64) {
-        let Some(rec) = self.nodes.get(node) else { return };
+        let Some(rec) = self.nodes.get(node) else {
+            return;
+        };
         let pool = rec.pool().to_string();
         let images: Vec<ImageState> = rec.images.values().cloned().collect();
         for i in &images {
@@ -377,7 +383,9 @@ mod tests {
         assert_eq!(v.image_pools(), vec![row(1, 1, 0, 0, "integrations")]);
         let moved = Delta {
             seq: 3,
-            labels: [(POOL_LABEL.to_string(), "batch".to_string())].into_iter().collect(),
+            labels: [(POOL_LABEL.to_string(), "batch".to_string())]
+                .into_iter()
+                .collect(),
             labels_changed: true,
             ..Default::default()
         };
