@@ -4,8 +4,8 @@
 
 mod agent;
 mod cli;
-mod link;
 mod common;
 mod faults;
+mod link;
 mod pull;
 mod windows;

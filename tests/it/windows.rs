@@ -114,9 +114,16 @@ windows:
     }
     assert!(Utc::now() < opens);
     // Unpacked for the CRI snapshotter, not just recorded.
-    let (_, _, built) = up.corpus.iter().find(|(r, _, _)| r.ends_with("shapes/large")).unwrap();
+    let (_, _, built) = up
+        .corpus
+        .iter()
+        .find(|(r, _, _)| r.ends_with("shapes/large"))
+        .unwrap();
     let chain = crate::common::chain_id(&built.images()[0].diff_ids);
-    assert!(store.snapshot_exists("overlayfs", &chain).await.unwrap(), "not unpacked");
+    assert!(
+        store.snapshot_exists("overlayfs", &chain).await.unwrap(),
+        "not unpacked"
+    );
     // The metric catches up on the next reconcile after the pull.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
