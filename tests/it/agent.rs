@@ -8,7 +8,7 @@ use prewarm::node::pin;
 use prewarm::testkit::containerd::{TestContainerd, Version};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Upstream, MIB};
+use crate::common::{metric, Upstream, MIB};
 
 fn config_yaml(ctd: &TestContainerd, images: &[String]) -> String {
     let list: String = images.iter().map(|i| format!("  - image: {i}\n")).collect();
@@ -18,19 +18,6 @@ fn config_yaml(ctd: &TestContainerd, images: &[String]) -> String {
         ctd.root.display(),
         ctd.hosts_dir.display()
     )
-}
-
-async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    body.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {

@@ -144,3 +144,17 @@ pub fn chain_id(diff_ids: &[String]) -> String {
     }
     chain
 }
+
+/// The value of one series (`name` or `name{labels}`) on `addr`'s /metrics.
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

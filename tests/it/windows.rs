@@ -12,20 +12,7 @@ use prewarm::node::runtime::ImageStore;
 use prewarm::testkit::containerd::{TestContainerd, Version};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Upstream, MIB};
-
-async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use crate::common::{metric, Upstream, MIB};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_is_warm_before_it_opens_and_unpinned_after() {
