@@ -5,8 +5,6 @@
 use std::collections::BTreeSet;
 
 use chrono::TimeZone;
-use http::{Request, Response};
-use kube::client::Body;
 use serde::Deserialize;
 
 use super::*;
@@ -465,53 +463,10 @@ fn nodes_and_pods_are_slimmed_to_what_the_planner_reads() {
 
 // ---- the watch loop against the mock API server ----
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-fn list(kind: &str, items: Vec<serde_json::Value>) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": format!("{kind}List"),
-        "metadata": {"resourceVersion": "100"},
-        "items": items,
-    })
-}
-
-/// Answers every list from `lists` (path → body; an empty list otherwise)
-/// and holds every watch open. Records the requests seen.
-async fn api_server(
-    mut handle: Handle,
-    lists: BTreeMap<String, serde_json::Value>,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
-    let mut watches = Vec::new();
-    while let Some((req, send)) = handle.next_request().await {
-        assert_eq!(req.method(), http::Method::GET);
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or_default().to_string();
-        seen.lock().unwrap().push(format!("{path}?{query}"));
-        if query.contains("watch=true") {
-            watches.push(send);
-            continue;
-        }
-        let kind = path.rsplit('/').next().unwrap_or_default();
-        let body = lists
-            .get(&path)
-            .cloned()
-            .unwrap_or_else(|| list(kind, vec![]));
-        send.send_response(
-            Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
-        );
-    }
-}
+use crate::testkit::mockapi::list;
 
 #[tokio::test]
 async fn the_watch_loop_lists_and_publishes_intents() {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(svc, "default");
     let fixture = documents(MID_ROLLOUT);
     let by_kind = |k: &str| {
         fixture
@@ -532,8 +487,7 @@ async fn the_watch_loop_lists_and_publishes_intents() {
         ),
     ]
     .into();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let server = tokio::spawn(api_server(handle, lists, seen.clone()));
+    let (client, seen) = crate::testkit::mockapi::client(lists);
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
@@ -578,7 +532,6 @@ async fn the_watch_loop_lists_and_publishes_intents() {
         .await
         .expect("stops")
         .unwrap();
-    server.abort();
 
     let seen = seen.lock().unwrap().clone();
     let pods: Vec<&String> = seen.iter().filter(|r| r.contains("/pods")).collect();

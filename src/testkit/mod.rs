@@ -15,6 +15,7 @@ pub mod corpus;
 pub mod faultproxy;
 pub mod image;
 pub mod layer;
+pub mod mockapi;
 mod proxyio;
 pub mod push;
 pub mod registry;

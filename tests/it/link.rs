@@ -380,3 +380,270 @@ async fn coordinator_restart_rebuilds_the_view_from_agents() {
     drop(v);
     cancel.cancel();
 }
+
+/// A Deployment mid-rollout to `new_image`: the old ReplicaSet runs an older
+/// image, the new one has no available pods yet.
+fn mid_rollout(new_image: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let template = |hash: Option<&str>, image: &str| {
+        let mut labels = serde_json::json!({"app": "orders-sync"});
+        if let Some(h) = hash {
+            labels["pod-template-hash"] = serde_json::json!(h);
+        }
+        serde_json::json!({"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": image}]}})
+    };
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "orders-sync", "namespace": "integrations", "uid": "dep-1", "generation": 2,
+                     "annotations": {"deployment.kubernetes.io/revision": "2"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "orders-sync"}}, "template": template(None, new_image)},
+        "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2}
+    });
+    let rs = |name: &str, rev: &str, hash: &str, image: &str, available: i32| {
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": "integrations", "uid": format!("rs-{rev}"),
+                         "annotations": {"deployment.kubernetes.io/revision": rev},
+                         "labels": {"app": "orders-sync", "pod-template-hash": hash},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders-sync",
+                                              "uid": "dep-1", "controller": true}]},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "orders-sync", "pod-template-hash": hash}},
+                     "template": template(Some(hash), image)},
+            "status": {"replicas": 2, "availableReplicas": available}
+        })
+    };
+    (
+        deployment,
+        vec![
+            rs(
+                "orders-sync-old",
+                "1",
+                "aaaa",
+                "reg.io/erp/orders-sync:1.4.1",
+                2,
+            ),
+            rs("orders-sync-new", "2", "bbbb", new_image, 0),
+        ],
+    )
+}
+
+fn node(name: &str, pool: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.azure.com/agentpool": pool}},
+        "spec": if pool == "system" {
+            serde_json::json!({"taints": [{"key": "CriticalAddonsOnly", "value": "true", "effect": "NoSchedule"}]})
+        } else { serde_json::json!({}) },
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
+    use prewarm::coordinator::rollouts::{self, RolloutConfig};
+    use prewarm::testkit::mockapi;
+
+    let up = Upstream::start(None, 4 * MIB).await;
+    let ctd = TestContainerd::start(Version::V17).await.unwrap();
+    let cancel = CancellationToken::new();
+    let coord = coordinator("127.0.0.1:0", &cancel).await;
+    let endpoint = format!("http://{}", coord.grpc_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let image = up.image("shapes/docker");
+
+    // The API server (kube's tower-test mock) holds a Deployment whose new
+    // ReplicaSet runs `image`; node-s is a tainted system node.
+    let (deployment, replica_sets) = mid_rollout(&image);
+    let lists: BTreeMap<String, serde_json::Value> = [
+        (
+            "/api/v1/nodes".to_string(),
+            mockapi::list(
+                "Node",
+                vec![node("node-a", "integrations"), node("node-s", "system")],
+            ),
+        ),
+        (
+            "/apis/apps/v1/namespaces/integrations/deployments".to_string(),
+            mockapi::list("Deployment", vec![deployment]),
+        ),
+        (
+            "/apis/apps/v1/namespaces/integrations/replicasets".to_string(),
+            mockapi::list("ReplicaSet", replica_sets),
+        ),
+    ]
+    .into();
+    let (client, _seen) = mockapi::client(lists);
+    let intents = coord.state.intents.clone();
+    let cfg = RolloutConfig {
+        namespaces: vec!["integrations".into()],
+        debounce: Duration::from_millis(100),
+        ..Default::default()
+    };
+    tokio::spawn(rollouts::run(
+        client,
+        cfg,
+        move |v| {
+            intents.send_replace(Arc::new(v));
+        },
+        cancel.clone(),
+    ));
+
+    // The real agent on node-a; a simulated one on the system node.
+    std::fs::write(dir.path().join("a.token"), "tok-a").unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 0 }}\nresync: 2s\ncoordinator: {{ endpoint: \"{endpoint}\", tokenFile: {} }}\n",
+            ctd.socket.display(),
+            ctd.root.display(),
+            ctd.hosts_dir.display(),
+            dir.path().join("a.token").display()
+        ),
+    )
+    .unwrap();
+    let labels = prewarm::k8s::parse_labels("kubernetes.azure.com/agentpool=integrations").unwrap();
+    let agent = Agent::start(
+        AgentOptions {
+            config_path: cfg,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            node_name: "node-a".into(),
+            node_labels: Some(labels),
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+
+    // The watch turns the rollout into an intent for node-a only.
+    let state = coord.state.clone();
+    wait_for("an intent from the rollout", 30, || {
+        !state.intents.borrow().is_empty()
+    })
+    .await;
+    let published = state.intents.borrow().clone();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert!(
+        published[0]
+            .id
+            .starts_with("Deployment/integrations/orders-sync@"),
+        "{published:?}"
+    );
+    assert_eq!(
+        published[0].nodes,
+        vec!["node-a".to_string()],
+        "the tainted system node is not eligible"
+    );
+
+    // The agent warms it on its real containerd; the view and status show it.
+    let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
+    for _ in 0..600 {
+        if store.image_status(&image).await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        store.image_status(&image).await.unwrap().is_some(),
+        "rollout image not warmed on node-a"
+    );
+    let img = image.clone();
+    wait_for("node-a reported warm", 30, || {
+        state.view().node("node-a").is_some_and(|n| n.is_warm(&img))
+    })
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args([
+            "status",
+            "--coordinator",
+            &format!("http://{}", coord.http_addr),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains(&image))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("integrations") && row.contains("1/1"), "{row}");
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), agent.join()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
+    // A CA and a serving certificate for 127.0.0.1, as cert-manager would
+    // put them into the coordinator's Secret.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(d)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=prewarm-test-ca -keyout ca.key -out ca.crt 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=prewarm-coordinator -keyout tls.key -out tls.csr 2>/dev/null");
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    sh("openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out tls.crt 2>/dev/null");
+
+    let cancel = CancellationToken::new();
+    let opts = CoordinatorOptions {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: Some((d.join("tls.crt"), d.join("tls.key"))),
+    };
+    let coord = Coordinator::start(opts, tokens(), cancel.clone())
+        .await
+        .unwrap();
+    let state = coord.state.clone();
+
+    // An agent that trusts the CA attaches over https.
+    let token_file = d.join("b.token");
+    std::fs::write(&token_file, "tok-b").unwrap();
+    let (tx, rx) = watch::channel(Arc::new(NodeReport::default()));
+    let (itx, _irx) = watch::channel(Vec::new());
+    let cfg = LinkConfig {
+        endpoint: format!("https://127.0.0.1:{}", coord.grpc_addr.port()),
+        token_file: token_file.clone(),
+        ca_file: Some(d.join("ca.crt")),
+        node: "node-b".into(),
+    };
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        let _keep = tx;
+        link::run(cfg, rx, itx, c).await;
+    });
+    wait_for("a TLS agent", 30, || state.view().connected() == 1).await;
+
+    // Plain text to the TLS port does not get a stream.
+    let plain = tonic::transport::Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        coord.grpc_addr.port()
+    ))
+    .unwrap()
+    .connect()
+    .await;
+    if let Ok(ch) = plain {
+        let mut c = LinkClient::new(ch);
+        let mut req = tonic::Request::new(futures::stream::iter(vec![snap("node-c", 1)]));
+        req.metadata_mut()
+            .insert("authorization", "Bearer tok-c".parse().unwrap());
+        assert!(
+            c.attach(req).await.is_err(),
+            "plain-text attach succeeded on the TLS port"
+        );
+    }
+    assert_eq!(state.view().connected(), 1);
+    cancel.cancel();
+}
