@@ -251,6 +251,28 @@ impl HttpRegistry {
         }))
     }
 
+    /// A manifest request (GET or HEAD) on the resolve-capable hosts,
+    /// accepting every manifest type we can pull.
+    async fn send_manifest(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+        method: Method,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, MANIFEST_ACCEPT.parse().expect("static header"));
+        self.send(
+            image,
+            true,
+            method,
+            &format!("manifests/{reference}"),
+            headers,
+            what,
+        )
+        .await
+    }
+
     async fn send_to(
         &self,
         ep: &RegistryEndpoint,
@@ -623,17 +645,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 impl Registry for HttpRegistry {
     async fn manifest(&self, image: &ImageRef, reference: &str) -> Result<FetchedManifest> {
         let what = format!("manifest {}:{}", image.name(), reference);
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, MANIFEST_ACCEPT.parse().expect("static header"));
         let resp = self
-            .send(
-                image,
-                true,
-                Method::GET,
-                &format!("manifests/{reference}"),
-                headers,
-                &what,
-            )
+            .send_manifest(image, reference, Method::GET, &what)
             .await?;
         let header_digest = resp
             .headers()
@@ -680,17 +693,8 @@ impl Registry for HttpRegistry {
 
     async fn head_digest(&self, image: &ImageRef, reference: &str) -> Result<Option<String>> {
         let what = format!("manifest {}:{}", image.name(), reference);
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, MANIFEST_ACCEPT.parse().expect("static header"));
         let resp = self
-            .send(
-                image,
-                true,
-                Method::HEAD,
-                &format!("manifests/{reference}"),
-                headers,
-                &what,
-            )
+            .send_manifest(image, reference, Method::HEAD, &what)
             .await?;
         Ok(resp
             .headers()

@@ -98,6 +98,65 @@ fn fake_agent(
     });
 }
 
+/// Starts the real agent as node-a (pool integrations), attached to `endpoint`.
+async fn agent_on_node_a(
+    ctd: &TestContainerd,
+    dir: &std::path::Path,
+    endpoint: &str,
+    cancel: &CancellationToken,
+) -> Agent {
+    std::fs::write(dir.join("a.token"), "tok-a").unwrap();
+    let cfg = dir.join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 0 }}\nresync: 2s\ncoordinator: {{ endpoint: \"{endpoint}\", tokenFile: {} }}\n",
+            ctd.socket.display(),
+            ctd.root.display(),
+            ctd.hosts_dir.display(),
+            dir.join("a.token").display()
+        ),
+    )
+    .unwrap();
+    let labels = prewarm::k8s::parse_labels("kubernetes.azure.com/agentpool=integrations").unwrap();
+    Agent::start(
+        AgentOptions {
+            config_path: cfg,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            node_name: "node-a".into(),
+            node_labels: Some(labels),
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits up to 60 s for `image` in the CRI store; fails with `why`.
+async fn wait_present(store: &Containerd, image: &str, why: &str) {
+    for _ in 0..600 {
+        if store.image_status(image).await.unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{why}");
+}
+
+/// `prewarm status` against the coordinator's HTTP address; must succeed.
+fn status(http: std::net::SocketAddr) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args(["status", "--coordinator", &format!("http://{http}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intent_warms_on_the_eligible_node_and_status_shows_it() {
     let up = Upstream::start(None, 4 * MIB).await;
@@ -108,31 +167,7 @@ async fn intent_warms_on_the_eligible_node_and_status_shows_it() {
     let dir = tempfile::tempdir().unwrap();
 
     // The real agent on node-a, attached to the coordinator.
-    std::fs::write(dir.path().join("a.token"), "tok-a").unwrap();
-    let cfg = dir.path().join("agent.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 0 }}\nresync: 2s\ncoordinator: {{ endpoint: \"{endpoint}\", tokenFile: {} }}\n",
-            ctd.socket.display(),
-            ctd.root.display(),
-            ctd.hosts_dir.display(),
-            dir.path().join("a.token").display()
-        ),
-    )
-    .unwrap();
-    let labels = prewarm::k8s::parse_labels("kubernetes.azure.com/agentpool=integrations").unwrap();
-    let agent = Agent::start(
-        AgentOptions {
-            config_path: cfg,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: "node-a".into(),
-            node_labels: Some(labels),
-        },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
     // Two simulated agents; node-b already has the image.
     let image = up.image("shapes/zstd");
     fake_agent(
@@ -158,16 +193,7 @@ async fn intent_warms_on_the_eligible_node_and_status_shows_it() {
         ..Default::default()
     }]);
     let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
-    for _ in 0..600 {
-        if store.image_status(&image).await.unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        store.image_status(&image).await.unwrap().is_some(),
-        "intent was not warmed on node-a"
-    );
+    wait_present(&store, &image, "intent was not warmed on node-a").await;
     let img = image.clone();
     wait_for("node-a reported warm", 30, || {
         state.view().node("node-a").is_some_and(|n| n.is_warm(&img))
@@ -182,20 +208,7 @@ async fn intent_warms_on_the_eligible_node_and_status_shows_it() {
     );
 
     // prewarm status shows the image warm on 2 of the pool's nodes.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
-        .args([
-            "status",
-            "--coordinator",
-            &format!("http://{}", coord.http_addr),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = status(coord.http_addr);
     assert!(text.contains("3 of 3 agents connected"), "{text}");
     let row = text
         .lines()
@@ -488,31 +501,7 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
     ));
 
     // The real agent on node-a; a simulated one on the system node.
-    std::fs::write(dir.path().join("a.token"), "tok-a").unwrap();
-    let cfg = dir.path().join("agent.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 0 }}\nresync: 2s\ncoordinator: {{ endpoint: \"{endpoint}\", tokenFile: {} }}\n",
-            ctd.socket.display(),
-            ctd.root.display(),
-            ctd.hosts_dir.display(),
-            dir.path().join("a.token").display()
-        ),
-    )
-    .unwrap();
-    let labels = prewarm::k8s::parse_labels("kubernetes.azure.com/agentpool=integrations").unwrap();
-    let agent = Agent::start(
-        AgentOptions {
-            config_path: cfg,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: "node-a".into(),
-            node_labels: Some(labels),
-        },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
 
     // The watch turns the rollout into an intent for node-a only.
     let state = coord.state.clone();
@@ -536,30 +525,13 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
 
     // The agent warms it on its real containerd; the view and status show it.
     let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
-    for _ in 0..600 {
-        if store.image_status(&image).await.unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        store.image_status(&image).await.unwrap().is_some(),
-        "rollout image not warmed on node-a"
-    );
+    wait_present(&store, &image, "rollout image not warmed on node-a").await;
     let img = image.clone();
     wait_for("node-a reported warm", 30, || {
         state.view().node("node-a").is_some_and(|n| n.is_warm(&img))
     })
     .await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
-        .args([
-            "status",
-            "--coordinator",
-            &format!("http://{}", coord.http_addr),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = status(coord.http_addr);
     let row = text
         .lines()
         .find(|l| l.contains(&image))
