@@ -231,9 +231,9 @@ impl Engine {
             },
         };
         let cri_name = cri_name(image);
-        if let Some(digest) = known {
+        if let Some(digest) = &known {
             if let Some(outcome) = self
-                .already_present(image, &cri_name, &digest, opts, started)
+                .already_present(image, &cri_name, digest, opts, started)
                 .await?
             {
                 return Ok(outcome);
@@ -245,11 +245,14 @@ impl Engine {
             }) => r?,
             _ = cancel.cancelled() => return Err(cancelled()),
         };
-        if let Some(outcome) = self
-            .already_present(image, &cri_name, &top.digest, opts, started)
-            .await?
-        {
-            return Ok(outcome);
+        // Checked above already when the HEAD named this same digest.
+        if known.as_deref() != Some(top.digest.as_str()) {
+            if let Some(outcome) = self
+                .already_present(image, &cri_name, &top.digest, opts, started)
+                .await?
+            {
+                return Ok(outcome);
+            }
         }
 
         let plan = tokio::select! {
