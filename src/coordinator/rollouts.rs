@@ -31,11 +31,11 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Resource;
 use serde::de::DeserializeOwned;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::eligibility::{eligible_nodes, NodeFacts};
+pub use crate::plan::rollout::images_hash;
 use crate::plan::rollout::{self, PendingRollout, RolloutReason, ROLLOUT_LABEL};
 use crate::wire::v1::Intent;
 
@@ -80,17 +80,6 @@ pub struct ClusterObjects {
     /// Namespaces opted in by their label, on top of
     /// [`RolloutConfig::namespaces`].
     pub namespaces_opted_in: BTreeSet<String>,
-}
-
-/// Short, stable hash of an image list (order matters: it is the pull order).
-pub fn images_hash(images: &[String]) -> String {
-    let mut h = Sha256::new();
-    for i in images {
-        // Length-prefixed, so no two lists hash the same input.
-        h.update((i.len() as u64).to_be_bytes());
-        h.update(i.as_bytes());
-    }
-    hex::encode(&h.finalize()[..5])
 }
 
 /// Intents for every pending rollout and pending pod group that can land on

@@ -1,7 +1,9 @@
 //! Pure planning: (desired, observed, now) → actions. No I/O and no clock in
 //! here; callers pass observations and time in, so tests are exact.
 
+pub mod deploy;
 pub mod eligibility;
+pub mod gate;
 pub mod rollout;
 pub mod throughput;
 pub mod view;

@@ -41,6 +41,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sha2::{Digest as _, Sha256};
 
 /// Label by which a workload opts in (`"true"`) or out (`"false"`).
 pub const ROLLOUT_LABEL: &str = "prewarm.dev/rollout";
@@ -169,6 +170,17 @@ impl PendingPod {
     pub fn reason(&self) -> RolloutReason {
         RolloutReason::PodsPendingOrGated
     }
+}
+
+/// Short, stable hash of an image list (order matters: it is the pull order).
+pub fn images_hash(images: &[String]) -> String {
+    let mut h = Sha256::new();
+    for i in images {
+        // Length-prefixed, so no two lists hash the same input.
+        h.update((i.len() as u64).to_be_bytes());
+        h.update(i.as_bytes());
+    }
+    hex::encode(&h.finalize()[..5])
 }
 
 /// Init container images, then container images, first occurrence kept;

@@ -1,4 +1,7 @@
-//! Wire types of the agent–coordinator link, generated from `link.proto`.
+//! Wire types: the agent–coordinator link, generated from `link.proto`, and
+//! the DeployGroup custom resource.
+
+pub mod deploygroup;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {

@@ -1,0 +1,1 @@
+//! Sequential deploy state machine (being written).

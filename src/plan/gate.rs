@@ -1,0 +1,1 @@
+//! Scale-up gate decisions (being written).

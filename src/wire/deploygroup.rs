@@ -1,0 +1,1 @@
+//! DeployGroup custom resource types (being written).
