@@ -115,7 +115,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             std::time::Duration::from_secs(15),
             cancel.clone(),
         );
-        let intents = coordinator.state.intents.clone();
+        let state = coordinator.state.clone();
         let cfg = prewarm::coordinator::rollouts::RolloutConfig {
             namespaces: args.rollout_namespaces.clone(),
             ..Default::default()
@@ -123,9 +123,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(prewarm::coordinator::rollouts::run(
             client.clone(),
             cfg,
-            move |v| {
-                intents.send_replace(Arc::new(v));
-            },
+            move |v| state.publish("rollouts", v),
             cancel.clone(),
         ));
         tokio::spawn(prewarm::coordinator::announce::run(

@@ -24,11 +24,32 @@ pub const REPORTING_CONTROLLER: &str = "prewarm.dev/coordinator";
 pub const MAX_MESSAGE: usize = 1024;
 
 /// The Event for `workload` (with its `uid`), as created at `now` by the
-/// replica `instance`. Named like client-go names Events:
-/// `<object name>.<hex nanoseconds>`.
+/// replica `instance`.
 pub fn warm_event_object(
     workload: &WorkloadRef,
     uid: Option<&str>,
+    instance: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Event {
+    let involved = ObjectReference {
+        api_version: Some("apps/v1".to_string()),
+        kind: Some(workload.kind.as_str().to_string()),
+        name: Some(workload.name.clone()),
+        namespace: Some(workload.namespace.clone()),
+        uid: uid.map(str::to_string),
+        ..ObjectReference::default()
+    };
+    event_object(&involved, false, REASON, instance, message, now)
+}
+
+/// An Event about `involved` (`Warning` or `Normal`), named like client-go
+/// names Events: `<object name>.<hex nanoseconds>`; the message is cut to
+/// [`MAX_MESSAGE`] bytes.
+pub fn event_object(
+    involved: &ObjectReference,
+    warning: bool,
+    reason: &str,
     instance: &str,
     message: &str,
     now: DateTime<Utc>,
@@ -46,23 +67,17 @@ pub fn warm_event_object(
         k8s_openapi::jiff::Timestamp::from_second(now.timestamp())
             .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     );
+    let name = involved.name.clone().unwrap_or_default();
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{nanos:x}", workload.name)),
-            namespace: Some(workload.namespace.clone()),
+            name: Some(format!("{name}.{nanos:x}")),
+            namespace: involved.namespace.clone(),
             ..ObjectMeta::default()
         },
-        involved_object: ObjectReference {
-            api_version: Some("apps/v1".to_string()),
-            kind: Some(workload.kind.as_str().to_string()),
-            name: Some(workload.name.clone()),
-            namespace: Some(workload.namespace.clone()),
-            uid: uid.map(str::to_string),
-            ..ObjectReference::default()
-        },
-        reason: Some(REASON.to_string()),
+        involved_object: involved.clone(),
+        reason: Some(reason.to_string()),
         message: Some(message),
-        type_: Some("Normal".to_string()),
+        type_: Some(if warning { "Warning" } else { "Normal" }.to_string()),
         source: Some(EventSource {
             component: Some(REPORTING_CONTROLLER.to_string()),
             host: None,
@@ -74,6 +89,26 @@ pub fn warm_event_object(
         count: Some(1),
         ..Event::default()
     }
+}
+
+/// This replica's name (`POD_NAME`, from the downward API).
+pub fn instance() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| "prewarm-coordinator".to_string())
+}
+
+/// Creates an Event about `involved` (which must carry a namespace).
+pub async fn record(
+    client: &kube::Client,
+    involved: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) -> Result<Event, kube::Error> {
+    let event = event_object(involved, warning, reason, &instance(), message, Utc::now());
+    let ns = involved.namespace.clone().unwrap_or_default();
+    Api::<Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &event)
+        .await
 }
 
 /// The workload's uid, read from the API server.
@@ -124,8 +159,7 @@ pub async fn warm_event(
     workload: &WorkloadRef,
     message: &str,
 ) -> Result<Event, kube::Error> {
-    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "prewarm-coordinator".to_string());
-    warm_event_as(client, &instance, workload, message).await
+    warm_event_as(client, &instance(), workload, message).await
 }
 
 #[cfg(test)]

@@ -157,6 +157,38 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
+/// Label on the leader's own pod; the agents' Service selects it.
+pub const LEADER_LABEL: &str = "prewarm.dev/leader";
+
+/// The merge patch that sets (leader) or removes this replica's
+/// [`LEADER_LABEL`].
+pub fn leader_label_patch(is_leader: bool) -> serde_json::Value {
+    let value = if is_leader {
+        serde_json::json!("true")
+    } else {
+        serde_json::Value::Null
+    };
+    serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}})
+}
+
+/// Labels (or unlabels) this replica's pod so the Service routes agents
+/// only to the leader.
+pub async fn label_self(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    is_leader: bool,
+) -> Result<(), kube::Error> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    pods.patch(
+        pod,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(leader_label_patch(is_leader)),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Starts [`run`] on its own task.
 pub fn spawn(
     client: kube::Client,

@@ -30,6 +30,15 @@ pub struct LinkState {
     pub intents: watch::Sender<Arc<Vec<Intent>>>,
     /// Ends every stream on shutdown so agents move to another replica.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Bumped after every change to the view, for controllers that wait
+    /// for warmth.
+    pub view_changes: watch::Sender<u64>,
+    /// Whether this replica takes agents (only the leader does when the
+    /// coordinator runs with leader election; always, otherwise).
+    pub serving: watch::Sender<bool>,
+    /// Intents by the source that published them (rollouts, gate, deploys);
+    /// `intents` is their union.
+    sources: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Intent>>>,
 }
 
 impl LinkState {
@@ -39,21 +48,42 @@ impl LinkState {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Arc<Self> {
         let (intents, _) = watch::channel(Arc::new(Vec::new()));
+        let (view_changes, _) = watch::channel(0);
+        let (serving, _) = watch::channel(true);
         Arc::new(Self {
             view: RwLock::new(ClusterView::default()),
             auth,
             metrics,
             intents,
             shutdown,
+            view_changes,
+            serving,
+            sources: Default::default(),
         })
+    }
+
+    /// Replaces the intents of one `source` and republishes the union
+    /// (sorted by id) when it changed.
+    pub fn publish(&self, source: &str, intents: Vec<Intent>) {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if sources.get(source) == Some(&intents) {
+            return;
+        }
+        sources.insert(source.to_string(), intents);
+        let mut all: Vec<Intent> = sources.values().flatten().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        self.intents.send_replace(Arc::new(all));
+    }
+
+    /// Applies `f` to the view and tells watchers of `view_changes`.
+    fn update_view<R>(&self, f: impl FnOnce(&mut ClusterView) -> R) -> R {
+        let out = f(&mut self.view.write().unwrap_or_else(|p| p.into_inner()));
+        self.view_changes.send_modify(|v| *v = v.wrapping_add(1));
+        out
     }
 
     pub fn view(&self) -> std::sync::RwLockReadGuard<'_, ClusterView> {
         self.view.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn view_mut(&self) -> std::sync::RwLockWriteGuard<'_, ClusterView> {
-        self.view.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -137,6 +167,12 @@ impl Link for LinkService {
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
         let st = self.state.clone();
+        if !*st.serving.borrow() {
+            st.metrics.rejected.with_label_values(&["not_leader"]).inc();
+            return Err(Status::unavailable(
+                "this coordinator replica is not the leader; reconnect",
+            ));
+        }
         let node = match st.auth.node_of(&bearer(&req)).await {
             Ok(n) => n,
             Err(e) => {
@@ -189,7 +225,7 @@ fn admit_snapshot(st: &LinkState, node: &str, snap: Snapshot) -> Result<(), Stat
         st.metrics.rejected.with_label_values(&["invalid"]).inc();
         return Err(Status::invalid_argument(e));
     }
-    st.view_mut().apply_snapshot(snap, Utc::now());
+    st.update_view(|v| v.apply_snapshot(snap, Utc::now()));
     Ok(())
 }
 
@@ -204,11 +240,12 @@ fn async_stream_of(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<CoordinatorMessage, Status>>(4);
     tokio::spawn(async move {
         let (initial, mut intents) = first();
+        let mut serving = st.serving.subscribe();
         let msg = |set| CoordinatorMessage {
             body: Some(coordinator_message::Body::Intents(set)),
         };
         if tx.send(Ok(msg(initial))).await.is_err() {
-            st.view_mut().disconnect(&node);
+            st.update_view(|v| v.disconnect(&node));
             st.metrics.connected.dec();
             return;
         }
@@ -229,12 +266,15 @@ fn async_stream_of(
                 }
                 _ = tx.closed() => break None,
                 _ = st.shutdown.cancelled() => break Some(Status::unavailable("coordinator shutting down; reconnect")),
+                Ok(()) = serving.changed() => if !*serving.borrow_and_update() {
+                    break Some(Status::unavailable("this coordinator replica is no longer the leader; reconnect"));
+                },
             }
         };
         if let Some(status) = end {
             let _ = tx.send(Err(status)).await;
         }
-        st.view_mut().disconnect(&node);
+        st.update_view(|v| v.disconnect(&node));
         st.metrics.connected.dec();
         tracing::info!(node = %node, "agent disconnected");
     });
@@ -254,7 +294,7 @@ fn handle(st: &LinkState, node: &str, m: AgentMessage) -> Result<(), Status> {
             st.metrics
                 .updates
                 .inc_by((d.upserted.len() + d.removed.len()) as u64);
-            match st.view_mut().apply_delta(node, d, Utc::now()) {
+            match st.update_view(|v| v.apply_delta(node, d, Utc::now())) {
                 Ok(()) => Ok(()),
                 Err(e @ ViewError::OutOfOrder { .. }) | Err(e @ ViewError::NoSnapshot(_)) => {
                     st.metrics

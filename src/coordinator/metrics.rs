@@ -1,7 +1,8 @@
 //! Coordinator metrics on an explicit registry, `prewarm_coordinator_` prefix.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct CoordinatorMetrics {
@@ -12,6 +13,20 @@ pub struct CoordinatorMetrics {
     pub warm_fraction: GaugeVec,
     pub report_lag: Gauge,
     pub is_leader: IntGauge,
+    /// Gated pods held now.
+    pub gate_held: IntGauge,
+    /// Releases by outcome: `warm`, `unwarmed` (fail-open or bad images).
+    pub gate_released: IntCounterVec,
+    /// From the coordinator first seeing a gated pod to its release.
+    pub gate_release_seconds: Histogram,
+    /// Gate timeouts by policy (`fail-open`, `fail-closed`).
+    pub gate_timeouts: IntCounterVec,
+    /// Finished deploy steps by group and result (`succeeded`, `failed`,
+    /// `rolled_back`).
+    pub deploy_steps: IntCounterVec,
+    /// 1 for the group's current phase (`Idle`, `Stepping`, `Halted`,
+    /// `Invalid`), 0 for the others.
+    pub deploy_phase: IntGaugeVec,
 }
 
 impl CoordinatorMetrics {
@@ -46,6 +61,38 @@ impl CoordinatorMetrics {
             .expect("valid metric"),
             is_leader: IntGauge::new("leader", "1 on the replica holding the Lease")
                 .expect("valid metric"),
+            gate_held: IntGauge::new("gate_held_pods", "Pods held by the warm gate now")
+                .expect("valid metric"),
+            gate_released: IntCounterVec::new(
+                Opts::new("gate_released_pods_total", "Gated pods released, by outcome"),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            gate_release_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gate_release_seconds",
+                    "Time from a gated pod being seen to its release",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 900.0,
+                ]),
+            )
+            .expect("valid metric"),
+            gate_timeouts: IntCounterVec::new(
+                Opts::new("gate_timeouts_total", "Gated pods that timed out, by policy"),
+                &["policy"],
+            )
+            .expect("valid metric"),
+            deploy_steps: IntCounterVec::new(
+                Opts::new("deploy_steps_total", "Finished deploy steps, by group and result"),
+                &["namespace", "group", "result"],
+            )
+            .expect("valid metric"),
+            deploy_phase: IntGaugeVec::new(
+                Opts::new("deploy_group_phase", "1 for a deploy group's current phase"),
+                &["namespace", "group", "phase"],
+            )
+            .expect("valid metric"),
             registry: r,
         };
         for c in [
@@ -55,6 +102,12 @@ impl CoordinatorMetrics {
             Box::new(m.warm_fraction.clone()),
             Box::new(m.report_lag.clone()),
             Box::new(m.is_leader.clone()),
+            Box::new(m.gate_held.clone()),
+            Box::new(m.gate_released.clone()),
+            Box::new(m.gate_release_seconds.clone()),
+            Box::new(m.gate_timeouts.clone()),
+            Box::new(m.deploy_steps.clone()),
+            Box::new(m.deploy_phase.clone()),
         ] {
             m.registry.register(c).expect("metric registered twice");
         }

@@ -5,6 +5,7 @@
 pub mod announce;
 pub mod auth;
 pub mod events;
+pub mod gate;
 pub mod http;
 pub mod leader;
 pub mod link;
@@ -114,9 +115,10 @@ impl Coordinator {
         })
     }
 
-    /// Replaces the published intents; every connected agent gets its share.
+    /// Replaces the intents of the `static` source; every connected agent
+    /// gets its share of the union of all sources.
     pub fn set_intents(&self, intents: Vec<Intent>) {
-        self.state.intents.send_replace(Arc::new(intents));
+        self.state.publish("static", intents);
     }
 
     pub async fn join(self) {

@@ -9,7 +9,10 @@
 //! - [`push`]: pushes generated images over the OCI distribution API.
 //! - [`registry`]: a throwaway `docker-registry` (distribution v2) process.
 //! - [`faultproxy`]: an HTTP proxy in front of a registry that injects faults.
+//! - [`apiserver`]: an in-memory Kubernetes API server (tower-test) that
+//!   records requests; [`mockapi`] is its list-only predecessor.
 
+pub mod apiserver;
 pub mod containerd;
 pub mod corpus;
 pub mod faultproxy;

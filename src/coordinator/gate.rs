@@ -1,0 +1,442 @@
+//! The warm gate's effector: watches opted-in gated pods, asks
+//! [`crate::plan::gate::decide`] what to do with each, and applies the
+//! answer: a JSON Patch that narrows the pod to warm nodes and removes the
+//! gate, urgent intents for pods still waiting, and Events on timeouts and
+//! malformed annotations. Only the leader acts (agents attach only to it, so
+//! its view is the whole cluster's).
+//!
+//! Only pods labelled `prewarm.dev/gate=true` and not yet bound to a node
+//! (`spec.nodeName=`) are watched, never every pod of the cluster. A pod's
+//! own changes are decided at once; view changes re-decide every waiting pod
+//! at most every [`GateOptions::reevaluate`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::events;
+use super::link::LinkState;
+use super::rollouts::keep_deadlines;
+use crate::plan::gate::{self, Decision, GateConfig, GatedPod, TimeoutPolicy};
+use crate::wire::v1::Intent;
+
+/// Intent source name in [`LinkState::publish`].
+pub const SOURCE: &str = "gate";
+/// A failed release is tried again after this long.
+const RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct GateOptions {
+    pub cfg: GateConfig,
+    /// Patches in flight at once.
+    pub concurrency: usize,
+    /// How often timeouts are checked.
+    pub tick: Duration,
+    /// View changes re-decide waiting pods at most this often.
+    pub reevaluate: Duration,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        Self {
+            cfg: GateConfig::default(),
+            concurrency: 32,
+            tick: Duration::from_secs(1),
+            reevaluate: Duration::from_millis(200),
+        }
+    }
+}
+
+type Key = (String, String);
+
+/// A release to send: pod, patch, Event to record after it (reason,
+/// message), and whether the pod goes to warm nodes.
+struct Release {
+    key: Key,
+    patch: serde_json::Value,
+    note: Option<(String, String)>,
+    warm: bool,
+}
+
+struct Tracked {
+    pod: GatedPod,
+    seen: Instant,
+    /// A patch is in flight or has succeeded: do not patch again.
+    releasing: bool,
+    held_noted: bool,
+    warned: BTreeSet<String>,
+    /// Images and candidates while waiting.
+    waiting: Option<(Vec<String>, Vec<String>)>,
+    /// After a failed patch: decide again once this has passed.
+    retry_at: Option<Instant>,
+}
+
+enum Msg {
+    Watch(Box<Event<Pod>>),
+    Released {
+        key: Key,
+        result: Result<(), String>,
+    },
+}
+
+fn involved(p: &GatedPod) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(p.name.clone()),
+        namespace: Some(p.namespace.clone()),
+        uid: Some(p.uid.clone()),
+        ..ObjectReference::default()
+    }
+}
+
+/// Runs the gate until cancelled.
+pub async fn run(
+    client: kube::Client,
+    state: Arc<LinkState>,
+    opts: GateOptions,
+    mut leader: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<Msg>(4096);
+    let cfg = watcher::Config::default()
+        .labels(&format!("{}=true", gate::GATE_LABEL))
+        .fields("spec.nodeName=");
+    let stream = watcher::watcher(Api::<Pod>::all(client.clone()), cfg).default_backoff();
+    let wtx = tx.clone();
+    let wcancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = wcancel.cancelled() => return,
+                ev = stream.next() => match ev {
+                    Some(Ok(ev)) => if wtx.send(Msg::Watch(Box::new(ev))).await.is_err() { return },
+                    Some(Err(e)) => tracing::warn!(error = %e, "gated pod watch error; retrying"),
+                    None => return,
+                },
+            }
+        }
+    });
+
+    let mut g = Gate {
+        client,
+        state: state.clone(),
+        opts: opts.clone(),
+        pods: BTreeMap::new(),
+        relist: None,
+        permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+        tx,
+        published: Vec::new(),
+    };
+    let mut view_changes = state.view_changes.subscribe();
+    let mut tick = tokio::time::interval(opts.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut full_due: Option<tokio::time::Instant> = None;
+    loop {
+        let mut dirty: BTreeSet<Key> = BTreeSet::new();
+        let mut full = false;
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = rx.recv() => {
+                let Some(m) = m else { break };
+                g.on_msg(m, &mut dirty);
+                // Drain what is queued so a burst is decided in one pass.
+                while let Ok(m) = rx.try_recv() {
+                    g.on_msg(m, &mut dirty);
+                }
+            }
+            Ok(()) = view_changes.changed() => {
+                full_due.get_or_insert_with(|| tokio::time::Instant::now() + opts.reevaluate);
+                continue;
+            }
+            _ = sleep_until(full_due), if full_due.is_some() => {
+                full_due = None;
+                full = true;
+            }
+            _ = tick.tick() => {
+                let now = Utc::now();
+                dirty.extend(g.timed_out(now));
+            }
+            Ok(()) = leader.changed() => {
+                full = *leader.borrow_and_update();
+                if !full {
+                    state.publish(SOURCE, Vec::new());
+                }
+            }
+        }
+        if !*leader.borrow() {
+            continue;
+        }
+        if full {
+            dirty.extend(g.pods.keys().cloned());
+        }
+        if !dirty.is_empty() {
+            g.pass(&dirty);
+        }
+    }
+    state.publish(SOURCE, Vec::new());
+}
+
+struct Gate {
+    client: kube::Client,
+    state: Arc<LinkState>,
+    opts: GateOptions,
+    pods: BTreeMap<Key, Tracked>,
+    relist: Option<BTreeSet<Key>>,
+    permits: Arc<Semaphore>,
+    tx: mpsc::Sender<Msg>,
+    published: Vec<Intent>,
+}
+
+impl Gate {
+    fn on_msg(&mut self, m: Msg, dirty: &mut BTreeSet<Key>) {
+        let m = match m {
+            Msg::Watch(ev) => Ok(*ev),
+            Msg::Released { key, result } => Err((key, result)),
+        };
+        match m {
+            Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) => {
+                let key = (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                );
+                if let Some(r) = &mut self.relist {
+                    r.insert(key.clone());
+                }
+                match GatedPod::from_pod(&p) {
+                    Ok(Some(pod)) => {
+                        let t = self.pods.entry(key.clone()).or_insert_with(|| Tracked {
+                            pod: pod.clone(),
+                            seen: Instant::now(),
+                            releasing: false,
+                            held_noted: false,
+                            warned: BTreeSet::new(),
+                            waiting: None,
+                            retry_at: None,
+                        });
+                        t.pod = pod;
+                        dirty.insert(key);
+                    }
+                    Ok(None) => {
+                        self.pods.remove(&key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(namespace = %key.0, pod = %key.1, error = %e, "gated pod ignored");
+                        self.pods.remove(&key);
+                    }
+                }
+            }
+            Ok(Event::Delete(p)) => {
+                self.pods.remove(&(
+                    p.metadata.namespace.unwrap_or_default(),
+                    p.metadata.name.unwrap_or_default(),
+                ));
+            }
+            Ok(Event::Init) => self.relist = Some(BTreeSet::new()),
+            Ok(Event::InitDone) => {
+                if let Some(seen) = self.relist.take() {
+                    self.pods.retain(|k, _| seen.contains(k));
+                }
+            }
+            Err((key, result)) => {
+                if let Err(e) = result {
+                    tracing::warn!(namespace = %key.0, pod = %key.1, error = %e, "gate release failed; will retry");
+                    if let Some(t) = self.pods.get_mut(&key) {
+                        t.releasing = false;
+                        t.retry_at = Some(Instant::now() + RETRY);
+                    }
+                }
+            }
+        }
+        self.state
+            .metrics
+            .gate_held
+            .set(self.pods.values().filter(|t| !t.releasing).count() as i64);
+    }
+
+    /// Pods whose timeout or retry time has passed and that are not being
+    /// released.
+    fn timed_out(&self, now: chrono::DateTime<Utc>) -> Vec<Key> {
+        let instant = Instant::now();
+        self.pods
+            .iter()
+            .filter(|(_, t)| !t.releasing)
+            .filter(|(_, t)| {
+                let (timeout, _, _) = gate::effective(&t.pod, &self.opts.cfg);
+                let expired =
+                    !t.held_noted && (now - t.pod.created).to_std().unwrap_or_default() >= timeout;
+                expired || t.retry_at.is_some_and(|r| r <= instant)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn pass(&mut self, keys: &BTreeSet<Key>) {
+        let now = Utc::now();
+        let state = self.state.clone();
+        let view = state.view();
+        let mut patches: Vec<Release> = Vec::new();
+        let mut notes: Vec<(ObjectReference, &'static str, String)> = Vec::new();
+        for key in keys {
+            let Some(t) = self.pods.get_mut(key) else {
+                continue;
+            };
+            if t.releasing {
+                continue;
+            }
+            t.retry_at = None;
+            let verdict = gate::decide(&t.pod, &view, &self.opts.cfg, now);
+            for w in verdict.warnings {
+                if t.warned.insert(w.clone()) {
+                    notes.push((involved(&t.pod), "InvalidGateAnnotation", w));
+                }
+            }
+            t.waiting = None;
+            match verdict.decision {
+                Decision::Release { patch, .. } => {
+                    t.releasing = true;
+                    patches.push(Release {
+                        key: key.clone(),
+                        patch,
+                        note: None,
+                        warm: true,
+                    });
+                }
+                Decision::ReleaseUnwarmed { patch, reason } => {
+                    t.releasing = true;
+                    let (timeout, policy, _) = gate::effective(&t.pod, &self.opts.cfg);
+                    if (now - t.pod.created).to_std().unwrap_or_default() >= timeout {
+                        self.state
+                            .metrics
+                            .gate_timeouts
+                            .with_label_values(&[policy.as_str()])
+                            .inc();
+                    }
+                    let note = ("WarmGateReleasedCold".to_string(), reason);
+                    patches.push(Release {
+                        key: key.clone(),
+                        patch,
+                        note: Some(note),
+                        warm: false,
+                    });
+                }
+                Decision::Hold { reason } => {
+                    if !t.held_noted {
+                        t.held_noted = true;
+                        self.state
+                            .metrics
+                            .gate_timeouts
+                            .with_label_values(&[TimeoutPolicy::FailClosed.as_str()])
+                            .inc();
+                        notes.push((involved(&t.pod), "WarmGateHolding", reason));
+                    }
+                }
+                Decision::Wait {
+                    candidates, images, ..
+                } => t.waiting = Some((images, candidates)),
+            }
+        }
+        drop(view);
+        for r in patches {
+            self.release(r);
+        }
+        for (obj, reason, message) in notes {
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = events::record(&client, &obj, true, reason, &message).await {
+                    tracing::warn!(error = %e, reason, "gate Event not recorded");
+                }
+            });
+        }
+        self.publish(now);
+    }
+
+    fn publish(&mut self, now: chrono::DateTime<Utc>) {
+        let waiting: Vec<(&GatedPod, Vec<String>, Vec<String>)> = self
+            .pods
+            .values()
+            .filter_map(|t| {
+                t.waiting
+                    .as_ref()
+                    .map(|(i, c)| (&t.pod, i.clone(), c.clone()))
+            })
+            .collect();
+        let mut intents = gate::urgent_intents(&waiting, &self.opts.cfg, now);
+        keep_deadlines(&self.published, &mut intents, now, self.opts.cfg.intent_ttl);
+        if intents != self.published {
+            self.published = intents.clone();
+            self.state.publish(SOURCE, intents);
+        }
+    }
+
+    fn release(&self, r: Release) {
+        let Release {
+            key,
+            patch,
+            note,
+            warm,
+        } = r;
+        let Some(t) = self.pods.get(&key) else {
+            return;
+        };
+        let (client, permits, tx) = (self.client.clone(), self.permits.clone(), self.tx.clone());
+        let metrics = self.state.metrics.clone();
+        let (obj, seen) = (involved(&t.pod), t.seen);
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let result = apply(&client, &key, patch).await;
+            if result.is_ok() {
+                metrics
+                    .gate_release_seconds
+                    .observe(seen.elapsed().as_secs_f64());
+                metrics
+                    .gate_released
+                    .with_label_values(&[if warm { "warm" } else { "unwarmed" }])
+                    .inc();
+                if let Some((reason, message)) = note {
+                    if let Err(e) = events::record(&client, &obj, true, &reason, &message).await {
+                        tracing::warn!(error = %e, "gate Event not recorded");
+                    }
+                }
+            }
+            let _ = tx.send(Msg::Released { key, result }).await;
+        });
+    }
+}
+
+/// Sends one release patch. A pod that is gone needs nothing more. Any
+/// other failure (including the `test` op failing because the gate is
+/// already gone) is retried; the watch drops released pods meanwhile.
+async fn apply(client: &kube::Client, key: &Key, patch: serde_json::Value) -> Result<(), String> {
+    let ops: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| format!("bad patch: {e}"))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &key.0);
+    match pods
+        .patch(&key.1, &PatchParams::default(), &Patch::Json::<()>(ops))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            tracing::debug!(namespace = %key.0, pod = %key.1, "pod gone before its release");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
