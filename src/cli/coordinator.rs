@@ -10,8 +10,9 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use prewarm::coordinator::auth::{Authenticator, StaticAuth, TokenReviewAuth, AUDIENCE};
-use prewarm::coordinator::http::{ImageRow, NodeSummary};
+use prewarm::coordinator::http::{DeployGroupRow, ImageRow, NodeSummary};
 use prewarm::coordinator::{Coordinator, CoordinatorOptions};
+use prewarm::plan::gate::TimeoutPolicy;
 
 use super::pull::human;
 
@@ -46,6 +47,18 @@ pub struct CoordinatorArgs {
     /// Do not watch workloads (no Kubernetes API; link and view only).
     #[arg(long)]
     pub no_watch: bool,
+    /// How long a pod waits behind the prewarm.dev/warm gate for a warm
+    /// node before the timeout policy applies (pods may override it with
+    /// the prewarm.dev/gate-timeout annotation).
+    #[arg(long, env = "PREWARM_GATE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub gate_timeout: std::time::Duration,
+    /// What happens at the gate timeout: `fail-open` releases the pod onto
+    /// any eligible node, `fail-closed` keeps holding it.
+    #[arg(long, env = "PREWARM_GATE_POLICY", default_value = "fail-open")]
+    pub gate_policy: TimeoutPolicy,
+    /// Do not release gated pods or run deploy groups.
+    #[arg(long)]
+    pub no_gate: bool,
 }
 
 pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
@@ -106,8 +119,9 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         let client = kube::Client::try_default()
             .await
             .context("Kubernetes client (workload watch)")?;
-        // Every replica watches and serves its own agents; only the leader
-        // writes Events.
+        // Only the leader serves agents (the Service selects its label), so
+        // its view is complete; it alone writes to the API.
+        coordinator.state.serving.send_replace(false);
         let leadership = prewarm::coordinator::leader::spawn(
             client.clone(),
             args.namespace.clone(),
@@ -128,20 +142,71 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         ));
         tokio::spawn(prewarm::coordinator::announce::run(
             coordinator.state.clone(),
-            client,
+            client.clone(),
             leadership.is_leader.clone(),
             cancel.clone(),
         ));
-        let metrics = coordinator.state.metrics.clone();
-        let mut is_leader = leadership.is_leader;
-        tokio::spawn(async move {
-            while is_leader.changed().await.is_ok() {
-                metrics.is_leader.set(*is_leader.borrow() as i64);
-            }
-        });
+        if !args.no_gate {
+            let opts = prewarm::coordinator::gate::GateOptions {
+                cfg: prewarm::plan::gate::GateConfig {
+                    timeout: args.gate_timeout,
+                    policy: args.gate_policy,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            tokio::spawn(prewarm::coordinator::gate::run(
+                client.clone(),
+                coordinator.state.clone(),
+                opts,
+                leadership.is_leader.clone(),
+                cancel.clone(),
+            ));
+        }
+        tokio::spawn(follow_leadership(
+            client,
+            coordinator.state.clone(),
+            args.namespace.clone(),
+            args.pod_name.clone(),
+            leadership.is_leader,
+        ));
     }
     coordinator.join().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Mirrors leadership into the metric, whether this replica takes agents,
+/// and its pod's leader label (retried until it sticks).
+async fn follow_leadership(
+    client: kube::Client,
+    state: Arc<prewarm::coordinator::link::LinkState>,
+    namespace: String,
+    pod: String,
+    mut is_leader: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let leader = *is_leader.borrow_and_update();
+        state.metrics.is_leader.set(leader as i64);
+        state.serving.send_replace(leader);
+        let mut labelled = false;
+        while !labelled {
+            match prewarm::coordinator::leader::label_self(&client, &namespace, &pod, leader).await
+            {
+                Ok(()) => labelled = true,
+                Err(e) => tracing::warn!(error = %e, leader, "leader label not set; retrying"),
+            }
+            if !labelled {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    // Leadership moved on: start over with the new value.
+                    r = is_leader.changed() => if r.is_err() { return } else { break },
+                }
+            }
+        }
+        if labelled && is_leader.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -156,6 +221,14 @@ pub struct StatusArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub what: Option<StatusWhat>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusWhat {
+    /// Every deploy group: phase, current step, timings and last results.
+    Deploys,
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -180,6 +253,16 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             resp.text().await.with_context(|| format!("GET {url}"))
         }
     };
+    if args.what == Some(StatusWhat::Deploys) {
+        let rows: Vec<DeployGroupRow> =
+            serde_json::from_str(&get("/v1/deploys").await?).context("bad /v1/deploys reply")?;
+        if args.json {
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            print!("{}", deploys_table(&rows));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let images: Vec<ImageRow> =
         serde_json::from_str(&get("/v1/images").await?).context("bad /v1/images reply")?;
     let nodes: Vec<NodeSummary> =
@@ -208,4 +291,29 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The deploy groups as text: one line per group, then its step and each
+/// member's last result.
+pub fn deploys_table(rows: &[DeployGroupRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str("no deploy groups\n");
+        return out;
+    }
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{}/{} ({} members: {})",
+            r.namespace,
+            r.name,
+            r.members.len(),
+            r.members.join(" → ")
+        );
+        for line in prewarm::plan::deploy::summary(&r.status).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
 }

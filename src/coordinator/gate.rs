@@ -171,6 +171,8 @@ pub async fn run(
                 full = *leader.borrow_and_update();
                 if !full {
                     state.publish(SOURCE, Vec::new());
+                    // Withdrawn: publish again on regaining leadership.
+                    g.published.clear();
                 }
             }
         }
@@ -215,6 +217,11 @@ impl Gate {
                 }
                 match GatedPod::from_pod(&p) {
                     Ok(Some(pod)) => {
+                        // Same name, new pod (deleted and recreated while a
+                        // relist hid the delete): start afresh.
+                        if self.pods.get(&key).is_some_and(|t| t.pod.uid != pod.uid) {
+                            self.pods.remove(&key);
+                        }
                         let t = self.pods.entry(key.clone()).or_insert_with(|| Tracked {
                             pod: pod.clone(),
                             seen: Instant::now(),
@@ -331,6 +338,12 @@ impl Gate {
                     });
                 }
                 Decision::Hold { reason } => {
+                    // Held pods keep their images warming, so they are
+                    // released as soon as a node is warm.
+                    if let Ok(images) = gate::pod_images(&t.pod.spec) {
+                        let (eligible, _) = gate::warm_eligible(&t.pod.spec, &images, &view);
+                        t.waiting = Some((images, eligible));
+                    }
                     if !t.held_noted {
                         t.held_noted = true;
                         self.state
@@ -440,3 +453,7 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;

@@ -49,6 +49,17 @@ pub struct WindowRow {
     pub next_activation_unix: i64,
 }
 
+/// A deploy group as the leader last reconciled it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployGroupRow {
+    pub namespace: String,
+    pub name: String,
+    /// Members in deploy order.
+    pub members: Vec<String>,
+    pub status: crate::wire::deploygroup::DeployGroupStatus,
+}
+
 pub async fn serve(
     addr: SocketAddr,
     state: Arc<LinkState>,
@@ -58,6 +69,7 @@ pub async fn serve(
         .route("/v1/nodes", get(nodes))
         .route("/v1/images", get(images))
         .route("/v1/windows", get(windows))
+        .route("/v1/deploys", get(deploys))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
@@ -70,6 +82,11 @@ pub async fn serve(
             .await;
     });
     Ok(local)
+}
+
+async fn deploys(State(state): State<Arc<LinkState>>) -> Json<Vec<DeployGroupRow>> {
+    let rows = state.deploys.read().unwrap_or_else(|p| p.into_inner());
+    Json(rows.values().cloned().collect())
 }
 
 pub fn node_summaries(state: &LinkState) -> Vec<NodeSummary> {

@@ -36,6 +36,8 @@ pub struct LinkState {
     /// Whether this replica takes agents (only the leader does when the
     /// coordinator runs with leader election; always, otherwise).
     pub serving: watch::Sender<bool>,
+    /// Deploy groups as last reconciled, by `namespace/name`.
+    pub deploys: RwLock<std::collections::BTreeMap<String, super::http::DeployGroupRow>>,
     /// Intents by the source that published them (rollouts, gate, deploys);
     /// `intents` is their union.
     sources: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Intent>>>,
@@ -58,6 +60,7 @@ impl LinkState {
             shutdown,
             view_changes,
             serving,
+            deploys: Default::default(),
             sources: Default::default(),
         })
     }

@@ -64,7 +64,10 @@ impl CoordinatorMetrics {
             gate_held: IntGauge::new("gate_held_pods", "Pods held by the warm gate now")
                 .expect("valid metric"),
             gate_released: IntCounterVec::new(
-                Opts::new("gate_released_pods_total", "Gated pods released, by outcome"),
+                Opts::new(
+                    "gate_released_pods_total",
+                    "Gated pods released, by outcome",
+                ),
                 &["outcome"],
             )
             .expect("valid metric"),
@@ -79,12 +82,18 @@ impl CoordinatorMetrics {
             )
             .expect("valid metric"),
             gate_timeouts: IntCounterVec::new(
-                Opts::new("gate_timeouts_total", "Gated pods that timed out, by policy"),
+                Opts::new(
+                    "gate_timeouts_total",
+                    "Gated pods that timed out, by policy",
+                ),
                 &["policy"],
             )
             .expect("valid metric"),
             deploy_steps: IntCounterVec::new(
-                Opts::new("deploy_steps_total", "Finished deploy steps, by group and result"),
+                Opts::new(
+                    "deploy_steps_total",
+                    "Finished deploy steps, by group and result",
+                ),
                 &["namespace", "group", "result"],
             )
             .expect("valid metric"),

@@ -4,6 +4,7 @@
 
 pub mod announce;
 pub mod auth;
+pub mod deploys;
 pub mod events;
 pub mod gate;
 pub mod http;

@@ -330,11 +330,12 @@ impl MockApi {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
-            if pred(&self.lock().requests) {
+            // Not under the lock: `pred` may look at the server's objects.
+            if pred(&self.requests()) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return pred(&self.lock().requests);
+                return pred(&self.requests());
             }
         }
     }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{Upstream, MIB};
 
-fn tokens() -> Arc<StaticAuth> {
+pub(crate) fn tokens() -> Arc<StaticAuth> {
     let map: HashMap<String, String> = [
         ("tok-a", "node-a"),
         ("tok-b", "node-b"),
@@ -33,7 +33,7 @@ fn tokens() -> Arc<StaticAuth> {
     Arc::new(StaticAuth(map))
 }
 
-async fn coordinator(grpc: &str, cancel: &CancellationToken) -> Coordinator {
+pub(crate) async fn coordinator(grpc: &str, cancel: &CancellationToken) -> Coordinator {
     let opts = CoordinatorOptions {
         grpc_listen: grpc.parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
@@ -44,7 +44,7 @@ async fn coordinator(grpc: &str, cancel: &CancellationToken) -> Coordinator {
         .expect("coordinator starts")
 }
 
-async fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
     for _ in 0..secs * 10 {
         if check() {
             return;
@@ -55,7 +55,7 @@ async fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
 }
 
 /// A simulated agent: the real link client fed a fixed report.
-fn fake_agent(
+pub(crate) fn fake_agent(
     endpoint: &str,
     dir: &std::path::Path,
     token: &str,
@@ -99,7 +99,7 @@ fn fake_agent(
 }
 
 /// Starts the real agent as node-a (pool integrations), attached to `endpoint`.
-async fn agent_on_node_a(
+pub(crate) async fn agent_on_node_a(
     ctd: &TestContainerd,
     dir: &std::path::Path,
     endpoint: &str,
@@ -133,7 +133,7 @@ async fn agent_on_node_a(
 }
 
 /// Waits up to 60 s for `image` in the CRI store; fails with `why`.
-async fn wait_present(store: &Containerd, image: &str, why: &str) {
+pub(crate) async fn wait_present(store: &Containerd, image: &str, why: &str) {
     for _ in 0..600 {
         if store.image_status(image).await.unwrap().is_some() {
             return;
@@ -144,7 +144,7 @@ async fn wait_present(store: &Containerd, image: &str, why: &str) {
 }
 
 /// `prewarm status` against the coordinator's HTTP address; must succeed.
-fn status(http: std::net::SocketAddr) -> String {
+pub(crate) fn status(http: std::net::SocketAddr) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
         .args(["status", "--coordinator", &format!("http://{http}")])
         .output()

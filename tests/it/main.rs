@@ -6,6 +6,7 @@ mod agent;
 mod cli;
 mod common;
 mod faults;
+mod gates;
 mod link;
 mod pull;
 mod windows;

@@ -1,0 +1,759 @@
+//! Sequential deploys' effector: for every DeployGroup, observes its member
+//! Deployments, their ScaledObjects, checks and warmth, asks
+//! [`crate::plan::deploy::decide`] for the next status and actions, applies
+//! the actions and writes the status back. Only the leader acts; the status
+//! in the cluster is the state, so a new leader resumes where the last one
+//! stood.
+//!
+//! DeployGroups are watched cluster-wide as raw objects and parsed one by
+//! one, so a malformed group gets a clear `Invalid` status of its own
+//! instead of breaking the watch for every group. Members are read with a
+//! GET each per reconcile (on any group change and every
+//! [`DeployOptions::resync`]); groups are few and small, so this costs a
+//! handful of requests a second at most.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::events;
+use super::http::DeployGroupRow;
+use super::link::LinkState;
+use crate::plan::deploy::{self, Action, CheckObs, MemberObs, ScaledObs};
+use crate::plan::gate::{pod_images, warm_eligible};
+use crate::wire::deploygroup::{
+    self as dg, template_hash, DeployGroup, DeployGroupStatus, GroupPhase, Outcome,
+    PAUSED_ANNOTATION,
+};
+use crate::wire::v1::Intent;
+
+/// Intent source name in [`LinkState::publish`].
+pub const SOURCE: &str = "deploys";
+/// Priority of a deploy step's warm intents (above rollouts, below the gate).
+pub const PRIORITY: i64 = 500;
+/// Label on validation Jobs naming the step (its start, Unix seconds).
+pub const STEP_LABEL: &str = "prewarm.dev/step";
+/// A repeated Event (same group, reason and message) is not re-sent for
+/// this long.
+const EVENT_QUIET: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    /// Every group is reconciled at least this often.
+    pub resync: Duration,
+    /// Timeout of one HTTP validation request.
+    pub http_timeout: Duration,
+    /// Warm intents expire this long after they were last published.
+    pub intent_ttl: Duration,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(5),
+            http_timeout: Duration::from_secs(5),
+            intent_ttl: Duration::from_secs(1800),
+        }
+    }
+}
+
+pub fn deploygroup_resource() -> ApiResource {
+    ApiResource {
+        group: dg::GROUP.into(),
+        version: dg::VERSION.into(),
+        api_version: dg::API_VERSION.into(),
+        kind: dg::KIND.into(),
+        plural: dg::PLURAL.into(),
+    }
+}
+
+pub fn scaledobject_resource() -> ApiResource {
+    ApiResource {
+        group: "keda.sh".into(),
+        version: "v1alpha1".into(),
+        api_version: "keda.sh/v1alpha1".into(),
+        kind: "ScaledObject".into(),
+        plural: "scaledobjects".into(),
+    }
+}
+
+type Key = (String, String);
+/// HTTP check state by (namespace, group, member).
+type Checks = Arc<Mutex<BTreeMap<(String, String, String), HttpState>>>;
+
+/// Parses a watched object; the error names the field that is wrong.
+pub fn parse_group(obj: &DynamicObject) -> Result<DeployGroup, String> {
+    let value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
+    let de = serde_json::from_value::<Value>(value).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize::<_, DeployGroup>(de).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{path}: {}", e.into_inner())
+    })
+}
+
+/// The ScaledObject for `deployment`: the one named `explicit`, else the one
+/// whose `scaleTargetRef` names the Deployment.
+pub fn find_scaled_object(
+    objects: &[DynamicObject],
+    deployment: &str,
+    explicit: Option<&str>,
+) -> Option<ScaledObs> {
+    let found = objects.iter().find(|o| match explicit {
+        Some(name) => o.metadata.name.as_deref() == Some(name),
+        None => {
+            let target = &o.data["spec"]["scaleTargetRef"];
+            let kind = target["kind"].as_str().unwrap_or("Deployment");
+            kind == "Deployment" && target["name"].as_str() == Some(deployment)
+        }
+    })?;
+    let paused = found
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PAUSED_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    Some(ScaledObs {
+        name: found.metadata.name.clone().unwrap_or_default(),
+        paused,
+    })
+}
+
+/// The template a rollback restores: that of the Deployment's ReplicaSet
+/// whose template (without `pod-template-hash`) hashes to `deployed`.
+pub fn previous_template(
+    replica_sets: &[ReplicaSet],
+    deployment_uid: &str,
+    deployed: &str,
+) -> Option<PodTemplateSpec> {
+    replica_sets
+        .iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == deployment_uid && o.controller == Some(true))
+        })
+        .filter_map(|rs| rs.spec.as_ref()?.template.clone())
+        .map(|mut t| {
+            if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+                labels.remove("pod-template-hash");
+            }
+            t
+        })
+        .find(|t| template_hash(t) == deployed)
+}
+
+/// Job status as a check result.
+pub fn job_result(job: &Job) -> CheckObs {
+    let status = job.status.as_ref();
+    let cond = |t: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True"))
+    };
+    if cond("Complete").is_some() || status.and_then(|s| s.succeeded).unwrap_or(0) > 0 {
+        return CheckObs::Passed;
+    }
+    if let Some(c) = cond("Failed") {
+        return CheckObs::Failed(format!(
+            "Job {} failed: {}",
+            job.metadata.name.clone().unwrap_or_default(),
+            c.message
+                .clone()
+                .or(c.reason.clone())
+                .unwrap_or_else(|| "no reason given".into())
+        ));
+    }
+    CheckObs::Running
+}
+
+/// One HTTP check's state, for one step of one member.
+#[derive(Debug, Clone)]
+struct HttpState {
+    step: String,
+    result: Option<CheckObs>,
+    running: bool,
+    started: Option<Instant>,
+}
+
+struct Deploys {
+    client: kube::Client,
+    state: Arc<LinkState>,
+    opts: DeployOptions,
+    http: reqwest::Client,
+    checks: Checks,
+    poke: mpsc::Sender<Key>,
+    sent_events: BTreeMap<(Key, String, String), Instant>,
+    intents: BTreeMap<Key, Vec<Intent>>,
+}
+
+/// Runs deploy groups until cancelled.
+pub async fn run(
+    client: kube::Client,
+    state: Arc<LinkState>,
+    opts: DeployOptions,
+    leader: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<Event<DynamicObject>>(256);
+    let (poke, mut poked) = mpsc::channel::<Key>(256);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &deploygroup_resource());
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let wcancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = wcancel.cancelled() => return,
+                ev = stream.next() => match ev {
+                    Some(Ok(ev)) => if tx.send(ev).await.is_err() { return },
+                    Some(Err(e)) => tracing::warn!(error = %e, "DeployGroup watch error (is the CRD installed?); retrying"),
+                    None => return,
+                },
+            }
+        }
+    });
+    let http = reqwest::Client::builder()
+        .timeout(opts.http_timeout)
+        .build()
+        .unwrap_or_default();
+    let mut d = Deploys {
+        client,
+        state,
+        opts: opts.clone(),
+        http,
+        checks: Default::default(),
+        poke,
+        sent_events: BTreeMap::new(),
+        intents: BTreeMap::new(),
+    };
+    let mut groups: BTreeMap<Key, DynamicObject> = BTreeMap::new();
+    let mut relist: Option<BTreeMap<Key, DynamicObject>> = None;
+    let mut tick = tokio::time::interval(opts.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leader = leader;
+    loop {
+        let due: Vec<Key> = tokio::select! {
+            _ = cancel.cancelled() => break,
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                let key_of = |o: &DynamicObject| (o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
+                match ev {
+                    Event::Apply(o) => { let k = key_of(&o); groups.insert(k.clone(), o); vec![k] }
+                    Event::Delete(o) => {
+                        let k = key_of(&o);
+                        groups.remove(&k);
+                        d.forget(&k);
+                        vec![]
+                    }
+                    Event::Init => { relist = Some(BTreeMap::new()); vec![] }
+                    Event::InitApply(o) => { relist.get_or_insert_with(BTreeMap::new).insert(key_of(&o), o); vec![] }
+                    Event::InitDone => {
+                        groups = relist.take().unwrap_or_default();
+                        let gone: Vec<Key> = d.intents.keys().filter(|k| !groups.contains_key(*k)).cloned().collect();
+                        gone.iter().for_each(|k| d.forget(k));
+                        groups.keys().cloned().collect()
+                    }
+                }
+            }
+            Some(k) = poked.recv() => vec![k],
+            _ = tick.tick() => groups.keys().cloned().collect(),
+            Ok(()) = leader.changed() => groups.keys().cloned().collect(),
+        };
+        if !*leader.borrow() {
+            continue;
+        }
+        for key in due {
+            if let Some(obj) = groups.get(&key).cloned() {
+                d.reconcile(&key, &obj).await;
+            }
+        }
+        let all: Vec<Intent> = d.intents.values().flatten().cloned().collect();
+        d.state.publish(SOURCE, all);
+    }
+    d.state.publish(SOURCE, Vec::new());
+}
+
+impl Deploys {
+    fn forget(&mut self, key: &Key) {
+        self.intents.remove(key);
+        if let Ok(mut rows) = self.state.deploys.write() {
+            rows.remove(&format!("{}/{}", key.0, key.1));
+        }
+    }
+
+    async fn reconcile(&mut self, key: &Key, obj: &DynamicObject) {
+        let (ns, name) = (key.0.as_str(), key.1.as_str());
+        let generation = obj.metadata.generation.unwrap_or(0);
+        let group = match parse_group(obj) {
+            Ok(g) => g,
+            Err(e) => {
+                let message = format!("DeployGroup {ns}/{name} is malformed: {e}");
+                let previous = obj.data.get("status").cloned().unwrap_or(Value::Null);
+                let status = json!({"phase": "Invalid", "message": message, "observedGeneration": generation});
+                if previous.get("message") != status.get("message") {
+                    self.event_on_group(key, obj, true, "Invalid", &message)
+                        .await;
+                    self.write_status(key, status).await;
+                }
+                self.intents.remove(key);
+                return;
+            }
+        };
+        let status = group.status.clone().unwrap_or_default();
+        // A member that could not be read is unknown, not gone: decide
+        // nothing this round rather than fail a step over an API hiccup.
+        let Some(obs) = self.observe(ns, &group, &status).await else {
+            return;
+        };
+        let mut decision = deploy::decide(&group.spec, generation, &status, &obs, Utc::now());
+        let mut intents = Vec::new();
+        for action in std::mem::take(&mut decision.actions) {
+            if let Err(e) = self
+                .apply(key, obj, &group, &status, &obs, action, &mut intents)
+                .await
+            {
+                tracing::warn!(group = %format!("{ns}/{name}"), error = %e, "deploy action failed; retried on the next reconcile");
+            }
+        }
+        self.intents.insert(key.clone(), intents);
+        self.count_results(key, &status, &decision.status);
+        if decision.status != status || group.status.is_none() {
+            match serde_json::to_value(&decision.status) {
+                Ok(v) => self.write_status(key, v).await,
+                Err(e) => tracing::warn!(error = %e, "status not serializable"),
+            }
+        }
+        if let Ok(mut rows) = self.state.deploys.write() {
+            rows.insert(
+                format!("{ns}/{name}"),
+                DeployGroupRow {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    members: group
+                        .spec
+                        .members
+                        .iter()
+                        .map(|m| m.deployment.clone())
+                        .collect(),
+                    status: decision.status,
+                },
+            );
+        }
+    }
+
+    fn count_results(&self, key: &Key, old: &DeployGroupStatus, new: &DeployGroupStatus) {
+        let m = &self.state.metrics;
+        for r in &new.results {
+            if !old.results.contains(r) {
+                let result = match r.result {
+                    Outcome::Succeeded => "succeeded",
+                    Outcome::Failed => "failed",
+                    Outcome::RolledBack => "rolled_back",
+                };
+                m.deploy_steps
+                    .with_label_values(&[&key.0, &key.1, result])
+                    .inc();
+            }
+        }
+        for phase in [
+            GroupPhase::Idle,
+            GroupPhase::Stepping,
+            GroupPhase::Halted,
+            GroupPhase::Invalid,
+        ] {
+            m.deploy_phase
+                .with_label_values(&[&key.0, &key.1, &format!("{phase:?}")])
+                .set((new.phase == phase) as i64);
+        }
+    }
+
+    async fn observe(
+        &self,
+        ns: &str,
+        group: &DeployGroup,
+        status: &DeployGroupStatus,
+    ) -> Option<BTreeMap<String, MemberObs>> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let scaled: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), ns, &scaledobject_resource());
+        let scaled_objects = match scaled.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::debug!(namespace = ns, error = %e, "no ScaledObjects (is KEDA installed?)");
+                Vec::new()
+            }
+        };
+        let mut out = BTreeMap::new();
+        for m in &group.spec.members {
+            let d = match deployments.get_opt(&m.deployment).await {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    out.insert(m.deployment.clone(), MemberObs::default());
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(deployment = %m.deployment, error = %e, "member not read; retrying");
+                    return None;
+                }
+            };
+            let mut o = MemberObs::from_deployment(&d);
+            if let Some(spec) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) {
+                if let Ok(images) = pod_images(spec) {
+                    let (eligible, warm) = warm_eligible(spec, &images, &self.state.view());
+                    o.eligible_nodes = eligible.len();
+                    o.warm_nodes = warm.len();
+                }
+            }
+            o.scaled_object =
+                find_scaled_object(&scaled_objects, &m.deployment, m.scaled_object.as_deref());
+            if let Some(step) = status.step.as_ref().filter(|s| s.member == m.deployment) {
+                let step_key = format!("{}@{}", step.template_hash, step.started.timestamp());
+                let ck = (ns.to_string(), group_name(group), m.deployment.clone());
+                if let Some(h) = self.checks.lock().ok().and_then(|c| c.get(&ck).cloned()) {
+                    if h.step == step_key {
+                        o.http = h.result.or(h.running.then_some(CheckObs::Running));
+                    }
+                }
+                if let Some(job) = &step.job_name {
+                    let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+                    let this_step = step.started.timestamp().to_string();
+                    o.job = match jobs.get_opt(job).await {
+                        // Another step's Job is not this step's result.
+                        Ok(Some(j))
+                            if j.metadata.labels.as_ref().and_then(|l| l.get(STEP_LABEL))
+                                == Some(&this_step) =>
+                        {
+                            Some(job_result(&j))
+                        }
+                        Ok(_) => None,
+                        Err(_) => Some(CheckObs::Running),
+                    };
+                }
+            }
+            out.insert(m.deployment.clone(), o);
+        }
+        Some(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &mut self,
+        key: &Key,
+        obj: &DynamicObject,
+        group: &DeployGroup,
+        status: &DeployGroupStatus,
+        obs: &BTreeMap<String, MemberObs>,
+        action: Action,
+        intents: &mut Vec<Intent>,
+    ) -> Result<(), kube::Error> {
+        let ns = key.0.as_str();
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let scaled: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), ns, &scaledobject_resource());
+        let merge = |v: Value| Patch::Merge(v);
+        let pp = PatchParams::default();
+        match action {
+            Action::Pause { deployment } => {
+                deployments
+                    .patch(&deployment, &pp, &merge(json!({"spec": {"paused": true}})))
+                    .await?;
+            }
+            Action::Unpause { deployment } => {
+                deployments
+                    .patch(&deployment, &pp, &merge(json!({"spec": {"paused": false}})))
+                    .await?;
+            }
+            Action::PauseKeda { scaled_object } => {
+                let p = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: "true"}}});
+                scaled.patch(&scaled_object, &pp, &merge(p)).await?;
+            }
+            Action::ResumeKeda { scaled_object } => {
+                let p = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: null}}});
+                scaled.patch(&scaled_object, &pp, &merge(p)).await?;
+            }
+            Action::Warm {
+                deployment, images, ..
+            } => {
+                let nodes = self.eligible_nodes(ns, &deployment).await;
+                if !nodes.is_empty() {
+                    let id = format!(
+                        "DeployGroup/{ns}/{}/{deployment}@{}",
+                        key.1,
+                        crate::plan::rollout::images_hash(&images)
+                    );
+                    let ttl = self.opts.intent_ttl.as_secs().min(i64::MAX as u64) as i64;
+                    intents.push(Intent {
+                        id,
+                        images,
+                        reason: "deploy-group-step".into(),
+                        priority: PRIORITY,
+                        deadline_unix: Utc::now().timestamp().saturating_add(ttl),
+                        node_selector: Default::default(),
+                        nodes,
+                    });
+                    self.keep_deadline(key, intents);
+                }
+            }
+            Action::HttpCheck { deployment, url } => {
+                self.http_check(key, group, status, &deployment, url);
+            }
+            Action::CreateJob {
+                deployment,
+                name,
+                spec,
+            } => {
+                let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+                let step = status
+                    .step
+                    .as_ref()
+                    .map(|s| s.started.timestamp().to_string())
+                    .unwrap_or_default();
+                let job: Job = serde_json::from_value(json!({
+                    "apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": name, "namespace": ns, "labels": {
+                        "prewarm.dev/deploy-group": key.1, "prewarm.dev/member": deployment,
+                        STEP_LABEL: step}},
+                    "spec": spec,
+                }))
+                .map_err(kube::Error::SerdeError)?;
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        // A Job left from an earlier step with the same
+                        // template: remove it; the next round creates ours.
+                        let old = jobs.get(&name).await?;
+                        let old_step = old.metadata.labels.as_ref().and_then(|l| l.get(STEP_LABEL));
+                        if old_step != Some(&step) {
+                            let dp = kube::api::DeleteParams::background();
+                            jobs.delete(&name, &dp).await?;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Action::Rollback { deployment } => {
+                let Some(deployed) = status.deployed.get(&deployment) else {
+                    return Ok(());
+                };
+                let d = deployments.get(&deployment).await?;
+                let uid = d.metadata.uid.clone().unwrap_or_default();
+                let rss: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
+                let list = rss.list(&ListParams::default()).await?;
+                match previous_template(&list.items, &uid, deployed) {
+                    Some(t) => {
+                        let ops: json_patch::Patch = serde_json::from_value(json!([
+                            {"op": "replace", "path": "/spec/template", "value": t}
+                        ]))
+                        .map_err(kube::Error::SerdeError)?;
+                        deployments
+                            .patch(&deployment, &pp, &Patch::Json::<()>(ops))
+                            .await?;
+                    }
+                    None => {
+                        let msg = format!("no ReplicaSet of {deployment} holds the deployed template {deployed}; cannot roll back");
+                        self.event_on_group(key, obj, true, "RollbackImpossible", &msg)
+                            .await;
+                    }
+                }
+            }
+            Action::Event {
+                deployment,
+                warning,
+                reason,
+                message,
+            } => match deployment.filter(|d| obs.get(d).is_some_and(|o| o.exists)) {
+                Some(d) => {
+                    if self.first_time(key, &reason, &message) {
+                        let uid = deployments.get(&d).await.ok().and_then(|d| d.metadata.uid);
+                        let involved = ObjectReference {
+                            api_version: Some("apps/v1".into()),
+                            kind: Some("Deployment".into()),
+                            name: Some(d),
+                            namespace: Some(ns.to_string()),
+                            uid,
+                            ..ObjectReference::default()
+                        };
+                        record(&self.client, &involved, warning, &reason, &message).await;
+                    }
+                }
+                None => {
+                    self.event_on_group(key, obj, warning, &reason, &message)
+                        .await
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Keeps a republished intent's deadline while most of it is left, so
+    /// agents are not sent the same set again.
+    fn keep_deadline(&self, key: &Key, intents: &mut [Intent]) {
+        if let Some(prev) = self.intents.get(key) {
+            super::rollouts::keep_deadlines(prev, intents, Utc::now(), self.opts.intent_ttl);
+        }
+    }
+
+    async fn eligible_nodes(&self, ns: &str, deployment: &str) -> Vec<String> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let Ok(d) = deployments.get(deployment).await else {
+            return Vec::new();
+        };
+        let Some(spec) = d.spec.and_then(|s| s.template.spec) else {
+            return Vec::new();
+        };
+        let images = pod_images(&spec).unwrap_or_default();
+        warm_eligible(&spec, &images, &self.state.view()).0
+    }
+
+    fn http_check(
+        &self,
+        key: &Key,
+        group: &DeployGroup,
+        status: &DeployGroupStatus,
+        deployment: &str,
+        url: String,
+    ) {
+        let Some(step) = status.step.as_ref() else {
+            return;
+        };
+        let interval = group
+            .spec
+            .members
+            .iter()
+            .find(|m| m.deployment == deployment)
+            .and_then(|m| m.http_check.as_ref())
+            .map(|c| c.interval.0)
+            .unwrap_or(Duration::from_secs(5));
+        let step_key = format!("{}@{}", step.template_hash, step.started.timestamp());
+        let ck = (key.0.clone(), key.1.clone(), deployment.to_string());
+        {
+            let Ok(mut checks) = self.checks.lock() else {
+                return;
+            };
+            let h = checks.entry(ck.clone()).or_insert(HttpState {
+                step: step_key.clone(),
+                result: None,
+                running: false,
+                started: None,
+            });
+            if h.step != step_key {
+                *h = HttpState {
+                    step: step_key.clone(),
+                    result: None,
+                    running: false,
+                    started: None,
+                };
+            }
+            if h.running || h.started.is_some_and(|s| s.elapsed() < interval) {
+                return;
+            }
+            h.running = true;
+            h.started = Some(Instant::now());
+        }
+        let (http, checks, poke, key) = (
+            self.http.clone(),
+            self.checks.clone(),
+            self.poke.clone(),
+            key.clone(),
+        );
+        tokio::spawn(async move {
+            let result = match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => CheckObs::Passed,
+                Ok(r) => CheckObs::Failed(format!("GET {url}: HTTP {}", r.status())),
+                Err(e) => CheckObs::Failed(format!("GET {url}: {e}")),
+            };
+            if let Ok(mut c) = checks.lock() {
+                if let Some(h) = c.get_mut(&ck).filter(|h| h.step == step_key) {
+                    h.running = false;
+                    h.result = Some(result);
+                }
+            }
+            let _ = poke.send(key).await;
+        });
+    }
+
+    fn first_time(&mut self, key: &Key, reason: &str, message: &str) -> bool {
+        let now = Instant::now();
+        self.sent_events
+            .retain(|_, at| now.duration_since(*at) < EVENT_QUIET);
+        let k = (key.clone(), reason.to_string(), message.to_string());
+        if self.sent_events.contains_key(&k) {
+            return false;
+        }
+        self.sent_events.insert(k, now);
+        true
+    }
+
+    async fn event_on_group(
+        &mut self,
+        key: &Key,
+        obj: &DynamicObject,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) {
+        if !self.first_time(key, reason, message) {
+            return;
+        }
+        let involved = ObjectReference {
+            api_version: Some(dg::API_VERSION.into()),
+            kind: Some(dg::KIND.into()),
+            name: Some(key.1.clone()),
+            namespace: Some(key.0.clone()),
+            uid: obj.metadata.uid.clone(),
+            ..ObjectReference::default()
+        };
+        record(&self.client, &involved, warning, reason, message).await;
+    }
+
+    async fn write_status(&self, key: &Key, status: Value) {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &key.0, &deploygroup_resource());
+        let ops: Result<json_patch::Patch, _> =
+            serde_json::from_value(json!([{"op": "add", "path": "/status", "value": status}]));
+        let result = match ops {
+            Ok(ops) => {
+                api.patch_status(&key.1, &PatchParams::default(), &Patch::Json::<()>(ops))
+                    .await
+            }
+            Err(e) => Err(kube::Error::SerdeError(e)),
+        };
+        if let Err(e) = result {
+            tracing::warn!(group = %format!("{}/{}", key.0, key.1), error = %e, "DeployGroup status not written");
+        }
+    }
+}
+
+fn group_name(g: &DeployGroup) -> String {
+    g.metadata.name.clone().unwrap_or_default()
+}
+
+async fn record(
+    client: &kube::Client,
+    involved: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) {
+    if let Err(e) = events::record(client, involved, warning, reason, message).await {
+        tracing::warn!(error = %e, reason, "deploy Event not recorded");
+    }
+}
+
+#[cfg(test)]
+#[path = "deploys_tests.rs"]
+mod tests;

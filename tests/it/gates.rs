@@ -1,0 +1,348 @@
+//! Warm gates end to end on loopback: the real coordinator and agent link,
+//! the real agent warming through containerd, and the coordinator's gate
+//! and deploy-group loops against the in-memory API server
+//! ([`prewarm::testkit::apiserver::MockApi`]), which records every request
+//! so the exact patches can be asserted.
+
+use std::time::Duration;
+
+use prewarm::coordinator::deploys::{self, DeployOptions};
+use prewarm::coordinator::gate::{self, GateOptions};
+use prewarm::node::containerd::Containerd;
+use prewarm::testkit::apiserver::{MockApi, Recorded};
+use prewarm::testkit::containerd::{TestContainerd, Version};
+use prewarm::wire::v1::image_state::Phase;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{Upstream, MIB};
+use crate::link::{agent_on_node_a, coordinator, fake_agent, wait_for, wait_present};
+
+const PODS: &str = "api/v1/pods";
+const DEPLOYMENTS: &str = "apis/apps/v1/deployments";
+const GROUPS: &str = "apis/prewarm.dev/v1alpha1/deploygroups";
+const SCALED: &str = "apis/keda.sh/v1alpha1/scaledobjects";
+
+fn gated_pod(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "integrations", "uid": format!("uid-{name}"),
+                     "creationTimestamp": chrono::Utc::now().to_rfc3339(),
+                     "labels": {"prewarm.dev/gate": "true", "app": "orders-sync"}},
+        "spec": {
+            "schedulingGates": [{"name": "prewarm.dev/warm"}],
+            "nodeSelector": {"kubernetes.azure.com/agentpool": "integrations"},
+            "containers": [{"name": "app", "image": image}]
+        }
+    })
+}
+
+fn patches_to(api: &MockApi, path_end: &str) -> Vec<Recorded> {
+    api.writes()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(path_end))
+        .collect()
+}
+
+/// A scaled-from-zero pod is held until the real agent on node-a has
+/// pulled its image (on an urgent intent), then released onto node-a only;
+/// node-b, which never gets warm, is left out of the affinity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
+    let up = Upstream::start(None, 4 * MIB).await;
+    let ctd = TestContainerd::start(Version::V2).await.unwrap();
+    let cancel = CancellationToken::new();
+    let coord = coordinator("127.0.0.1:0", &cancel).await;
+    let endpoint = format!("http://{}", coord.grpc_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let image = up.image("shapes/docker");
+
+    let _agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
+    fake_agent(&endpoint, dir.path(), "tok-b", "node-b", &[], &cancel);
+    let state = coord.state.clone();
+    wait_for("both agents attached", 30, || state.view().connected() == 2).await;
+
+    let api = MockApi::new();
+    api.put(PODS, gated_pod("orders-sync-0", &image));
+    let (_leader_tx, leader) = watch::channel(true);
+    let opts = GateOptions {
+        tick: Duration::from_millis(200),
+        reevaluate: Duration::from_millis(100),
+        ..Default::default()
+    };
+    tokio::spawn(gate::run(
+        api.client(),
+        coord.state.clone(),
+        opts,
+        leader,
+        cancel.clone(),
+    ));
+
+    // The urgent intent names both candidates; only node-a can warm.
+    wait_for("an urgent intent", 30, || {
+        state
+            .intents
+            .borrow()
+            .iter()
+            .any(|i| i.id.starts_with("Gate/"))
+    })
+    .await;
+    let intent = state
+        .intents
+        .borrow()
+        .iter()
+        .find(|i| i.id.starts_with("Gate/"))
+        .cloned()
+        .unwrap();
+    assert_eq!(intent.nodes, vec!["node-a", "node-b"]);
+    assert_eq!(intent.priority, 1000);
+    assert_eq!(intent.images, vec![image.clone()]);
+
+    let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
+    wait_present(&store, &image, "node-a never warmed the gated pod's image").await;
+    assert!(
+        api.wait_for(Duration::from_secs(30), |r| r
+            .iter()
+            .any(|r| r.method == "PATCH"))
+            .await,
+        "the pod was never released"
+    );
+    let released = patches_to(&api, "/pods/orders-sync-0");
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(
+        released[0].body.as_ref().unwrap(),
+        &json!([
+            {"op": "test", "path": "/spec/schedulingGates/0/name", "value": "prewarm.dev/warm"},
+            {"op": "remove", "path": "/spec/schedulingGates/0"},
+            {"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-a"]}]}
+                ]}}}}
+        ])
+    );
+    let pod = api.object(PODS, "integrations", "orders-sync-0").unwrap();
+    assert!(pod["spec"]["schedulingGates"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Released: the urgent intent is withdrawn.
+    wait_for("the urgent intent withdrawn", 10, || {
+        !state
+            .intents
+            .borrow()
+            .iter()
+            .any(|i| i.id.starts_with("Gate/"))
+    })
+    .await;
+    let view = state.view();
+    assert!(view
+        .node("node-a")
+        .unwrap()
+        .images
+        .values()
+        .any(|i| i.phase == Phase::Warm as i32));
+    drop(view);
+    cancel.cancel();
+}
+
+fn deployment(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "integrations", "uid": format!("uid-{name}"), "generation": 1},
+        "spec": {"replicas": 1, "paused": true,
+                 "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"nodeSelector": {"kubernetes.azure.com/agentpool": "integrations"},
+                                       "containers": [{"name": "app", "image": image}]}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+    })
+}
+
+/// Plays the deployment controller: an unpaused Deployment whose spec
+/// changed rolls out at once.
+fn roll_unpaused(api: &MockApi, cancel: &CancellationToken) {
+    let (api, cancel) = (api.clone(), cancel.clone());
+    tokio::spawn(async move {
+        while !cancel.is_cancelled() {
+            for d in api.objects(DEPLOYMENTS) {
+                let paused = d["spec"]["paused"].as_bool().unwrap_or(false);
+                let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
+                let observed = d["status"]["observedGeneration"].as_i64().unwrap_or(0);
+                if !paused && observed < generation {
+                    let name = d["metadata"]["name"].as_str().unwrap().to_string();
+                    api.update(DEPLOYMENTS, "integrations", &name, |d| {
+                        d["status"]["observedGeneration"] = json!(generation);
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+/// A validation endpoint answering 200.
+async fn healthy_endpoint() -> String {
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/healthz")
+}
+
+/// A changed template in a two-member group: the first member's new image
+/// is warmed by the real agent, then it is unpaused with its ScaledObject
+/// paused, validated over HTTP, quiesced and paused again; the second
+/// member, unchanged, is never unpaused. `prewarm status deploys` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
+    let up = Upstream::start(None, 4 * MIB).await;
+    let ctd = TestContainerd::start(Version::V17).await.unwrap();
+    let cancel = CancellationToken::new();
+    let coord = coordinator("127.0.0.1:0", &cancel).await;
+    let endpoint = format!("http://{}", coord.grpc_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let image = up.image("shapes/docker");
+    let _agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
+    let state = coord.state.clone();
+    wait_for("the agent attached", 30, || state.view().connected() == 1).await;
+
+    let api = MockApi::new();
+    api.put(
+        DEPLOYMENTS,
+        deployment("orders-api", "reg.invalid/orders-api:1"),
+    );
+    api.put(
+        DEPLOYMENTS,
+        deployment("billing-api", "reg.invalid/billing-api:1"),
+    );
+    api.put(
+        SCALED,
+        json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+               "metadata": {"name": "orders-api-scaler", "namespace": "integrations"},
+               "spec": {"scaleTargetRef": {"name": "orders-api"}, "minReplicaCount": 0}}),
+    );
+    let url = healthy_endpoint().await;
+    api.put(
+        GROUPS,
+        json!({"apiVersion": "prewarm.dev/v1alpha1", "kind": "DeployGroup",
+               "metadata": {"name": "integrations", "namespace": "integrations", "generation": 1},
+               "spec": {"members": [{"deployment": "orders-api", "httpCheck": {"url": url, "interval": "1s"}},
+                                    {"deployment": "billing-api"}],
+                        "quiesce": "1s", "warmTimeout": "2m"}}),
+    );
+    roll_unpaused(&api, &cancel);
+    let (_leader_tx, leader) = watch::channel(true);
+    let opts = DeployOptions {
+        resync: Duration::from_millis(200),
+        ..Default::default()
+    };
+    tokio::spawn(deploys::run(
+        api.client(),
+        coord.state.clone(),
+        opts,
+        leader,
+        cancel.clone(),
+    ));
+
+    // Adopted: the current templates are the baseline.
+    let status = |api: &MockApi| {
+        api.object(GROUPS, "integrations", "integrations")
+            .map(|g| g["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        api.wait_for(Duration::from_secs(20), |_| status(&api)["deployed"]
+            .as_object()
+            .is_some_and(|d| d.len() == 2))
+            .await,
+        "members not adopted: {}",
+        status(&api)
+    );
+    assert_eq!(status(&api)["phase"], "Idle");
+
+    // A new template for orders-api starts its step.
+    api.update(DEPLOYMENTS, "integrations", "orders-api", |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+        d["metadata"]["generation"] = json!(2);
+    });
+    let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
+    wait_present(
+        &store,
+        &image,
+        "the step's image was never warmed on node-a",
+    )
+    .await;
+    assert!(
+        api.wait_for(Duration::from_secs(60), |_| {
+            status(&api)["results"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["member"] == "orders-api" && r["result"] == "Succeeded")
+            })
+        })
+        .await,
+        "the step never succeeded: {}",
+        status(&api)
+    );
+    let st = status(&api);
+    assert_eq!(st["phase"], "Idle", "{st}");
+    assert!(st.get("step").is_none() || st["step"].is_null(), "{st}");
+
+    // The exact writes to orders-api and its ScaledObject, in order.
+    let writes: Vec<(String, Value)> = api
+        .writes()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && (r.path.contains("/deployments/") || r.path.contains("/scaledobjects/"))
+        })
+        .map(|r| {
+            (
+                r.path.rsplit('/').next().unwrap().to_string(),
+                r.body.unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            (
+                "orders-api-scaler".to_string(),
+                json!({"metadata": {"annotations": {"autoscaling.keda.sh/paused": "true"}}})
+            ),
+            ("orders-api".to_string(), json!({"spec": {"paused": false}})),
+            ("orders-api".to_string(), json!({"spec": {"paused": true}})),
+            (
+                "orders-api-scaler".to_string(),
+                json!({"metadata": {"annotations": {"autoscaling.keda.sh/paused": null}}})
+            ),
+        ]
+    );
+    let billing = api
+        .object(DEPLOYMENTS, "integrations", "billing-api")
+        .unwrap();
+    assert_eq!(billing["spec"]["paused"], true);
+
+    // `prewarm status deploys` over the coordinator's HTTP API.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args([
+            "status",
+            "--coordinator",
+            &format!("http://{}", coord.http_addr),
+            "deploys",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("integrations/integrations (2 members: orders-api → billing-api)"),
+        "{text}"
+    );
+    assert!(text.contains("orders-api: Succeeded"), "{text}");
+    cancel.cancel();
+}
