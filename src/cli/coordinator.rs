@@ -162,6 +162,13 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
                 leadership.is_leader.clone(),
                 cancel.clone(),
             ));
+            tokio::spawn(prewarm::coordinator::deploys::run(
+                client.clone(),
+                coordinator.state.clone(),
+                prewarm::coordinator::deploys::DeployOptions::default(),
+                leadership.is_leader.clone(),
+                cancel.clone(),
+            ));
         }
         tokio::spawn(follow_leadership(
             client,

@@ -35,7 +35,7 @@ use crate::plan::deploy::{self, Action, CheckObs, MemberObs, ScaledObs};
 use crate::plan::gate::{pod_images, warm_eligible};
 use crate::wire::deploygroup::{
     self as dg, template_hash, DeployGroup, DeployGroupStatus, GroupPhase, Outcome,
-    PAUSED_ANNOTATION,
+    PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION,
 };
 use crate::wire::v1::Intent;
 
@@ -478,11 +478,17 @@ impl Deploys {
                     .await?;
             }
             Action::PauseKeda { scaled_object } => {
-                let p = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: "true"}}});
+                let mut p = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: "true"}}});
+                if let Some(n) = paused_replicas(group, obs, &scaled_object) {
+                    p["metadata"]["annotations"][PAUSED_REPLICAS_ANNOTATION] = json!(n.to_string());
+                }
                 scaled.patch(&scaled_object, &pp, &merge(p)).await?;
             }
             Action::ResumeKeda { scaled_object } => {
-                let p = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: null}}});
+                let mut p = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: null}}});
+                if paused_replicas(group, obs, &scaled_object).is_some() {
+                    p["metadata"]["annotations"][PAUSED_REPLICAS_ANNOTATION] = Value::Null;
+                }
                 scaled.patch(&scaled_object, &pp, &merge(p)).await?;
             }
             Action::Warm {
@@ -736,6 +742,20 @@ impl Deploys {
             tracing::warn!(group = %format!("{}/{}", key.0, key.1), error = %e, "DeployGroup status not written");
         }
     }
+}
+
+/// The `pausedReplicas` of the member whose ScaledObject is `scaled_object`.
+fn paused_replicas(
+    group: &DeployGroup,
+    obs: &BTreeMap<String, MemberObs>,
+    scaled_object: &str,
+) -> Option<u32> {
+    group.spec.members.iter().find_map(|m| {
+        let o = obs.get(&m.deployment)?.scaled_object.as_ref()?;
+        (o.name == scaled_object)
+            .then_some(m.paused_replicas)
+            .flatten()
+    })
 }
 
 fn group_name(g: &DeployGroup) -> String {

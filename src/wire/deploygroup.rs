@@ -28,6 +28,8 @@ pub const PLURAL: &str = "deploygroups";
 
 /// KEDA's annotation that freezes a ScaledObject at its current replica count.
 pub const PAUSED_ANNOTATION: &str = "autoscaling.keda.sh/paused";
+/// KEDA annotation that scales the target to a fixed count and pauses.
+pub const PAUSED_REPLICAS_ANNOTATION: &str = "autoscaling.keda.sh/paused-replicas";
 
 /// A DeployGroup object. Serializes with `apiVersion` and `kind`; both are
 /// ignored when reading (the API server already routed by them).
@@ -166,6 +168,11 @@ pub struct MemberSpec {
     /// `scaleTargetRef` names this Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaled_object: Option<String>,
+    /// Replica count KEDA holds the Deployment at during the step
+    /// (`autoscaling.keda.sh/paused-replicas`), so a service scaled to zero
+    /// is validated on running pods; unset pauses KEDA at its current scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_replicas: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check: Option<HttpCheck>,
     /// A batch/v1 JobSpec run as validation; it must succeed.
@@ -584,6 +591,55 @@ impl<'de> Deserialize<'de> for Dur {
 mod tests {
     use super::*;
     use chrono::TimeZone as _;
+
+    /// The README's walkthrough manifests parse, the group validates, and
+    /// every member starts paused with gated, labelled pods.
+    #[test]
+    fn the_walkthrough_example_is_valid() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        use serde::Deserialize as _;
+        let text = include_str!("../../config/integrations-deploygroup.yaml");
+        let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(text)
+            .map(|d| serde_json::Value::deserialize(d).unwrap())
+            .collect();
+        let kind = |k: &'static str| docs.iter().filter(move |d| d["kind"] == k).cloned();
+        let group: DeployGroup =
+            serde_json::from_value(kind("DeployGroup").next().unwrap()).unwrap();
+        validate(&group.spec).unwrap();
+        assert_eq!(group.spec.members[0].paused_replicas, Some(1));
+        assert_eq!(group.spec.quiesce, Dur::secs(300));
+        let deployments: Vec<Deployment> = kind("Deployment")
+            .map(|d| serde_json::from_value(d).unwrap())
+            .collect();
+        let names: Vec<String> = deployments
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect();
+        let members: Vec<String> = group
+            .spec
+            .members
+            .iter()
+            .map(|m| m.deployment.clone())
+            .collect();
+        assert_eq!(names, members);
+        for d in &deployments {
+            let spec = d.spec.as_ref().unwrap();
+            assert_eq!(spec.paused, Some(true));
+            let pod = spec.template.spec.as_ref().unwrap();
+            let gates = pod.scheduling_gates.as_ref().unwrap();
+            assert_eq!(gates[0].name, "prewarm.dev/warm");
+            let labels = spec
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .as_ref()
+                .unwrap();
+            assert_eq!(labels["prewarm.dev/gate"], "true");
+        }
+        assert_eq!(kind("ScaledObject").count(), 2);
+    }
 
     const EXAMPLE: &str = r#"
 apiVersion: prewarm.dev/v1alpha1

@@ -62,6 +62,15 @@ fn bad_flags_are_explained() {
     let (code, _, err) = prewarm(&["pull", "--disk-floor", "150%", "reg.io/app:1"]);
     assert_ne!(code, 0);
     assert!(err.contains("--disk-floor"), "{err}");
+    let (code, _, err) = prewarm(&["coordinator", "--gate-policy", "sometimes"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("unknown gate policy \"sometimes\" (use fail-open or fail-closed)"),
+        "{err}"
+    );
+    let (code, _, err) = prewarm(&["coordinator", "--gate-timeout", "soon"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--gate-timeout"), "{err}");
 }
 
 #[test]
