@@ -1200,6 +1200,12 @@ fn summary_lists_the_step_and_results() {
     let mut w = World::new(spec3());
     w.drive_to_validating("orders-api", "v2");
     let text = summary(&w.status);
-    assert!(text.starts_with("Stepping: stepping orders-api: validating\n  step: orders-api template v2 stage Validating"), "{text}");
+    assert!(
+        text.starts_with(
+            "Stepping: stepping orders-api: validating\n  step: orders-api template v2 \
+             stage validating since 2025-01-01T00:00:30Z (step started 2025-01-01T00:00:10Z)"
+        ),
+        "{text}"
+    );
     assert!(text.contains("[warm 10.0s, rollout 10.0s]"), "{text}");
 }

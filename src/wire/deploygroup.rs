@@ -378,12 +378,12 @@ impl DeployGroupStatus {
         let mut out = format!("{:?}: {}", self.phase, self.message);
         if let Some(s) = &self.step {
             out.push_str(&format!(
-                "\n  step: {} template {} stage {:?} since {} (step started {})",
+                "\n  step: {} template {} stage {} since {} (step started {})",
                 s.member,
                 s.template_hash,
                 s.stage,
-                s.stage_started.to_rfc3339(),
-                s.started.to_rfc3339()
+                secs(s.stage_started),
+                secs(s.started)
             ));
             let t = s.timings();
             if !t.is_empty() {
@@ -391,7 +391,7 @@ impl DeployGroupStatus {
             }
         }
         for r in &self.results {
-            let (t, fin) = (r.timings(), r.finished.to_rfc3339());
+            let (t, fin) = (r.timings(), secs(r.finished));
             out.push_str(&format!(
                 "\n  {}: {:?} template {} at {fin}",
                 r.member, r.result, r.template_hash
@@ -405,6 +405,11 @@ impl DeployGroupStatus {
         }
         out
     }
+}
+
+/// A time as RFC 3339 in UTC, whole seconds.
+fn secs(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl StepStatus {
