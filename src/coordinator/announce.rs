@@ -42,8 +42,16 @@ pub fn ready<'a>(intents: &'a [Intent], view: &ClusterView) -> Vec<&'a Intent> {
         .filter(|i| !i.nodes.is_empty())
         .filter(|i| {
             i.nodes.iter().all(|n| {
-                view.node(n)
-                    .is_some_and(|rec| i.images.iter().all(|img| rec.is_warm(img)))
+                view.node(n).is_some_and(|rec| {
+                    i.images.iter().all(|img| {
+                        // Agents report CRI names (`nginx` is
+                        // `docker.io/library/nginx:latest`).
+                        let cri = img
+                            .parse::<crate::config::reference::ImageRef>()
+                            .map(|r| crate::plan::windows::cri_name(&r));
+                        rec.is_warm(cri.as_deref().unwrap_or(img))
+                    })
+                })
             })
         })
         .collect()
@@ -119,7 +127,8 @@ mod tests {
             node: node.into(),
             seq: 1,
             images: vec![ImageState {
-                name: "r/a:1".into(),
+                // Agents report CRI names; the intent says `nginx:1.27`.
+                name: "docker.io/library/nginx:1.27".into(),
                 phase: if warm { Phase::Warm } else { Phase::Pulling } as i32,
                 ..Default::default()
             }],
@@ -130,7 +139,7 @@ mod tests {
         view.apply_snapshot(warm("n2", false), now);
         let intent = |nodes: &[&str]| Intent {
             id: "Deployment/ns/app@1".into(),
-            images: vec!["r/a:1".into()],
+            images: vec!["nginx:1.27".into()],
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             ..Default::default()
         };
