@@ -146,6 +146,11 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             leadership.is_leader.clone(),
             cancel.clone(),
         ));
+        tokio::spawn(prewarm::coordinator::nodes::run(
+            client.clone(),
+            coordinator.state.clone(),
+            cancel.clone(),
+        ));
         if !args.no_gate {
             let opts = prewarm::coordinator::gate::GateOptions {
                 cfg: prewarm::plan::gate::GateConfig {

@@ -79,7 +79,7 @@ impl LinkState {
     }
 
     /// Applies `f` to the view and tells watchers of `view_changes`.
-    fn update_view<R>(&self, f: impl FnOnce(&mut ClusterView) -> R) -> R {
+    pub fn update_view<R>(&self, f: impl FnOnce(&mut ClusterView) -> R) -> R {
         let out = f(&mut self.view.write().unwrap_or_else(|p| p.into_inner()));
         self.view_changes.send_modify(|v| *v = v.wrapping_add(1));
         out

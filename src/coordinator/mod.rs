@@ -11,6 +11,7 @@ pub mod http;
 pub mod leader;
 pub mod link;
 pub mod metrics;
+pub mod nodes;
 pub mod rollouts;
 
 use std::net::SocketAddr;

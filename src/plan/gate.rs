@@ -25,7 +25,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Pod, PodSpec, Taint};
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use serde_json::{json, Value};
 
 use crate::config::reference::{ImageRef, ReferenceError};
@@ -221,25 +221,11 @@ pub fn pod_images(spec: &PodSpec) -> Result<Vec<String>, GateError> {
     Ok(out)
 }
 
-/// NodeFacts of a view record. Cordoning shows as the
-/// `node.kubernetes.io/unschedulable` taint, which agents report.
-pub fn node_facts(rec: &NodeRecord) -> NodeFacts {
-    NodeFacts {
-        name: rec.node.clone(),
-        labels: rec.labels.clone(),
-        taints: rec
-            .taints
-            .iter()
-            .map(|t| Taint {
-                key: t.key.clone(),
-                value: Some(t.value.clone()).filter(|v| !v.is_empty()),
-                effect: t.effect.clone(),
-                time_added: None,
-            })
-            .collect(),
-        unschedulable: false,
-        ready: rec.connected,
-    }
+/// NodeFacts of a view record, as [`ClusterView::facts`] gives them (the
+/// API server's when Nodes are watched, else the agent's report; ready only
+/// while connected). `None` for a node the API server does not know.
+pub fn node_facts(view: &ClusterView, rec: &NodeRecord) -> Option<NodeFacts> {
+    view.facts(rec)
 }
 
 /// Names of eligible connected nodes, and the subset where every image is
@@ -252,7 +238,10 @@ pub fn warm_eligible(
     let mut eligible_names = Vec::new();
     let mut warm = Vec::new();
     for rec in view.nodes().filter(|r| r.connected) {
-        if eligible(spec, &node_facts(rec)).is_err() {
+        let Some(facts) = view.facts(rec) else {
+            continue;
+        };
+        if eligible(spec, &facts).is_err() {
             continue;
         }
         eligible_names.push(rec.node.clone());
@@ -314,7 +303,10 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
         let hostnames: Vec<String> = warm
             .iter()
             .filter_map(|n| view.node(n))
-            .map(|r| r.labels.get(HOSTNAME_LABEL).unwrap_or(&r.node).clone())
+            .map(|r| {
+                let labels = view.facts(r).map(|f| f.labels).unwrap_or_default();
+                labels.get(HOSTNAME_LABEL).unwrap_or(&r.node).clone()
+            })
             .collect();
         let patch = release_patch(pod, &hostnames);
         return verdict(Decision::Release { nodes: warm, patch });

@@ -341,20 +341,78 @@ fn node_facts_convert_taints_and_take_readiness_from_the_connection() {
         "NoSchedule",
     )]);
     v.disconnect("n1");
-    let facts = node_facts(v.node("n1").unwrap());
+    let facts = node_facts(&v, v.node("n1").unwrap()).unwrap();
     assert_eq!(facts.name, "n1");
     assert_eq!(facts.labels.get("pool").map(String::as_str), Some("apps"));
     assert!(!facts.ready);
     assert!(!facts.unschedulable);
     assert_eq!(
         facts.taints,
-        vec![Taint {
+        vec![k8s_openapi::api::core::v1::Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             value: Some("true".into()),
             effect: "NoSchedule".into(),
             time_added: None,
         }]
     );
+}
+
+/// Once the API server's Nodes are known they decide eligibility: a taint
+/// the agent never reported excludes its node, a node the API does not know
+/// is not eligible, and the hostname label comes from the Node object.
+#[test]
+fn api_node_facts_override_the_agents_reports() {
+    use crate::plan::eligibility::NodeFacts;
+    let mut v = view(vec![
+        snap("n1", "apps", &[APP]),
+        snap("n2", "apps", &[APP]),
+        snap("n3", "apps", &[APP]),
+    ]);
+    let api = |name: &str, taint: Option<&str>| NodeFacts {
+        name: name.into(),
+        labels: [
+            ("pool".to_string(), "apps".to_string()),
+            (HOSTNAME_LABEL.to_string(), format!("aks-{name}")),
+        ]
+        .into_iter()
+        .collect(),
+        taints: taint
+            .map(|k| {
+                vec![k8s_openapi::api::core::v1::Taint {
+                    key: k.into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default(),
+        unschedulable: false,
+        ready: true,
+    };
+    v.set_api_nodes([
+        api("n1", None),
+        api("n2", Some("node.kubernetes.io/unschedulable")),
+    ]);
+    let p = pod_with(&[APP], json!({"nodeSelector": {"pool": "apps"}}));
+    let images = pod_images(&p.spec).unwrap();
+    let (eligible, warm) = warm_eligible(&p.spec, &images, &v);
+    assert_eq!(eligible, ["n1"]);
+    assert_eq!(warm, ["n1"]);
+    match decide(&p, &v, &GateConfig::default(), p.created).decision {
+        Decision::Release { nodes, patch } => {
+            assert_eq!(nodes, ["n1"]);
+            assert_eq!(
+                patch[2]["value"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                    ["nodeSelectorTerms"][0]["matchExpressions"][0]["values"],
+                json!(["aks-n1"])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The API says not ready: not eligible, whatever the agent says.
+    let mut down = api("n1", None);
+    down.ready = false;
+    v.set_api_node(down);
+    assert!(warm_eligible(&p.spec, &images, &v).0.is_empty());
 }
 
 // ---- waiting and timeouts ----

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use crate::plan::eligibility::NodeFacts;
 use crate::wire::v1::{image_state::Phase, Delta, ImageState, Snapshot, Taint, WindowState};
 
 /// Node label that names an AKS node pool.
@@ -40,6 +41,26 @@ impl NodeRecord {
     }
 }
 
+/// NodeFacts from an agent's report (labels and taints it sent).
+pub fn reported_facts(rec: &NodeRecord) -> NodeFacts {
+    NodeFacts {
+        name: rec.node.clone(),
+        labels: rec.labels.clone(),
+        taints: rec
+            .taints
+            .iter()
+            .map(|t| k8s_openapi::api::core::v1::Taint {
+                key: t.key.clone(),
+                value: Some(t.value.clone()).filter(|v| !v.is_empty()),
+                effect: t.effect.clone(),
+                time_added: None,
+            })
+            .collect(),
+        unschedulable: false,
+        ready: true,
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ViewError {
     #[error("delta from {0} before any snapshot")]
@@ -54,6 +75,10 @@ pub struct ClusterView {
     /// (image, pool) → counts, kept current on every update so queries
     /// cost O(rows), not O(nodes × images).
     agg: BTreeMap<(String, String), Agg>,
+    /// Nodes as the API server describes them (labels, taints, cordon,
+    /// Ready), when the coordinator watches Nodes: the truth for where pods
+    /// can land. Agents' reports say what is warm.
+    api_nodes: BTreeMap<String, NodeFacts>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +242,33 @@ impl ClusterView {
 
     pub fn node(&self, node: &str) -> Option<&NodeRecord> {
         self.nodes.get(node)
+    }
+
+    /// Replaces the API server's facts about every node.
+    pub fn set_api_nodes(&mut self, nodes: impl IntoIterator<Item = NodeFacts>) {
+        self.api_nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+    }
+
+    pub fn set_api_node(&mut self, node: NodeFacts) {
+        self.api_nodes.insert(node.name.clone(), node);
+    }
+
+    pub fn remove_api_node(&mut self, node: &str) {
+        self.api_nodes.remove(node);
+    }
+
+    /// Where a pod can land, for a reporting node: the API server's facts
+    /// when Nodes are watched (a node the API does not know is `None`),
+    /// else what its agent reports. Either way it is ready only while its
+    /// agent is connected.
+    pub fn facts(&self, rec: &NodeRecord) -> Option<NodeFacts> {
+        let mut f = if self.api_nodes.is_empty() {
+            reported_facts(rec)
+        } else {
+            self.api_nodes.get(&rec.node)?.clone()
+        };
+        f.ready = f.ready && rec.connected;
+        Some(f)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
