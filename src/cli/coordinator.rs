@@ -59,6 +59,10 @@ pub struct CoordinatorArgs {
     /// Do not release gated pods or run deploy groups.
     #[arg(long)]
     pub no_gate: bool,
+    /// HTTPS address of the admission webhook that adds the warm gate to
+    /// pods labelled prewarm.dev/gate=true (uses --tls-cert/--tls-key).
+    #[arg(long, env = "PREWARM_WEBHOOK_LISTEN", requires = "tls_cert")]
+    pub webhook_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
@@ -114,7 +118,11 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         http_listen: args.http_listen,
         tls: args.tls_cert.zip(args.tls_key),
     };
+    let webhook = args.webhook_listen.zip(opts.tls.clone());
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
+    if let Some((addr, (cert, key))) = webhook {
+        prewarm::coordinator::webhook::serve(addr, &cert, &key, cancel.clone()).await?;
+    }
     if !args.no_watch {
         let client = kube::Client::try_default()
             .await

@@ -13,6 +13,7 @@ pub mod link;
 pub mod metrics;
 pub mod nodes;
 pub mod rollouts;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

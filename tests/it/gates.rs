@@ -346,3 +346,64 @@ async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
     assert!(text.contains("orders-api: Succeeded"), "{text}");
     cancel.cancel();
 }
+
+/// The admission webhook over HTTPS with the serving certificate from
+/// files: a labelled pod's review comes back with the gate patch, and a
+/// body that is not a review is refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_gates_labelled_pods_over_https() {
+    use base64::Engine as _;
+    let dir = crate::link::serving_certificate();
+    let d = dir.path();
+    let cancel = CancellationToken::new();
+    let addr = prewarm::coordinator::webhook::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        &d.join("tls.crt"),
+        &d.join("tls.key"),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(d.join("ca.crt")).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/mutate-pods", addr.port());
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "7f0c", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
+                    "object": {"metadata": {"labels": {"prewarm.dev/gate": "true"}},
+                               "spec": {"containers": [{"name": "c", "image": "r/a:1"}]}}}});
+    let resp: Value = http
+        .post(&url)
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["response"]["uid"], "7f0c");
+    assert_eq!(resp["response"]["allowed"], true);
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(resp["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&patch).unwrap(),
+        json!([{"op": "add", "path": "/spec/schedulingGates", "value": [{"name": "prewarm.dev/warm"}]}])
+    );
+    let bad = http
+        .post(&url)
+        .json(&json!({"kind": "Pod"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    // Plain HTTP to the TLS port gets no answer.
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{}/mutate-pods", addr.port()))
+            .await
+            .is_err()
+    );
+    cancel.cancel();
+}

@@ -541,10 +541,9 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
     let _ = tokio::time::timeout(Duration::from_secs(30), agent.join()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
-    // A CA and a serving certificate for 127.0.0.1, as cert-manager would
-    // put them into the coordinator's Secret.
+/// A CA (`ca.crt`) and a serving certificate for 127.0.0.1 (`tls.crt`,
+/// `tls.key`), as cert-manager would put them into the coordinator's Secret.
+pub(crate) fn serving_certificate() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sh = |cmd: &str| {
@@ -568,6 +567,13 @@ async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
     )
     .unwrap();
     sh("openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out tls.crt 2>/dev/null");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
+    let dir = serving_certificate();
+    let d = dir.path();
 
     let cancel = CancellationToken::new();
     let opts = CoordinatorOptions {
