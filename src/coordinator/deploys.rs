@@ -48,6 +48,9 @@ pub const STEP_LABEL: &str = "prewarm.dev/step";
 /// A repeated Event (same group, reason and message) is not re-sent for
 /// this long.
 const EVENT_QUIET: Duration = Duration::from_secs(600);
+/// Longest wait for the watch to deliver our own status write before a
+/// group is reconciled from the (older) watched object anyway.
+const OWN_WRITE_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
@@ -198,6 +201,10 @@ struct Deploys {
     poke: mpsc::Sender<Key>,
     sent_events: BTreeMap<(Key, String, String), Instant>,
     intents: BTreeMap<Key, Vec<Intent>>,
+    /// resourceVersion of our last status write per group, until the watch
+    /// delivers it: the watched object is older until then, and deciding
+    /// from its status would redo (or undo) what was just written.
+    written: BTreeMap<Key, (String, Instant)>,
 }
 
 /// Runs deploy groups until cancelled.
@@ -239,6 +246,7 @@ pub async fn run(
         poke,
         sent_events: BTreeMap::new(),
         intents: BTreeMap::new(),
+        written: BTreeMap::new(),
     };
     let mut groups: BTreeMap<Key, DynamicObject> = BTreeMap::new();
     let mut relist: Option<BTreeMap<Key, DynamicObject>> = None;
@@ -252,7 +260,14 @@ pub async fn run(
                 let Some(ev) = ev else { break };
                 let key_of = |o: &DynamicObject| (o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
                 match ev {
-                    Event::Apply(o) => { let k = key_of(&o); groups.insert(k.clone(), o); vec![k] }
+                    Event::Apply(o) => {
+                        let k = key_of(&o);
+                        if d.written.get(&k).map(|w| &w.0) == o.metadata.resource_version.as_ref() {
+                            d.written.remove(&k);
+                        }
+                        groups.insert(k.clone(), o);
+                        vec![k]
+                    }
                     Event::Delete(o) => {
                         let k = key_of(&o);
                         groups.remove(&k);
@@ -263,6 +278,7 @@ pub async fn run(
                     Event::InitApply(o) => { relist.get_or_insert_with(BTreeMap::new).insert(key_of(&o), o); vec![] }
                     Event::InitDone => {
                         groups = relist.take().unwrap_or_default();
+                        d.written.clear();
                         let gone: Vec<Key> = d.intents.keys().filter(|k| !groups.contains_key(*k)).cloned().collect();
                         gone.iter().for_each(|k| d.forget(k));
                         groups.keys().cloned().collect()
@@ -274,9 +290,20 @@ pub async fn run(
             Ok(()) = leader.changed() => groups.keys().cloned().collect(),
         };
         if !*leader.borrow() {
+            // A follower publishes nothing (it serves no agents anyway).
+            if !d.intents.is_empty() {
+                d.intents.clear();
+                d.state.publish(SOURCE, Vec::new());
+            }
             continue;
         }
         for key in due {
+            if d.written
+                .get(&key)
+                .is_some_and(|w| w.1.elapsed() < OWN_WRITE_WAIT)
+            {
+                continue;
+            }
             if let Some(obj) = groups.get(&key).cloned() {
                 d.reconcile(&key, &obj).await;
             }
@@ -290,6 +317,7 @@ pub async fn run(
 impl Deploys {
     fn forget(&mut self, key: &Key) {
         self.intents.remove(key);
+        self.written.remove(key);
         if let Ok(mut rows) = self.state.deploys.write() {
             rows.remove(&format!("{}/{}", key.0, key.1));
         }
@@ -307,7 +335,7 @@ impl Deploys {
                 if previous.get("message") != status.get("message") {
                     self.event_on_group(key, obj, true, "Invalid", &message)
                         .await;
-                    self.write_status(key, status).await;
+                    self.write_status(key, obj, status).await;
                 }
                 self.intents.remove(key);
                 return;
@@ -333,7 +361,7 @@ impl Deploys {
         self.count_results(key, &status, &decision.status);
         if decision.status != status || group.status.is_none() {
             match serde_json::to_value(&decision.status) {
-                Ok(v) => self.write_status(key, v).await,
+                Ok(v) => self.write_status(key, obj, v).await,
                 Err(e) => tracing::warn!(error = %e, "status not serializable"),
             }
         }
@@ -726,11 +754,19 @@ impl Deploys {
         record(&self.client, &involved, warning, reason, message).await;
     }
 
-    async fn write_status(&self, key: &Key, status: Value) {
+    /// Writes the status decided from `obj`, only if the group is still at
+    /// `obj`'s resourceVersion: another writer (a leader handover) or a
+    /// spec change since makes the write fail, and the next round decides
+    /// again from the newer object.
+    async fn write_status(&mut self, key: &Key, obj: &DynamicObject, status: Value) {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &key.0, &deploygroup_resource());
-        let ops: Result<json_patch::Patch, _> =
-            serde_json::from_value(json!([{"op": "add", "path": "/status", "value": status}]));
+        let mut ops = Vec::new();
+        if let Some(rv) = &obj.metadata.resource_version {
+            ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+        }
+        ops.push(json!({"op": "add", "path": "/status", "value": status}));
+        let ops: Result<json_patch::Patch, _> = serde_json::from_value(Value::Array(ops));
         let result = match ops {
             Ok(ops) => {
                 api.patch_status(&key.1, &PatchParams::default(), &Patch::Json::<()>(ops))
@@ -738,8 +774,15 @@ impl Deploys {
             }
             Err(e) => Err(kube::Error::SerdeError(e)),
         };
-        if let Err(e) = result {
-            tracing::warn!(group = %format!("{}/{}", key.0, key.1), error = %e, "DeployGroup status not written");
+        match result {
+            Ok(obj) => {
+                if let Some(rv) = obj.metadata.resource_version {
+                    self.written.insert(key.clone(), (rv, Instant::now()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group = %format!("{}/{}", key.0, key.1), error = %e, "DeployGroup status not written")
+            }
         }
     }
 }
@@ -775,5 +818,5 @@ async fn record(
 }
 
 #[cfg(test)]
-#[path = "deploys_tests.rs"]
+#[path = "deploys_tests/mod.rs"]
 mod tests;
