@@ -225,7 +225,7 @@ pub fn pod_images(spec: &PodSpec) -> Result<Vec<String>, GateError> {
 /// API server's when Nodes are watched, else the agent's report; ready only
 /// while connected). `None` for a node the API server does not know.
 pub fn node_facts(view: &ClusterView, rec: &NodeRecord) -> Option<NodeFacts> {
-    view.facts(rec)
+    view.facts(rec).map(std::borrow::Cow::into_owned)
 }
 
 /// Names of eligible connected nodes, and the subset where every image is
@@ -304,8 +304,9 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
             .iter()
             .filter_map(|n| view.node(n))
             .map(|r| {
-                let labels = view.facts(r).map(|f| f.labels).unwrap_or_default();
-                labels.get(HOSTNAME_LABEL).unwrap_or(&r.node).clone()
+                view.facts(r)
+                    .and_then(|f| f.labels.get(HOSTNAME_LABEL).cloned())
+                    .unwrap_or_else(|| r.node.clone())
             })
             .collect();
         let patch = release_patch(pod, &hostnames);

@@ -2,6 +2,7 @@
 //! reported, updated by snapshots and deltas, queried for warmth per image
 //! and node pool. No I/O; `now` is passed in.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -79,6 +80,9 @@ pub struct ClusterView {
     /// Ready), when the coordinator watches Nodes: the truth for where pods
     /// can land. Agents' reports say what is warm.
     api_nodes: BTreeMap<String, NodeFacts>,
+    /// Facts from each agent's report, kept current on every update so
+    /// placement queries borrow them instead of rebuilding them per pod.
+    reported: BTreeMap<String, NodeFacts>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +168,8 @@ impl ClusterView {
             connected: true,
         };
         self.account_node(&snap.node, -1);
+        self.reported
+            .insert(snap.node.clone(), reported_facts(&record));
         self.nodes.insert(snap.node.clone(), record);
         self.account_node(&snap.node, 1);
     }
@@ -216,6 +222,8 @@ impl ClusterView {
             }
             if labels_change {
                 rec.labels = delta.labels.into_iter().collect();
+                let facts = reported_facts(rec);
+                self.reported.insert(node.to_string(), facts);
             }
         }
         if labels_change {
@@ -260,15 +268,20 @@ impl ClusterView {
     /// Where a pod can land, for a reporting node: the API server's facts
     /// when Nodes are watched (a node the API does not know is `None`),
     /// else what its agent reports. Either way it is ready only while its
-    /// agent is connected.
-    pub fn facts(&self, rec: &NodeRecord) -> Option<NodeFacts> {
-        let mut f = if self.api_nodes.is_empty() {
-            reported_facts(rec)
+    /// agent is connected. Borrowed for connected nodes (the hot path).
+    pub fn facts(&self, rec: &NodeRecord) -> Option<Cow<'_, NodeFacts>> {
+        let f = if self.api_nodes.is_empty() {
+            self.reported.get(&rec.node)?
         } else {
-            self.api_nodes.get(&rec.node)?.clone()
+            self.api_nodes.get(&rec.node)?
         };
-        f.ready = f.ready && rec.connected;
-        Some(f)
+        if rec.connected {
+            Some(Cow::Borrowed(f))
+        } else {
+            let mut f = f.clone();
+            f.ready = false;
+            Some(Cow::Owned(f))
+        }
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
