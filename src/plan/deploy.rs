@@ -549,9 +549,9 @@ impl<'a> Ctx<'a> {
     fn next_stage(&mut self, mut step: StepStatus, stage: Stage) -> Flow {
         let took = Some(self.seconds_since(step.stage_started));
         match step.stage {
-            Stage::Warming => step.warm_seconds = took,
-            Stage::Rolling => step.roll_seconds = took,
-            Stage::Validating => step.validate_seconds = took,
+            Stage::Warming => step.timings.warm_seconds = took,
+            Stage::Rolling => step.timings.roll_seconds = took,
+            Stage::Validating => step.timings.validate_seconds = took,
             Stage::Quiescing | Stage::RollingBack => {}
         }
         step.stage = stage;
@@ -707,7 +707,7 @@ impl<'a> Ctx<'a> {
             _ => "ready",
         };
         self.record(&step, Outcome::Succeeded, how.to_string());
-        let message = format!("{m}: template {hash} deployed ({})", step.timings());
+        let message = format!("{m}: template {hash} deployed ({})", step.timings);
         self.note(&m, "StepSucceeded", message);
         self.st.step = None;
         Flow::Next
@@ -796,9 +796,7 @@ impl<'a> Ctx<'a> {
             reason,
             started: step.started,
             finished: self.now,
-            warm_seconds: step.warm_seconds,
-            roll_seconds: step.roll_seconds,
-            validate_seconds: step.validate_seconds,
+            timings: step.timings,
         };
         let members = &self.spec.members;
         let position = |m: &str| members.iter().position(|s| s.deployment == m);

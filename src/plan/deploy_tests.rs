@@ -296,7 +296,7 @@ fn three_members_step_in_order_through_every_stage() {
     w.o("orders-api").warm_nodes = 3;
     assert_eq!(w.wait(20).tick(), ["Unpause orders-api"]);
     assert_eq!(w.step().stage, Stage::Rolling);
-    assert_eq!(w.step().warm_seconds, Some(30.0));
+    assert_eq!(w.step().timings.warm_seconds, Some(30.0));
     assert_eq!(w.status.message, "stepping orders-api: rolling out");
 
     // Unpaused, but the controller has not caught up yet.
@@ -304,14 +304,14 @@ fn three_members_step_in_order_through_every_stage() {
     w.rolled_out("orders-api");
     assert_eq!(w.wait(50).tick(), [format!("HttpCheck orders-api {URL}")]);
     assert_eq!(w.step().stage, Stage::Validating);
-    assert_eq!(w.step().roll_seconds, Some(60.0));
+    assert_eq!(w.step().timings.roll_seconds, Some(60.0));
 
     w.o("orders-api").http = Some(CheckObs::Running);
     assert_eq!(w.wait(5).tick(), [format!("HttpCheck orders-api {URL}")]);
     w.o("orders-api").http = Some(CheckObs::Passed);
     assert!(w.wait(5).tick().is_empty());
     assert_eq!(w.step().stage, Stage::Quiescing);
-    assert_eq!(w.step().validate_seconds, Some(10.0));
+    assert_eq!(w.step().timings.validate_seconds, Some(10.0));
     assert!(w.wait(59).tick().is_empty());
 
     // Quiesce over: pause, resume KEDA, and web starts in the same call.
@@ -350,7 +350,7 @@ fn three_members_step_in_order_through_every_stage() {
     w.rolled_out("web");
     assert!(w.wait(60).tick().is_empty());
     assert_eq!(w.step().stage, Stage::Quiescing);
-    assert_eq!(w.step().validate_seconds, Some(0.0));
+    assert_eq!(w.step().timings.validate_seconds, Some(0.0));
     assert_eq!(
         w.wait(60).tick(),
         [
@@ -533,7 +533,7 @@ fn http_failures_are_retried_until_the_validation_timeout() {
         (r.result, r.reason.as_str()),
         (Outcome::Failed, reason.as_str())
     );
-    assert_eq!(r.roll_seconds, Some(10.0));
+    assert_eq!(r.timings.roll_seconds, Some(10.0));
     // The member keeps its old deployed template.
     assert_eq!(w.status.deployed["orders-api"], "v1");
 }
@@ -890,7 +890,7 @@ fn a_template_change_while_validating_repauses_and_rewarms() {
     let step = w.step().clone();
     assert_eq!(step.stage, Stage::Warming);
     assert_eq!(step.failure, None);
-    assert_eq!(step.roll_seconds, None);
+    assert_eq!(step.timings.roll_seconds, None);
     assert_eq!(step.keda_paused.as_deref(), Some("orders-api-so"));
     // It finishes at v3, with KEDA resumed once.
     w.o("orders-api").warm_nodes = 3;
@@ -975,7 +975,7 @@ fn warming_gives_up_without_nodes_or_after_its_timeout() {
         messages(&w.last, "WarmTimeout"),
         ["web: 1/2 nodes warm after 10m0s; rolling out anyway"]
     );
-    assert_eq!(w.step().warm_seconds, Some(600.0));
+    assert_eq!(w.step().timings.warm_seconds, Some(600.0));
 }
 
 #[test]

@@ -253,12 +253,9 @@ pub struct StepStatus {
     pub keda_paused: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warm_seconds: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roll_seconds: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validate_seconds: Option<f64>,
+    /// How long each finished stage took.
+    #[serde(flatten)]
+    pub timings: StageTimings,
     /// Validating: the last HTTP check failure (retried until the timeout).
     /// RollingBack: why the step failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,6 +274,17 @@ pub struct MemberResult {
     pub started: DateTime<Utc>,
     #[serde(with = "rfc3339")]
     pub finished: DateTime<Utc>,
+    /// How long each finished stage took.
+    #[serde(flatten)]
+    pub timings: StageTimings,
+}
+
+/// Seconds each stage of a step took, for the stages done (flattened into
+/// the step and the result: `warmSeconds`, `rollSeconds`,
+/// `validateSeconds`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageTimings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -385,13 +393,13 @@ impl DeployGroupStatus {
                 secs(s.stage_started),
                 secs(s.started)
             ));
-            let t = s.timings();
+            let t = s.timings.to_string();
             if !t.is_empty() {
                 out.push_str(&format!(" [{t}]"));
             }
         }
         for r in &self.results {
-            let (t, fin) = (r.timings(), secs(r.finished));
+            let (t, fin) = (r.timings.to_string(), secs(r.finished));
             out.push_str(&format!(
                 "\n  {}: {:?} template {} at {fin}",
                 r.member, r.result, r.template_hash
@@ -412,25 +420,20 @@ fn secs(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-impl StepStatus {
+impl fmt::Display for StageTimings {
     /// "warm 1.0s, rollout 2.0s, validation 3.0s", for the stages done.
-    pub fn timings(&self) -> String {
-        timings(self.warm_seconds, self.roll_seconds, self.validate_seconds)
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let done = [
+            ("warm", self.warm_seconds),
+            ("rollout", self.roll_seconds),
+            ("validation", self.validate_seconds),
+        ];
+        let parts: Vec<String> = done
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k} {v:.1}s")))
+            .collect();
+        f.write_str(&parts.join(", "))
     }
-}
-
-impl MemberResult {
-    pub fn timings(&self) -> String {
-        timings(self.warm_seconds, self.roll_seconds, self.validate_seconds)
-    }
-}
-
-fn timings(warm: Option<f64>, roll: Option<f64>, validate: Option<f64>) -> String {
-    [("warm", warm), ("rollout", roll), ("validation", validate)]
-        .iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k} {v:.1}s")))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl fmt::Display for Stage {
