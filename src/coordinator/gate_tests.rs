@@ -11,8 +11,6 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::coordinator::auth::StaticAuth;
-use crate::coordinator::metrics::CoordinatorMetrics;
 use crate::plan::gate::{
     GATE, GATE_LABEL, HOSTNAME_LABEL, INTENT_REASON, POLICY_ANNOTATION, TIMEOUT_ANNOTATION,
 };
@@ -89,17 +87,7 @@ impl Harness {
     fn start(opts: GateOptions, leader: bool, nodes: Vec<Snapshot>) -> Harness {
         let api = MockApi::new();
         let cancel = CancellationToken::new();
-        let state = LinkState::new(
-            Arc::new(StaticAuth(HashMap::new())),
-            Arc::new(CoordinatorMetrics::new()),
-            cancel.clone(),
-        );
-        {
-            let mut view = state.view.write().unwrap();
-            for s in nodes {
-                view.apply_snapshot(s, Utc::now());
-            }
-        }
+        let state = LinkState::with_nodes(nodes, cancel.clone());
         let (leader, rx) = watch::channel(leader);
         let task = tokio::spawn(run(api.client(), state.clone(), opts, rx, cancel.clone()));
         Harness {
@@ -113,8 +101,7 @@ impl Harness {
 
     /// Changes the view as the link would, and tells the gate.
     fn view(&self, f: impl FnOnce(&mut crate::plan::view::ClusterView)) {
-        f(&mut self.state.view.write().unwrap());
-        self.state.view_changes.send_modify(|v| *v += 1);
+        self.state.update_view(f);
     }
 
     fn pod(&self, ns: &str, name: &str) -> Value {

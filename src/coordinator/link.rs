@@ -90,6 +90,26 @@ impl LinkState {
     }
 }
 
+#[cfg(test)]
+impl LinkState {
+    /// For tests of the controllers: no authentication, and `nodes` already
+    /// reported (connected), as if their agents had attached.
+    pub(crate) fn with_nodes(
+        nodes: Vec<Snapshot>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Arc<Self> {
+        let state = Self::new(
+            Arc::new(super::auth::StaticAuth(Default::default())),
+            Arc::new(CoordinatorMetrics::new()),
+            shutdown,
+        );
+        for s in nodes {
+            state.update_view(|v| v.apply_snapshot(s, Utc::now()));
+        }
+        state
+    }
+}
+
 #[derive(Clone)]
 pub struct LinkService {
     state: Arc<LinkState>,

@@ -60,8 +60,6 @@ pub async fn run(client: kube::Client, state: Arc<LinkState>, cancel: Cancellati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::auth::StaticAuth;
-    use crate::coordinator::metrics::CoordinatorMetrics;
     use crate::plan::gate::warm_eligible;
     use crate::testkit::apiserver::MockApi;
     use crate::wire::v1::{image_state::Phase, ImageState, Snapshot};
@@ -82,24 +80,17 @@ mod tests {
         let api = MockApi::new();
         api.put("api/v1/nodes", node("n1", None));
         api.put("api/v1/nodes", node("n2", None));
-        let state = LinkState::new(
-            Arc::new(StaticAuth(Default::default())),
-            Arc::new(CoordinatorMetrics::new()),
-            CancellationToken::new(),
-        );
-        for n in ["n1", "n2"] {
-            let snap = Snapshot {
-                node: n.into(),
-                seq: 1,
-                images: vec![ImageState {
-                    name: "reg.io/app:1".into(),
-                    phase: Phase::Warm as i32,
-                    ..Default::default()
-                }],
+        let warm = |n: &str| Snapshot {
+            node: n.into(),
+            seq: 1,
+            images: vec![ImageState {
+                name: "reg.io/app:1".into(),
+                phase: Phase::Warm as i32,
                 ..Default::default()
-            };
-            state.update_view(|v| v.apply_snapshot(snap, chrono::Utc::now()));
-        }
+            }],
+            ..Default::default()
+        };
+        let state = LinkState::with_nodes(vec![warm("n1"), warm("n2")], CancellationToken::new());
         let cancel = CancellationToken::new();
         tokio::spawn(run(api.client(), state.clone(), cancel.clone()));
         let spec: k8s_openapi::api::core::v1::PodSpec =

@@ -4,15 +4,12 @@
 //! a local HTTP endpoint answers the checks. The exact patches, Jobs, Events
 //! and status writes are asserted from the server's request log.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use chrono::DateTime;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::coordinator::auth::StaticAuth;
-use crate::coordinator::metrics::CoordinatorMetrics;
 use crate::plan::rollout::images_hash;
 use crate::plan::view::POOL_LABEL;
 use crate::testkit::apiserver::{MockApi, Recorded};
@@ -220,17 +217,7 @@ impl Harness {
         nodes: Vec<Snapshot>,
     ) -> Harness {
         let cancel = CancellationToken::new();
-        let state = LinkState::new(
-            Arc::new(StaticAuth(HashMap::new())),
-            Arc::new(CoordinatorMetrics::new()),
-            cancel.clone(),
-        );
-        {
-            let mut view = state.view.write().unwrap();
-            for s in nodes {
-                view.apply_snapshot(s, Utc::now());
-            }
-        }
+        let state = LinkState::with_nodes(nodes, cancel.clone());
         let (leader, rx) = watch::channel(leader);
         let task = tokio::spawn(run(api.client(), state.clone(), opts, rx, cancel.clone()));
         Harness {
@@ -243,12 +230,7 @@ impl Harness {
 
     /// A node's new snapshot, as the link would apply it.
     fn report(&self, s: Snapshot) {
-        self.state
-            .view
-            .write()
-            .unwrap()
-            .apply_snapshot(s, Utc::now());
-        self.state.view_changes.send_modify(|v| *v += 1);
+        self.state.update_view(|v| v.apply_snapshot(s, Utc::now()));
     }
 
     /// Waits for the published intents to satisfy `pred`.
