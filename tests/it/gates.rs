@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use prewarm::coordinator::deploys::{self, DeployOptions};
 use prewarm::coordinator::gate::{self, GateOptions};
-use prewarm::node::containerd::Containerd;
 use prewarm::testkit::apiserver::{MockApi, Recorded};
-use prewarm::testkit::containerd::{TestContainerd, Version};
+use prewarm::testkit::containerd::Version;
 use prewarm::wire::v1::image_state::Phase;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Upstream, MIB};
-use crate::link::{agent_on_node_a, coordinator, fake_agent, wait_for, wait_present};
+use crate::link::{fake_agent, wait_for, wait_present, Rig};
 
 const PODS: &str = "api/v1/pods";
 const DEPLOYMENTS: &str = "apis/apps/v1/deployments";
@@ -50,16 +48,17 @@ fn patches_to(api: &MockApi, path_end: &str) -> Vec<Recorded> {
 /// node-b, which never gets warm, is left out of the affinity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
-    let up = Upstream::start(None, 4 * MIB).await;
-    let ctd = TestContainerd::start(Version::V2).await.unwrap();
-    let cancel = CancellationToken::new();
-    let coord = coordinator("127.0.0.1:0", &cancel).await;
-    let endpoint = format!("http://{}", coord.grpc_addr);
-    let dir = tempfile::tempdir().unwrap();
-    let image = up.image("shapes/docker");
-
-    let _agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
-    fake_agent(&endpoint, dir.path(), "tok-b", "node-b", &[], &cancel);
+    let rig = Rig::start(Version::V2).await;
+    let (coord, cancel) = (&rig.coord, &rig.cancel);
+    let image = rig.up.image("shapes/docker");
+    fake_agent(
+        &rig.endpoint,
+        rig.dir.path(),
+        "tok-b",
+        "node-b",
+        &[],
+        cancel,
+    );
     let state = coord.state.clone();
     wait_for("both agents attached", 30, || state.view().connected() == 2).await;
 
@@ -99,8 +98,12 @@ async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
     assert_eq!(intent.priority, 1000);
     assert_eq!(intent.images, vec![image.clone()]);
 
-    let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
-    wait_present(&store, &image, "node-a never warmed the gated pod's image").await;
+    wait_present(
+        &rig.store,
+        &image,
+        "node-a never warmed the gated pod's image",
+    )
+    .await;
     assert!(
         api.wait_for(Duration::from_secs(30), |r| r
             .iter()
@@ -135,15 +138,14 @@ async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
             .any(|i| i.id.starts_with("Gate/"))
     })
     .await;
-    let view = state.view();
-    assert!(view
+    assert!(state
+        .view()
         .node("node-a")
         .unwrap()
         .images
         .values()
         .any(|i| i.phase == Phase::Warm as i32));
-    drop(view);
-    cancel.cancel();
+    rig.stop().await;
 }
 
 fn deployment(name: &str, image: &str) -> Value {
@@ -196,14 +198,9 @@ async fn healthy_endpoint() -> String {
 /// member, unchanged, is never unpaused. `prewarm status deploys` shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
-    let up = Upstream::start(None, 4 * MIB).await;
-    let ctd = TestContainerd::start(Version::V17).await.unwrap();
-    let cancel = CancellationToken::new();
-    let coord = coordinator("127.0.0.1:0", &cancel).await;
-    let endpoint = format!("http://{}", coord.grpc_addr);
-    let dir = tempfile::tempdir().unwrap();
-    let image = up.image("shapes/docker");
-    let _agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
+    let rig = Rig::start(Version::V17).await;
+    let (coord, cancel) = (&rig.coord, &rig.cancel);
+    let image = rig.up.image("shapes/docker");
     let state = coord.state.clone();
     wait_for("the agent attached", 30, || state.view().connected() == 1).await;
 
@@ -231,7 +228,7 @@ async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
                                     {"deployment": "billing-api"}],
                         "quiesce": "1s", "warmTimeout": "2m"}}),
     );
-    roll_unpaused(&api, &cancel);
+    roll_unpaused(&api, cancel);
     let (_leader_tx, leader) = watch::channel(true);
     let opts = DeployOptions {
         resync: Duration::from_millis(200),
@@ -266,9 +263,8 @@ async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
         d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
         d["metadata"]["generation"] = json!(2);
     });
-    let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
     wait_present(
-        &store,
+        &rig.store,
         &image,
         "the step's image was never warmed on node-a",
     )
@@ -344,7 +340,7 @@ async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
         "{text}"
     );
     assert!(text.contains("orders-api: Succeeded"), "{text}");
-    cancel.cancel();
+    rig.stop().await;
 }
 
 /// The admission webhook over HTTPS with the serving certificate from

@@ -143,6 +143,50 @@ pub(crate) async fn wait_present(store: &Containerd, image: &str, why: &str) {
     panic!("{why}");
 }
 
+/// The end-to-end rig on loopback: a registry with the test corpus, a
+/// containerd, a coordinator, and the real agent on node-a attached to it.
+pub(crate) struct Rig {
+    pub up: Upstream,
+    /// Kept so containerd lives as long as the rig.
+    pub _ctd: TestContainerd,
+    pub cancel: CancellationToken,
+    pub coord: Coordinator,
+    pub endpoint: String,
+    pub dir: tempfile::TempDir,
+    pub agent: Agent,
+    /// node-a's CRI image store.
+    pub store: Containerd,
+}
+
+impl Rig {
+    pub(crate) async fn start(v: Version) -> Rig {
+        let up = Upstream::start(None, 4 * MIB).await;
+        let ctd = TestContainerd::start(v).await.unwrap();
+        let cancel = CancellationToken::new();
+        let coord = coordinator("127.0.0.1:0", &cancel).await;
+        let endpoint = format!("http://{}", coord.grpc_addr);
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
+        let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
+        Rig {
+            up,
+            _ctd: ctd,
+            cancel,
+            coord,
+            endpoint,
+            dir,
+            agent,
+            store,
+        }
+    }
+
+    /// Stops everything and waits for the agent to finish.
+    pub(crate) async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.agent.join()).await;
+    }
+}
+
 /// `prewarm status` against the coordinator's HTTP address; must succeed.
 pub(crate) fn status(http: std::net::SocketAddr) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
@@ -159,26 +203,20 @@ pub(crate) fn status(http: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intent_warms_on_the_eligible_node_and_status_shows_it() {
-    let up = Upstream::start(None, 4 * MIB).await;
-    let ctd = TestContainerd::start(Version::V2).await.unwrap();
-    let cancel = CancellationToken::new();
-    let coord = coordinator("127.0.0.1:0", &cancel).await;
-    let endpoint = format!("http://{}", coord.grpc_addr);
-    let dir = tempfile::tempdir().unwrap();
-
     // The real agent on node-a, attached to the coordinator.
-    let agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
+    let rig = Rig::start(Version::V2).await;
+    let (coord, endpoint, dir, cancel) = (&rig.coord, &rig.endpoint, &rig.dir, &rig.cancel);
     // Two simulated agents; node-b already has the image.
-    let image = up.image("shapes/zstd");
+    let image = rig.up.image("shapes/zstd");
     fake_agent(
-        &endpoint,
+        endpoint,
         dir.path(),
         "tok-b",
         "node-b",
         &[(image.as_str(), Phase::Warm)],
-        &cancel,
+        cancel,
     );
-    fake_agent(&endpoint, dir.path(), "tok-c", "node-c", &[], &cancel);
+    fake_agent(endpoint, dir.path(), "tok-c", "node-c", &[], cancel);
     let state = coord.state.clone();
     wait_for("three agents", 30, || state.view().connected() == 3).await;
 
@@ -192,8 +230,7 @@ async fn intent_warms_on_the_eligible_node_and_status_shows_it() {
         nodes: vec!["node-a".into()],
         ..Default::default()
     }]);
-    let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
-    wait_present(&store, &image, "intent was not warmed on node-a").await;
+    wait_present(&rig.store, &image, "intent was not warmed on node-a").await;
     let img = image.clone();
     wait_for("node-a reported warm", 30, || {
         state.view().node("node-a").is_some_and(|n| n.is_warm(&img))
@@ -215,8 +252,7 @@ async fn intent_warms_on_the_eligible_node_and_status_shows_it() {
         .find(|l| l.contains(&image))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("integrations") && row.contains("2/2"), "{row}");
-    cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), agent.join()).await;
+    rig.stop().await;
 }
 
 async fn client(addr: std::net::SocketAddr) -> LinkClient<tonic::transport::Channel> {
@@ -455,13 +491,10 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
     use prewarm::coordinator::rollouts::{self, RolloutConfig};
     use prewarm::testkit::mockapi;
 
-    let up = Upstream::start(None, 4 * MIB).await;
-    let ctd = TestContainerd::start(Version::V17).await.unwrap();
-    let cancel = CancellationToken::new();
-    let coord = coordinator("127.0.0.1:0", &cancel).await;
-    let endpoint = format!("http://{}", coord.grpc_addr);
-    let dir = tempfile::tempdir().unwrap();
-    let image = up.image("shapes/docker");
+    // The real agent on node-a.
+    let rig = Rig::start(Version::V17).await;
+    let (coord, cancel) = (&rig.coord, &rig.cancel);
+    let image = rig.up.image("shapes/docker");
 
     // The API server (kube's tower-test mock) holds a Deployment whose new
     // ReplicaSet runs `image`; node-s is a tainted system node.
@@ -500,9 +533,6 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
         cancel.clone(),
     ));
 
-    // The real agent on node-a; a simulated one on the system node.
-    let agent = agent_on_node_a(&ctd, dir.path(), &endpoint, &cancel).await;
-
     // The watch turns the rollout into an intent for node-a only.
     let state = coord.state.clone();
     wait_for("an intent from the rollout", 30, || {
@@ -524,8 +554,7 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
     );
 
     // The agent warms it on its real containerd; the view and status show it.
-    let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
-    wait_present(&store, &image, "rollout image not warmed on node-a").await;
+    wait_present(&rig.store, &image, "rollout image not warmed on node-a").await;
     let img = image.clone();
     wait_for("node-a reported warm", 30, || {
         state.view().node("node-a").is_some_and(|n| n.is_warm(&img))
@@ -537,8 +566,7 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
         .find(|l| l.contains(&image))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("integrations") && row.contains("1/1"), "{row}");
-    cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), agent.join()).await;
+    rig.stop().await;
 }
 
 /// A CA (`ca.crt`) and a serving certificate for 127.0.0.1 (`tls.crt`,
