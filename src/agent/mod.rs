@@ -155,14 +155,24 @@ impl Agent {
         // never sees intents (a closed channel disables that select branch).
         let reports = match rx.borrow().coordinator.clone() {
             Some(c) => {
-                let (tx, reports_rx) = watch::channel(Arc::new(NodeReport::default()));
+                let (tx, mut reports_rx) = watch::channel(Arc::new(NodeReport::default()));
                 let cfg = link::LinkConfig {
                     endpoint: c.endpoint,
                     token_file: c.token_file,
                     ca_file: c.ca_file,
                     node: opts.node_name.clone(),
                 };
-                tokio::spawn(link::run(cfg, reports_rx, intents_tx, cancel.clone()));
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    // Attach once the first reconcile has published a report:
+                    // the placeholder would tell the coordinator this node has
+                    // no labels (so no pod can land on it) and nothing warm.
+                    tokio::select! {
+                        first = reports_rx.changed() => if first.is_err() { return },
+                        _ = cancel.cancelled() => return,
+                    }
+                    link::run(cfg, reports_rx, intents_tx, cancel).await
+                });
                 Some(tx)
             }
             None => None,
