@@ -183,6 +183,16 @@ pub fn job_result(job: &Job) -> CheckObs {
     CheckObs::Running
 }
 
+/// What one reconcile read about a group's members: what the state machine
+/// needs, plus what the effectors reuse instead of reading it again.
+struct Observed {
+    members: BTreeMap<String, MemberObs>,
+    /// Eligible nodes for each member's current template.
+    eligible: BTreeMap<String, Vec<String>>,
+    /// Each existing member's uid, for Events and rollbacks.
+    uids: BTreeMap<String, String>,
+}
+
 /// One HTTP check's state, for one step of one member.
 #[derive(Debug, Clone)]
 struct HttpState {
@@ -344,14 +354,15 @@ impl Deploys {
         let status = group.status.clone().unwrap_or_default();
         // A member that could not be read is unknown, not gone: decide
         // nothing this round rather than fail a step over an API hiccup.
-        let Some(obs) = self.observe(ns, &group, &status).await else {
+        let Some(observed) = self.observe(ns, &group, &status).await else {
             return;
         };
-        let mut decision = deploy::decide(&group.spec, generation, &status, &obs, Utc::now());
+        let obs = &observed.members;
+        let mut decision = deploy::decide(&group.spec, generation, &status, obs, Utc::now());
         let mut intents = Vec::new();
         for action in std::mem::take(&mut decision.actions) {
             if let Err(e) = self
-                .apply(key, obj, &group, &status, &obs, action, &mut intents)
+                .apply(key, obj, &group, &status, &observed, action, &mut intents)
                 .await
             {
                 tracing::warn!(group = %format!("{ns}/{name}"), error = %e, "deploy action failed; retried on the next reconcile");
@@ -414,7 +425,7 @@ impl Deploys {
         ns: &str,
         group: &DeployGroup,
         status: &DeployGroupStatus,
-    ) -> Option<BTreeMap<String, MemberObs>> {
+    ) -> Option<Observed> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         let scaled: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), ns, &scaledobject_resource());
@@ -425,25 +436,40 @@ impl Deploys {
                 Vec::new()
             }
         };
-        let mut out = BTreeMap::new();
+        let mut out = Observed {
+            members: BTreeMap::new(),
+            eligible: BTreeMap::new(),
+            uids: BTreeMap::new(),
+        };
+        // One list, not a GET per member: a consistent snapshot, so a later
+        // member's change is never seen without an earlier member's change
+        // made before it (which would start the later member first).
+        let listed = match deployments.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(namespace = ns, error = %e, "members not read; retrying");
+                return None;
+            }
+        };
         for m in &group.spec.members {
-            let d = match deployments.get_opt(&m.deployment).await {
-                Ok(Some(d)) => d,
-                Ok(None) => {
-                    out.insert(m.deployment.clone(), MemberObs::default());
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(deployment = %m.deployment, error = %e, "member not read; retrying");
-                    return None;
-                }
+            let found = listed
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(m.deployment.as_str()));
+            let Some(d) = found else {
+                out.members
+                    .insert(m.deployment.clone(), MemberObs::default());
+                continue;
             };
-            let mut o = MemberObs::from_deployment(&d);
+            let mut o = MemberObs::from_deployment(d);
+            if let Some(uid) = &d.metadata.uid {
+                out.uids.insert(m.deployment.clone(), uid.clone());
+            }
             if let Some(spec) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) {
                 if let Ok(images) = pod_images(spec) {
                     let (eligible, warm) = warm_eligible(spec, &images, &self.state.view());
                     o.eligible_nodes = eligible.len();
                     o.warm_nodes = warm.len();
+                    out.eligible.insert(m.deployment.clone(), eligible);
                 }
             }
             o.scaled_object =
@@ -472,7 +498,7 @@ impl Deploys {
                     };
                 }
             }
-            out.insert(m.deployment.clone(), o);
+            out.members.insert(m.deployment.clone(), o);
         }
         Some(out)
     }
@@ -484,11 +510,12 @@ impl Deploys {
         obj: &DynamicObject,
         group: &DeployGroup,
         status: &DeployGroupStatus,
-        obs: &BTreeMap<String, MemberObs>,
+        observed: &Observed,
         action: Action,
         intents: &mut Vec<Intent>,
     ) -> Result<(), kube::Error> {
         let ns = key.0.as_str();
+        let obs = &observed.members;
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         let scaled: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), ns, &scaledobject_resource());
@@ -522,7 +549,11 @@ impl Deploys {
             Action::Warm {
                 deployment, images, ..
             } => {
-                let nodes = self.eligible_nodes(ns, &deployment).await;
+                let nodes = observed
+                    .eligible
+                    .get(&deployment)
+                    .cloned()
+                    .unwrap_or_default();
                 if !nodes.is_empty() {
                     let id = format!(
                         "DeployGroup/{ns}/{}/{deployment}@{}",
@@ -583,11 +614,12 @@ impl Deploys {
                 let Some(deployed) = status.deployed.get(&deployment) else {
                     return Ok(());
                 };
-                let d = deployments.get(&deployment).await?;
-                let uid = d.metadata.uid.clone().unwrap_or_default();
+                let Some(uid) = observed.uids.get(&deployment) else {
+                    return Ok(());
+                };
                 let rss: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
                 let list = rss.list(&ListParams::default()).await?;
-                match previous_template(&list.items, &uid, deployed) {
+                match previous_template(&list.items, uid, deployed) {
                     Some(t) => {
                         let ops: json_patch::Patch = serde_json::from_value(json!([
                             {"op": "replace", "path": "/spec/template", "value": t}
@@ -612,7 +644,7 @@ impl Deploys {
             } => match deployment.filter(|d| obs.get(d).is_some_and(|o| o.exists)) {
                 Some(d) => {
                     if self.first_time(key, &reason, &message) {
-                        let uid = deployments.get(&d).await.ok().and_then(|d| d.metadata.uid);
+                        let uid = observed.uids.get(&d).cloned();
                         let involved = ObjectReference {
                             api_version: Some("apps/v1".into()),
                             kind: Some("Deployment".into()),
@@ -639,18 +671,6 @@ impl Deploys {
         if let Some(prev) = self.intents.get(key) {
             super::rollouts::keep_deadlines(prev, intents, Utc::now(), self.opts.intent_ttl);
         }
-    }
-
-    async fn eligible_nodes(&self, ns: &str, deployment: &str) -> Vec<String> {
-        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        let Ok(d) = deployments.get(deployment).await else {
-            return Vec::new();
-        };
-        let Some(spec) = d.spec.and_then(|s| s.template.spec) else {
-            return Vec::new();
-        };
-        let images = pod_images(&spec).unwrap_or_default();
-        warm_eligible(&spec, &images, &self.state.view()).0
     }
 
     fn http_check(
