@@ -7,10 +7,10 @@
 //!
 //! DeployGroups are watched cluster-wide as raw objects and parsed one by
 //! one, so a malformed group gets a clear `Invalid` status of its own
-//! instead of breaking the watch for every group. Members are read with a
-//! GET each per reconcile (on any group change and every
-//! [`DeployOptions::resync`]); groups are few and small, so this costs a
-//! handful of requests a second at most.
+//! instead of breaking the watch for every group. Members are read with one
+//! list of the group's namespace's Deployments per reconcile (on any group
+//! change and every [`DeployOptions::resync`]); groups are few, so this
+//! costs a handful of requests a second at most.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
