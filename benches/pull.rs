@@ -26,7 +26,7 @@ use prewarm::config::{AgentConfig, ByteSize, DiskFloor, ImageRef};
 use prewarm::node::auth::Credential;
 use prewarm::node::containerd::Containerd;
 use prewarm::node::manifest::host_platform;
-use prewarm::node::pull::{cri_name, PullObserver, PullOptions};
+use prewarm::node::pull::{PullObserver, PullOptions};
 use prewarm::node::runtime::ImageStore;
 use prewarm::node::setup;
 use prewarm::testkit::containerd::{TestContainerd, Version};
@@ -178,7 +178,7 @@ async fn warm_all(
 
 async fn cri_pull(node: &TestContainerd, refs: &[ImageRef], all_at_once: bool) -> Result<f64> {
     let ctd = Containerd::connect(&node.socket, "k8s.io").await?;
-    let names: Vec<String> = refs.iter().map(cri_name).collect();
+    let names: Vec<String> = refs.iter().map(ImageRef::cri_name).collect();
     let anon = Credential::Anonymous;
     let start = Instant::now();
     if all_at_once {

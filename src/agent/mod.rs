@@ -28,7 +28,7 @@ use crate::k8s::{ApiNodeLabels, Labels, NodeLabels, StaticNodeLabels};
 use crate::node::manifest::host_platform;
 use crate::node::pace::{DiskProbe, StatvfsProbe};
 use crate::node::pin;
-use crate::node::pull::{cri_name, PullOptions};
+use crate::node::pull::PullOptions;
 use crate::node::runtime::{ImageRecord, ImageStore};
 use crate::node::setup::{self, NodeStack};
 use crate::plan::throughput::Throughput;
@@ -370,14 +370,14 @@ impl Loop {
         let mut candidates: BTreeMap<String, ImageRef> = cfg
             .images
             .iter()
-            .map(|e| (cri_name(&e.image), e.image.clone()))
+            .map(|e| (e.image.cri_name(), e.image.clone()))
             .collect();
         for w in cfg
             .windows
             .iter()
             .filter(|w| w.applies_to(&self.node.labels))
         {
-            candidates.extend(w.images.iter().map(|i| (cri_name(i), i.clone())));
+            candidates.extend(w.images.iter().map(|i| (i.cri_name(), i.clone())));
         }
         // Rollout intents from the coordinator, kept until their deadline
         // even while the coordinator is unreachable.
@@ -387,7 +387,7 @@ impl Loop {
             for raw in &i.images {
                 match raw.parse::<ImageRef>() {
                     Ok(img) => {
-                        let name = cri_name(&img);
+                        let name = img.cri_name();
                         candidates.insert(name.clone(), img);
                         let e = intent_images
                             .entry(name)
@@ -439,7 +439,7 @@ impl Loop {
         let mut desired: BTreeMap<String, Desired> = BTreeMap::new();
         let mut reasons: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for e in &cfg.images {
-            let name = cri_name(&e.image);
+            let name = e.image.cri_name();
             desired.insert(
                 name.clone(),
                 Desired {

@@ -17,7 +17,7 @@ use prewarm::node::manifest::host_platform;
 use prewarm::node::pull::{NoopObserver, PullOptions};
 use prewarm::node::runtime::ImageStore;
 use prewarm::node::setup;
-use prewarm::plan::windows::{activations, cri_name, plan_windows, NodeView, Phase};
+use prewarm::plan::windows::{activations, plan_windows, NodeView, Phase};
 
 use super::pull::human;
 
@@ -112,7 +112,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             println!("  warm from  {} ({why})", local(st.warm_start));
         }
         for img in &w.images {
-            let name = cri_name(img);
+            let name = img.cri_name();
             let bytes = if warm.contains(&name) {
                 "warm".to_string()
             } else {
@@ -171,7 +171,7 @@ async fn measure(cfg: &AgentConfig) -> (BTreeMap<String, u64>, BTreeSet<String>,
         .flat_map(|w| w.images.iter().cloned())
         .collect();
     for img in images {
-        let name = cri_name(&img);
+        let name = img.cri_name();
         if let Ok(Some(_)) = stack.containerd.image_status(&name).await {
             warm.insert(name);
             continue;

@@ -203,6 +203,16 @@ impl ImageRef {
         format!("{}/{}", self.registry, self.repository)
     }
 
+    /// The name CRI and the kubelet use: `name@digest` if there is a
+    /// digest, else `name:tag` (tag `latest` when none).
+    pub fn cri_name(&self) -> String {
+        match (&self.tag, &self.digest) {
+            (_, Some(d)) => format!("{}@{}", self.name(), d),
+            (Some(t), None) => format!("{}:{}", self.name(), t),
+            (None, None) => format!("{}:latest", self.name()),
+        }
+    }
+
     /// The same image pinned to `digest`; the tag is kept.
     pub fn with_digest(&self, digest: Digest) -> ImageRef {
         ImageRef {

@@ -48,7 +48,7 @@ pub fn ready<'a>(intents: &'a [Intent], view: &ClusterView) -> Vec<&'a Intent> {
                         // `docker.io/library/nginx:latest`).
                         let cri = img
                             .parse::<crate::config::reference::ImageRef>()
-                            .map(|r| crate::plan::windows::cri_name(&r));
+                            .map(|r| r.cri_name());
                         rec.is_warm(cri.as_deref().unwrap_or(img))
                     })
                 })

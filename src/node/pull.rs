@@ -230,7 +230,7 @@ impl Engine {
                 _ = cancel.cancelled() => return Err(cancelled()),
             },
         };
-        let cri_name = cri_name(image);
+        let cri_name = image.cri_name();
         if let Some(digest) = &known {
             if let Some(outcome) = self
                 .already_present(image, &cri_name, digest, opts, started)
@@ -339,7 +339,7 @@ impl Engine {
                 .map_err(rt_err)?;
         }
         let credential = self.registry.credential(image);
-        let cri_name = cri_name(image);
+        let cri_name = image.cri_name();
         let image_id = retry(self.backoff(), cancel, || async {
             self.images
                 .pull_image(&cri_name, &credential, opts.cri_timeout)
@@ -720,15 +720,6 @@ struct BlobPlan {
     top_digest: String,
     blobs: Vec<Descriptor>,
     manifests: Vec<ManifestDoc>,
-}
-
-/// The name CRI and the kubelet use for the reference.
-pub fn cri_name(image: &ImageRef) -> String {
-    match (&image.tag, &image.digest) {
-        (_, Some(d)) => format!("{}@{}", image.name(), d),
-        (Some(t), None) => format!("{}:{}", image.name(), t),
-        (None, None) => format!("{}:latest", image.name()),
-    }
 }
 
 fn random_suffix() -> String {

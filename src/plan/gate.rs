@@ -32,7 +32,6 @@ use crate::config::reference::{ImageRef, ReferenceError};
 use crate::plan::eligibility::{eligible, NodeFacts};
 use crate::plan::rollout::images_hash;
 use crate::plan::view::{ClusterView, NodeRecord};
-use crate::plan::windows::cri_name;
 use crate::wire::v1::Intent;
 
 /// Scheduling gate name.
@@ -213,7 +212,7 @@ pub fn pod_images(spec: &PodSpec) -> Result<Vec<String>, GateError> {
             container: c.name.clone(),
             source,
         })?;
-        let name = cri_name(&image);
+        let name = image.cri_name();
         if seen.insert(name.clone()) {
             out.push(name);
         }

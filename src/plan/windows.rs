@@ -180,16 +180,6 @@ pub fn activations(w: &Window, after: DateTime<Utc>, n: usize) -> Vec<DateTime<U
     starts
 }
 
-/// `name@digest` if there is a digest, else `name:tag` (tag `latest` when
-/// none), the name CRI and the kubelet use; same rule as `node::pull`.
-pub fn cri_name(image: &ImageRef) -> String {
-    match (&image.tag, &image.digest) {
-        (_, Some(d)) => format!("{}@{}", image.name(), d),
-        (Some(t), None) => format!("{}:{}", image.name(), t),
-        (None, None) => format!("{}:latest", image.name()),
-    }
-}
-
 /// Expected download time for `bytes`, safety factor included, rounded up
 /// to whole seconds and capped at [`MAX_ESTIMATE`].
 pub fn estimate_pull(bytes: u64, throughput: Option<f64>, sched: &Scheduling) -> Duration {
@@ -221,7 +211,7 @@ struct Evaluation {
 fn evaluate(w: &Window, sched: &Scheduling, node: &NodeView, now: DateTime<Utc>) -> Evaluation {
     let mut images: Vec<String> = Vec::with_capacity(w.images.len());
     for image in &w.images {
-        let name = cri_name(image);
+        let name = image.cri_name();
         if !images.contains(&name) {
             images.push(name);
         }
@@ -298,7 +288,7 @@ fn want(desired: &mut BTreeMap<String, DesiredImage>, w: &Window, status: &Windo
         Phase::Grace | Phase::Idle => return,
     };
     for image in &w.images {
-        let name = cri_name(image);
+        let name = image.cri_name();
         let entry = desired.entry(name.clone()).or_insert_with(|| DesiredImage {
             name,
             image: image.clone(),

@@ -525,14 +525,14 @@ fn cri_names() {
     ];
     for (input, want) in cases {
         let image: ImageRef = input.parse().unwrap();
-        assert_eq!(cri_name(&image), want);
+        assert_eq!(image.cri_name(), want);
     }
     let bare = ImageRef {
         tag: None,
         ..ORDERS.parse().unwrap()
     };
     assert_eq!(
-        cri_name(&bare),
+        bare.cri_name(),
         "myregistry.azurecr.io/erp/orders-sync:latest"
     );
     assert_eq!(Phase::Late.to_string(), "late");
