@@ -319,14 +319,17 @@ impl Gate {
                         warm: true,
                     });
                 }
-                Decision::ReleaseUnwarmed { patch, reason } => {
+                Decision::ReleaseUnwarmed {
+                    patch,
+                    reason,
+                    timed_out,
+                } => {
                     t.releasing = true;
-                    let (timeout, policy, _) = gate::effective(&t.pod, &self.opts.cfg);
-                    if (now - t.pod.created).to_std().unwrap_or_default() >= timeout {
+                    if timed_out {
                         self.state
                             .metrics
                             .gate_timeouts
-                            .with_label_values(&[policy.as_str()])
+                            .with_label_values(&[TimeoutPolicy::FailOpen.as_str()])
                             .inc();
                     }
                     let note = ("WarmGateReleasedCold".to_string(), reason);
@@ -337,13 +340,14 @@ impl Gate {
                         warm: false,
                     });
                 }
-                Decision::Hold { reason } => {
+                Decision::Hold {
+                    reason,
+                    candidates,
+                    images,
+                } => {
                     // Held pods keep their images warming, so they are
                     // released as soon as a node is warm.
-                    if let Ok(images) = gate::pod_images(&t.pod.spec) {
-                        let (eligible, _) = gate::warm_eligible(&t.pod.spec, &images, &view);
-                        t.waiting = Some((images, eligible));
-                    }
+                    t.waiting = Some((images, candidates));
                     if !t.held_noted {
                         t.held_noted = true;
                         self.state

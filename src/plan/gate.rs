@@ -266,9 +266,19 @@ pub enum Decision {
         timeout: Duration,
     },
     /// Released without narrowing: the patch removes the gate only.
-    ReleaseUnwarmed { patch: Value, reason: String },
-    /// Fail-closed timeout: keep holding.
-    Hold { reason: String },
+    /// `timed_out`: a fail-open timeout, not an unparsable pod.
+    ReleaseUnwarmed {
+        patch: Value,
+        reason: String,
+        timed_out: bool,
+    },
+    /// Fail-closed timeout: keep holding, and keep warming `images` on
+    /// `candidates` so the pod goes as soon as one is warm.
+    Hold {
+        reason: String,
+        candidates: Vec<String>,
+        images: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -285,17 +295,21 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
         decision,
         warnings: warnings.clone(),
     };
-    let unwarmed = |reason: String| Decision::ReleaseUnwarmed {
+    let unwarmed = |reason: String, timed_out: bool| Decision::ReleaseUnwarmed {
         patch: ungate_patch(pod),
         reason,
+        timed_out,
     };
     let images = match pod_images(&pod.spec) {
         Ok(images) => images,
         // Holding could never end in a warm release.
-        Err(e) => return verdict(unwarmed(format!("{e}; released unwarmed"))),
+        Err(e) => return verdict(unwarmed(format!("{e}; released unwarmed"), false)),
     };
     if images.is_empty() {
-        return verdict(unwarmed("pod has no images to warm; released".to_string()));
+        return verdict(unwarmed(
+            "pod has no images to warm; released".to_string(),
+            false,
+        ));
     }
     let (eligible_names, warm) = warm_eligible(&pod.spec, &images, view);
     if !warm.is_empty() {
@@ -320,9 +334,13 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
             go_duration(timeout)
         );
         return verdict(match policy {
-            TimeoutPolicy::FailOpen => unwarmed(format!("{why}; released unwarmed (fail-open)")),
+            TimeoutPolicy::FailOpen => {
+                unwarmed(format!("{why}; released unwarmed (fail-open)"), true)
+            }
             TimeoutPolicy::FailClosed => Decision::Hold {
                 reason: format!("{why}; holding (fail-closed)"),
+                candidates: eligible_names,
+                images,
             },
         });
     }

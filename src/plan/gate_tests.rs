@@ -476,6 +476,7 @@ fn fail_open_releases_unwarmed_exactly_at_the_timeout() {
             reason: format!(
                 "no eligible node warm for images {APP} after 10m0s; released unwarmed (fail-open)"
             ),
+            timed_out: true,
         }
     );
 }
@@ -499,6 +500,8 @@ fn fail_closed_holds_exactly_at_the_timeout() {
             reason: format!(
                 "no eligible node warm for images {APP}, {MIGRATE} after 1m30s; holding (fail-closed)"
             ),
+            candidates: vec!["n1".to_string()],
+            images: strings(&[APP, MIGRATE]),
         }
     );
 }
@@ -627,6 +630,7 @@ fn an_unparsable_image_releases_unwarmed_naming_the_reference() {
             patch: ungate_patch(&p),
             reason: r#"container "c1": invalid image reference "Erp/App:1": repository must be lowercase; released unwarmed"#
                 .to_string(),
+            timed_out: false,
         }
     );
 }
@@ -640,6 +644,7 @@ fn a_pod_without_images_is_released_unwarmed() {
         Decision::ReleaseUnwarmed {
             patch: ungate_patch(&p),
             reason: "pod has no images to warm; released".to_string(),
+            timed_out: false,
         }
     );
 }
