@@ -463,7 +463,7 @@ fn nodes_and_pods_are_slimmed_to_what_the_planner_reads() {
 
 // ---- the watch loop against the mock API server ----
 
-use crate::testkit::mockapi::list;
+use crate::testkit::apiserver::MockApi;
 
 #[tokio::test]
 async fn the_watch_loop_lists_and_publishes_intents() {
@@ -475,19 +475,17 @@ async fn the_watch_loop_lists_and_publishes_intents() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    let lists: BTreeMap<String, serde_json::Value> = [
-        ("/api/v1/nodes".to_string(), list("Node", nodes_json())),
-        (
-            "/apis/apps/v1/namespaces/integrations/deployments".to_string(),
-            list("Deployment", by_kind("Deployment")),
-        ),
-        (
-            "/apis/apps/v1/namespaces/integrations/replicasets".to_string(),
-            list("ReplicaSet", by_kind("ReplicaSet")),
-        ),
-    ]
-    .into();
-    let (client, seen) = crate::testkit::mockapi::client(lists);
+    let api = MockApi::new();
+    for (resource, objects) in [
+        ("api/v1/nodes", nodes_json()),
+        ("apis/apps/v1/deployments", by_kind("Deployment")),
+        ("apis/apps/v1/replicasets", by_kind("ReplicaSet")),
+    ] {
+        for o in objects {
+            api.put(resource, o);
+        }
+    }
+    let client = api.client();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
@@ -533,7 +531,11 @@ async fn the_watch_loop_lists_and_publishes_intents() {
         .expect("stops")
         .unwrap();
 
-    let seen = seen.lock().unwrap().clone();
+    let seen: Vec<String> = api
+        .requests()
+        .iter()
+        .map(|r| format!("{}?{}", r.path, r.query))
+        .collect();
     let pods: Vec<&String> = seen.iter().filter(|r| r.contains("/pods")).collect();
     // Never every pod of the cluster: labelled ones, or one namespace's.
     assert!(!pods.is_empty());

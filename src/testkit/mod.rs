@@ -10,7 +10,7 @@
 //! - [`registry`]: a throwaway `docker-registry` (distribution v2) process.
 //! - [`faultproxy`]: an HTTP proxy in front of a registry that injects faults.
 //! - [`apiserver`]: an in-memory Kubernetes API server (tower-test) that
-//!   records requests; [`mockapi`] is its list-only predecessor.
+//!   records requests.
 
 pub mod apiserver;
 pub mod containerd;
@@ -18,7 +18,6 @@ pub mod corpus;
 pub mod faultproxy;
 pub mod image;
 pub mod layer;
-pub mod mockapi;
 mod proxyio;
 pub mod push;
 pub mod registry;

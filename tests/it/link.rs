@@ -489,7 +489,7 @@ fn node(name: &str, pool: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
     use prewarm::coordinator::rollouts::{self, RolloutConfig};
-    use prewarm::testkit::mockapi;
+    use prewarm::testkit::apiserver::MockApi;
 
     // The real agent on node-a.
     let rig = Rig::start(Version::V17).await;
@@ -499,25 +499,14 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
     // The API server (kube's tower-test mock) holds a Deployment whose new
     // ReplicaSet runs `image`; node-s is a tainted system node.
     let (deployment, replica_sets) = mid_rollout(&image);
-    let lists: BTreeMap<String, serde_json::Value> = [
-        (
-            "/api/v1/nodes".to_string(),
-            mockapi::list(
-                "Node",
-                vec![node("node-a", "integrations"), node("node-s", "system")],
-            ),
-        ),
-        (
-            "/apis/apps/v1/namespaces/integrations/deployments".to_string(),
-            mockapi::list("Deployment", vec![deployment]),
-        ),
-        (
-            "/apis/apps/v1/namespaces/integrations/replicasets".to_string(),
-            mockapi::list("ReplicaSet", replica_sets),
-        ),
-    ]
-    .into();
-    let (client, _seen) = mockapi::client(lists);
+    let api = MockApi::new();
+    api.put("api/v1/nodes", node("node-a", "integrations"));
+    api.put("api/v1/nodes", node("node-s", "system"));
+    api.put("apis/apps/v1/deployments", deployment);
+    for rs in replica_sets {
+        api.put("apis/apps/v1/replicasets", rs);
+    }
+    let client = api.client();
     let intents = coord.state.intents.clone();
     let cfg = RolloutConfig {
         namespaces: vec!["integrations".into()],
