@@ -8,9 +8,11 @@ ROOT="$PWD"
 RUN="$ROOT/.run/demo"
 
 bash scripts/setup.sh >/dev/null
-echo "== building prewarm (release)"
-cargo build --release --locked --quiet
-PREWARM="$ROOT/target/release/prewarm"
+# The dev profile: the same binary the test suite builds, so after the tests
+# (as in .ci/run) this costs nothing; pulls are paced below anyway.
+echo "== building prewarm"
+cargo build --locked --quiet
+PREWARM="$ROOT/target/debug/prewarm"
 
 rm -rf "$RUN"; mkdir -p "$RUN"
 "$PREWARM" testkit up --dir "$RUN" --containerd 2 2>"$RUN/up.log" &
@@ -25,6 +27,7 @@ source "$RUN/env"
 
 echo "== pushing demo images to the registry at $REGISTRY"
 mapfile -t IMAGES < <("$PREWARM" testkit push --registry "http://$REGISTRY" --corpus demo)
+[ "${#IMAGES[@]}" -ge 3 ] || { echo "pushing the demo images failed"; exit 1; }
 printf '   %s\n' "${IMAGES[@]}"
 
 NOW=("${IMAGES[@]:0:2}")
@@ -66,15 +69,35 @@ echo "== the agent, with a window opening at $(date -u -d "@$OPENS" +%H:%M:%S) U
 "$PREWARM" agent --config "$RUN/agent.yaml" --listen 127.0.0.1:19464 \
   --node-labels kubernetes.azure.com/agentpool=integrations 2>"$RUN/agent.log" &
 AGENT=$!
-metric() { curl -s http://127.0.0.1:19464/metrics | awk -v m="$1" '$1 == m {print $2}'; }
+# Metrics are read with awk only: a scrape that fails or lacks a series
+# yields "?" instead of failing the pipeline (set -o pipefail).
+scrape() { curl -sf --max-time 2 http://127.0.0.1:19464/metrics 2>/dev/null || true; }
+metric() { scrape | awk -v m="$1" '$1 == m {v = $2} END {print (v == "" ? "?" : v)}'; }
+phase() {
+  scrape | awk '$1 ~ /^prewarm_window_phase\{/ && /window="demo-window"/ && $2 == 1 {
+    if (match($1, /phase="[a-z]+"/)) p = substr($1, RSTART + 7, RLENGTH - 8)
+  } END {print (p == "" ? "?" : p)}'
+}
+# The agent serves /healthz once it has loaded its config; give it 20 s.
+for _ in $(seq 100); do
+  curl -sf --max-time 1 http://127.0.0.1:19464/healthz >/dev/null 2>&1 && break
+  kill -0 "$AGENT" 2>/dev/null || { echo "the agent exited:"; cat "$RUN/agent.log"; exit 1; }
+  sleep 0.2
+done
+curl -sf --max-time 1 http://127.0.0.1:19464/healthz >/dev/null || { echo "the agent is not serving:"; cat "$RUN/agent.log"; exit 1; }
 while :; do
   left=$(( OPENS - $(date +%s) ))
-  phase=$(curl -s http://127.0.0.1:19464/metrics | grep '^prewarm_window_phase{.*demo-window.* 1$' | sed -E 's/.*phase="([a-z]+)".*/\1/')
-  printf '   t-%3ss  phase=%-8s warm=%s  pulled=%s bytes\n' "$left" "${phase:-?}" \
+  printf '   t-%3ss  phase=%-8s warm=%s  pulled=%s bytes\n' "$left" "$(phase)" \
     "$(metric 'prewarm_window_warm{window="demo-window"}')" "$(metric prewarm_pulled_bytes_total)"
   [ "$left" -le -3 ] && break
   sleep 3
 done
-echo "   lead achieved: $(metric 'prewarm_window_lead_seconds{window="demo-window"}') s before the window opened"
-curl -s http://127.0.0.1:19464/metrics | grep -E '^prewarm_(images_|runtime_|window_late)'
+lead="$(metric 'prewarm_window_lead_seconds{window="demo-window"}')"
+echo "   lead achieved: $lead s before the window opened"
+scrape | awk '/^prewarm_(images_|runtime_|window_late)/'
+# The demo is also a check (.ci/run runs it): the window must have been warm
+# before it opened.
+if [ "$(metric 'prewarm_window_warm{window="demo-window"}')" != 1 ] || ! awk -v l="$lead" 'BEGIN {exit !(l + 0 > 0)}'; then
+  echo "demo FAILED: the window's images were not warm before it opened; agent log:"; tail -20 "$RUN/agent.log"; exit 1
+fi
 echo "== done; everything is torn down on exit"
