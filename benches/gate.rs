@@ -230,7 +230,7 @@ async fn one_run(n: usize, nodes: usize, backlog: bool) -> Run {
     let (_leader, leader_rx) = watch::channel(true);
     let start_gate = |api: &MockApi| {
         tokio::spawn(gate::run(
-            api.client(),
+            api.coordinator_client(),
             state.clone(),
             GateOptions::default(),
             leader_rx.clone(),

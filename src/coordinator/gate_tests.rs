@@ -89,7 +89,13 @@ impl Harness {
         let cancel = CancellationToken::new();
         let state = LinkState::with_nodes(nodes, cancel.clone());
         let (leader, rx) = watch::channel(leader);
-        let task = tokio::spawn(run(api.client(), state.clone(), opts, rx, cancel.clone()));
+        let task = tokio::spawn(run(
+            api.coordinator_client(),
+            state.clone(),
+            opts,
+            rx,
+            cancel.clone(),
+        ));
         Harness {
             api,
             state,

@@ -92,7 +92,7 @@ mod tests {
         };
         let state = LinkState::with_nodes(vec![warm("n1"), warm("n2")], CancellationToken::new());
         let cancel = CancellationToken::new();
-        tokio::spawn(run(api.client(), state.clone(), cancel.clone()));
+        tokio::spawn(run(api.coordinator_client(), state.clone(), cancel.clone()));
         let spec: k8s_openapi::api::core::v1::PodSpec =
             serde_json::from_value(json!({"containers": [{"name": "c", "image": "reg.io/app:1"}]}))
                 .unwrap();

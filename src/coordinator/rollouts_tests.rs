@@ -485,7 +485,7 @@ async fn the_watch_loop_lists_and_publishes_intents() {
             api.put(resource, o);
         }
     }
-    let client = api.client();
+    let client = api.coordinator_client();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();

@@ -71,7 +71,7 @@ async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
         ..Default::default()
     };
     tokio::spawn(gate::run(
-        api.client(),
+        api.coordinator_client(),
         coord.state.clone(),
         opts,
         leader,
@@ -235,7 +235,7 @@ async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
         ..Default::default()
     };
     tokio::spawn(deploys::run(
-        api.client(),
+        api.coordinator_client(),
         coord.state.clone(),
         opts,
         leader,

@@ -506,7 +506,7 @@ async fn a_workload_change_warms_the_new_image_on_eligible_nodes() {
     for rs in replica_sets {
         api.put("apis/apps/v1/replicasets", rs);
     }
-    let client = api.client();
+    let client = api.coordinator_client();
     let intents = coord.state.intents.clone();
     let cfg = RolloutConfig {
         namespaces: vec!["integrations".into()],
