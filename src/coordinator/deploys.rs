@@ -159,6 +159,14 @@ pub fn previous_template(
         .find(|t| template_hash(t) == deployed)
 }
 
+/// What the API server said, without the client's wrapping.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Job status as a check result.
 pub fn job_result(job: &Job) -> CheckObs {
     let status = job.status.as_ref();
@@ -208,6 +216,9 @@ struct Deploys {
     opts: DeployOptions,
     http: reqwest::Client,
     checks: Checks,
+    /// Why the current step's validation Job could not be created, by
+    /// (namespace, group, member): (step key, error).
+    job_errors: BTreeMap<(String, String, String), (String, String)>,
     poke: mpsc::Sender<Key>,
     sent_events: BTreeMap<(Key, String, String), Instant>,
     intents: BTreeMap<Key, Vec<Intent>>,
@@ -253,6 +264,7 @@ pub async fn run(
         opts: opts.clone(),
         http,
         checks: Default::default(),
+        job_errors: BTreeMap::new(),
         poke,
         sent_events: BTreeMap::new(),
         intents: BTreeMap::new(),
@@ -485,6 +497,11 @@ impl Deploys {
                 if let Some(job) = &step.job_name {
                     let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
                     let this_step = step.started.timestamp().to_string();
+                    let blocked = self
+                        .job_errors
+                        .get(&ck)
+                        .filter(|(k, _)| *k == step_key)
+                        .map(|(_, e)| CheckObs::Blocked(e.clone()));
                     o.job = match jobs.get_opt(job).await {
                         // Another step's Job is not this step's result.
                         Ok(Some(j))
@@ -493,7 +510,7 @@ impl Deploys {
                         {
                             Some(job_result(&j))
                         }
-                        Ok(_) => None,
+                        Ok(_) => blocked,
                         Err(_) => Some(CheckObs::Running),
                     };
                 }
@@ -581,33 +598,27 @@ impl Deploys {
                 name,
                 spec,
             } => {
-                let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
-                let step = status
-                    .step
-                    .as_ref()
+                let step = status.step.as_ref();
+                let step_key = step
+                    .map(|s| format!("{}@{}", s.template_hash, s.started.timestamp()))
+                    .unwrap_or_default();
+                let ck = (key.0.clone(), key.1.clone(), deployment.clone());
+                let started = step
                     .map(|s| s.started.timestamp().to_string())
                     .unwrap_or_default();
-                let job: Job = serde_json::from_value(json!({
-                    "apiVersion": "batch/v1", "kind": "Job",
-                    "metadata": {"name": name, "namespace": ns, "labels": {
-                        "prewarm.dev/deploy-group": key.1, "prewarm.dev/member": deployment,
-                        STEP_LABEL: step}},
-                    "spec": spec,
-                }))
-                .map_err(kube::Error::SerdeError)?;
-                match jobs.create(&PostParams::default(), &job).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        // A Job left from an earlier step with the same
-                        // template: remove it; the next round creates ours.
-                        let old = jobs.get(&name).await?;
-                        let old_step = old.metadata.labels.as_ref().and_then(|l| l.get(STEP_LABEL));
-                        if old_step != Some(&step) {
-                            let dp = kube::api::DeleteParams::background();
-                            jobs.delete(&name, &dp).await?;
-                        }
+                match self
+                    .create_job(ns, key, &deployment, &name, spec, &started)
+                    .await
+                {
+                    Ok(()) => {
+                        self.job_errors.remove(&ck);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // The next observation reports it, so the step's
+                        // Events and timeout say why, not "not completed".
+                        self.job_errors.insert(ck, (step_key, api_message(&e)));
+                        return Err(e);
+                    }
                 }
             }
             Action::Rollback { deployment } => {
@@ -663,6 +674,41 @@ impl Deploys {
             },
         }
         Ok(())
+    }
+
+    /// Creates this step's validation Job; a Job of the same name left from
+    /// an earlier step is deleted first (the next round creates ours).
+    async fn create_job(
+        &self,
+        ns: &str,
+        key: &Key,
+        deployment: &str,
+        name: &str,
+        spec: Value,
+        step: &str,
+    ) -> Result<(), kube::Error> {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        let job: Job = serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": ns, "labels": {
+                "prewarm.dev/deploy-group": key.1, "prewarm.dev/member": deployment,
+                STEP_LABEL: step}},
+            "spec": spec,
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let old = jobs.get(name).await?;
+                let old_step = old.metadata.labels.as_ref().and_then(|l| l.get(STEP_LABEL));
+                if old_step.map(String::as_str) != Some(step) {
+                    let dp = kube::api::DeleteParams::background();
+                    jobs.delete(name, &dp).await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Keeps a republished intent's deadline while most of it is left, so

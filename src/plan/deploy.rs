@@ -116,6 +116,8 @@ pub enum CheckObs {
     Running,
     Passed,
     Failed(String),
+    /// The check could not be started (e.g. its Job not created); why.
+    Blocked(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -632,10 +634,12 @@ impl<'a> Ctx<'a> {
                     }
                     Some(format!("HTTP check {url} failed: {msg}"))
                 }
-                Some(CheckObs::Running) | None => Some(match &step.failure {
-                    Some(f) => format!("HTTP check {url} failed: {f}"),
-                    None => format!("HTTP check {url} has not passed"),
-                }),
+                Some(CheckObs::Running | CheckObs::Blocked(_)) | None => {
+                    Some(match &step.failure {
+                        Some(f) => format!("HTTP check {url} failed: {f}"),
+                        None => format!("HTTP check {url} has not passed"),
+                    })
+                }
             }
         } else if job.is_some() {
             let hash = &step.template_hash;
@@ -649,6 +653,17 @@ impl<'a> Ctx<'a> {
                     return Flow::Next;
                 }
                 Some(CheckObs::Passed) => None,
+                Some(CheckObs::Blocked(why)) => {
+                    // Retried until the timeout; only a new reason is news.
+                    if step.failure.as_ref() != Some(why) {
+                        let message = format!(
+                            "{m}: validation job {name} could not be started: {why}; retrying"
+                        );
+                        self.warn(&m, "CheckBlocked", message);
+                        step.failure = Some(why.clone());
+                    }
+                    Some(format!("validation job {name} could not be started: {why}"))
+                }
                 Some(CheckObs::Running) | None => {
                     Some(format!("validation job {name} has not completed"))
                 }
@@ -679,7 +694,8 @@ impl<'a> Ctx<'a> {
                 let (deployment, url) = (m.clone(), h.url.clone());
                 self.actions.push(Action::HttpCheck { deployment, url });
             }
-            if let (Some(spec), None, Some(name)) = (job, &o.job, &step.job_name) {
+            let not_started = matches!(o.job, None | Some(CheckObs::Blocked(_)));
+            if let (Some(spec), true, Some(name)) = (job, not_started, &step.job_name) {
                 let (deployment, name, spec) = (m.clone(), name.clone(), spec.clone());
                 self.actions.push(Action::CreateJob {
                     deployment,

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use super::*;
 use crate::plan::rollout::images_hash;
 use crate::plan::view::POOL_LABEL;
-use crate::testkit::apiserver::{MockApi, Recorded};
+use crate::testkit::apiserver::{MockApi, Policy, Recorded};
 use crate::wire::v1::{image_state::Phase, ImageState, Snapshot};
 
 const NS: &str = "shop";
@@ -198,6 +198,7 @@ impl Endpoint {
 // ---- the effector ----
 
 struct Harness {
+    api: MockApi,
     state: Arc<LinkState>,
     leader: watch::Sender<bool>,
     cancel: CancellationToken,
@@ -219,8 +220,15 @@ impl Harness {
         let cancel = CancellationToken::new();
         let state = LinkState::with_nodes(nodes, cancel.clone());
         let (leader, rx) = watch::channel(leader);
-        let task = tokio::spawn(run(api.client(), state.clone(), opts, rx, cancel.clone()));
+        let task = tokio::spawn(run(
+            api.coordinator_client(),
+            state.clone(),
+            opts,
+            rx,
+            cancel.clone(),
+        ));
         Harness {
+            api: api.clone(),
             state,
             leader,
             cancel,
@@ -242,12 +250,25 @@ impl Harness {
         now
     }
 
+    /// Stops a scenario whose API server refuses some requests on purpose.
+    async fn stop_refused(self) {
+        let api = self.api.clone();
+        let refused = api.forbidden().len();
+        // `stop` checks refusals: clear them by checking them here.
+        self.api.clear_requests();
+        self.stop().await;
+        assert!(refused > 0);
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         tokio::time::timeout(WAIT, self.task)
             .await
             .expect("the effector stops when cancelled")
             .expect("effector task");
+        // Every scenario is an RBAC test of the shipped ClusterRole.
+        let refused = self.api.forbidden();
+        assert!(refused.is_empty(), "refused by RBAC: {refused:#?}");
     }
 }
 
