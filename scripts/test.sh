@@ -16,4 +16,10 @@ echo "== tests"
 # Each integration test starts its own containerd and registry; two at a
 # time keeps a 2-core machine responsive.
 # Benches are built (by clippy above) but not run: timings belong in benches/.
+# The in-memory API server records which shipped RBAC grants the scenarios
+# used; the report afterwards fails on grants no scenario needed.
+export PREWARM_RBAC_USAGE_DIR="$PWD/target/rbac-usage"
+rm -rf "$PREWARM_RBAC_USAGE_DIR"
 cargo test --locked --lib --bins --tests -- --test-threads="${PREWARM_TEST_THREADS:-2}"
+echo "== RBAC grants used by the scenarios"
+cargo test --locked --test it rbac:: -- --ignored

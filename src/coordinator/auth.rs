@@ -121,3 +121,7 @@ impl Authenticator for StaticAuth {
             .ok_or_else(|| AuthError::Rejected("unknown token".into()))
     }
 }
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod tests;

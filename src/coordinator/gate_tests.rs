@@ -153,6 +153,9 @@ impl Harness {
             .await
             .expect("gate stops when cancelled")
             .expect("gate task");
+        // Every scenario is an RBAC test of the shipped ClusterRole.
+        let refused = self.api.forbidden();
+        assert!(refused.is_empty(), "refused by RBAC: {refused:#?}");
     }
 }
 

@@ -329,3 +329,85 @@ async fn a_leader_steps_down_when_the_api_server_is_unreachable() {
     drop(server);
     task.await.unwrap();
 }
+
+// ---- two replicas against the in-memory API server ----
+
+/// Starts a replica on the in-memory server, as the coordinator's
+/// ServiceAccount (so the Lease Role of daemonset/ is what allows it).
+fn replica(
+    api: &crate::testkit::apiserver::MockApi,
+    identity: &str,
+) -> (Leadership, CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(run(
+        api.coordinator_client(),
+        NS.into(),
+        identity.into(),
+        Duration::from_secs(15),
+        tx,
+        cancel.clone(),
+    ));
+    (Leadership { is_leader: rx }, cancel, task)
+}
+
+/// Two replicas racing for an absent Lease: the server's conflicts leave
+/// exactly one leader; when it shuts down it hands the Lease back and the
+/// other takes it within one retry period, without waiting for expiry.
+#[tokio::test(start_paused = true)]
+async fn two_replicas_elect_one_leader_and_hand_over_on_shutdown() {
+    let api = crate::testkit::apiserver::MockApi::new();
+    let (mut a, cancel_a, task_a) = replica(&api, "coordinator-a");
+    let (mut b, cancel_b, task_b) = replica(&api, "coordinator-b");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (la, lb) = (a.is_leader(), b.is_leader());
+            if la || lb {
+                return;
+            }
+            tokio::select! {
+                _ = a.is_leader.changed() => {}
+                _ = b.is_leader.changed() => {}
+            }
+        }
+    })
+    .await
+    .expect("a leader in time");
+    // Several renewal periods later there is still one leader.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(a.is_leader() ^ b.is_leader(), "exactly one leader");
+    let (mut leader, mut follower, cancel_leader, task_leader, cancel_follower, task_follower) =
+        if a.is_leader() {
+            (a, b, cancel_a, task_a, cancel_b, task_b)
+        } else {
+            (b, a, cancel_b, task_b, cancel_a, task_a)
+        };
+    let lease = api
+        .object("apis/coordination.k8s.io/v1/leases", NS, LEASE_NAME)
+        .unwrap();
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cancel_leader.cancel();
+    task_leader.await.unwrap();
+    becomes(&mut leader, false).await;
+    let before = tokio::time::Instant::now();
+    becomes(&mut follower, true).await;
+    assert!(
+        before.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        before.elapsed()
+    );
+    let lease = api
+        .object("apis/coordination.k8s.io/v1/leases", NS, LEASE_NAME)
+        .unwrap();
+    assert_ne!(lease["spec"]["holderIdentity"], holder);
+    assert_eq!(lease["spec"]["leaseTransitions"], 0, "{lease:#}");
+    cancel_follower.cancel();
+    task_follower.await.unwrap();
+    let refused = api.forbidden();
+    assert!(refused.is_empty(), "{refused:#?}");
+    // Losers learned of the race from the server: a 409 on create or update.
+    assert!(api.requests().iter().any(|r| r.code == 409));
+}

@@ -530,6 +530,8 @@ async fn the_watch_loop_lists_and_publishes_intents() {
         .await
         .expect("stops")
         .unwrap();
+    let refused = api.forbidden();
+    assert!(refused.is_empty(), "refused by RBAC: {refused:#?}");
 
     let seen: Vec<String> = api
         .requests()

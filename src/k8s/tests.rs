@@ -88,3 +88,22 @@ fn parses_label_lists() {
     assert!(parse_labels("=x").is_err());
     assert_eq!(parse_labels("").unwrap().len(), 0);
 }
+
+/// As the agent's ServiceAccount against the in-memory server enforcing
+/// daemonset/'s RBAC: reading its own Node is allowed.
+#[tokio::test]
+async fn the_agents_rbac_allows_reading_its_node() {
+    let api = crate::testkit::apiserver::MockApi::new();
+    api.put(
+        "api/v1/nodes",
+        serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "aks-integrations-1",
+                         "labels": {"kubernetes.azure.com/agentpool": "integrations"}}}),
+    );
+    let labels = ApiNodeLabels::new(api.agent_client())
+        .labels("aks-integrations-1")
+        .await
+        .unwrap();
+    assert_eq!(labels.len(), 1);
+    assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
+}

@@ -145,6 +145,7 @@ async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
         .images
         .values()
         .any(|i| i.phase == Phase::Warm as i32));
+    assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
     rig.stop().await;
 }
 
@@ -340,6 +341,7 @@ async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
         "{text}"
     );
     assert!(text.contains("orders-api: Succeeded"), "{text}");
+    assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
     rig.stop().await;
 }
 
