@@ -487,6 +487,9 @@ impl Deploys {
             o.scaled_object =
                 find_scaled_object(&scaled_objects, &m.deployment, m.scaled_object.as_deref());
             if let Some(step) = status.step.as_ref().filter(|s| s.member == m.deployment) {
+                if group.spec.rollback {
+                    o.rollback_target = self.rollback_target(ns, d, status, &m.deployment).await;
+                }
                 let step_key = format!("{}@{}", step.template_hash, step.started.timestamp());
                 let ck = (ns.to_string(), group_name(group), m.deployment.clone());
                 if let Some(h) = self.checks.lock().ok().and_then(|c| c.get(&ck).cloned()) {
@@ -674,6 +677,30 @@ impl Deploys {
             },
         }
         Ok(())
+    }
+
+    /// Whether a ReplicaSet of `d` still holds the member's deployed
+    /// template (what a rollback restores). Unknown (an API error) counts as
+    /// yes: the rollback itself then reports what it finds.
+    async fn rollback_target(
+        &self,
+        ns: &str,
+        d: &Deployment,
+        status: &DeployGroupStatus,
+        member: &str,
+    ) -> bool {
+        let (Some(uid), Some(deployed)) = (d.metadata.uid.as_deref(), status.deployed.get(member))
+        else {
+            return false;
+        };
+        let rss: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
+        match rss.list(&ListParams::default()).await {
+            Ok(list) => previous_template(&list.items, uid, deployed).is_some(),
+            Err(e) => {
+                tracing::warn!(namespace = ns, error = %e, "ReplicaSets not read");
+                true
+            }
+        }
     }
 
     /// Creates this step's validation Job; a Job of the same name left from

@@ -58,6 +58,9 @@ pub struct MemberObs {
     /// or its template changes.
     pub http: Option<CheckObs>,
     pub job: Option<CheckObs>,
+    /// A ReplicaSet of this Deployment still holds its deployed template,
+    /// so a rollback can restore it (computed by the caller).
+    pub rollback_target: bool,
 }
 
 impl MemberObs {
@@ -353,6 +356,9 @@ impl<'a> Ctx<'a> {
         }
         if self.st.halted.as_ref().is_some_and(|m| !known(m)) {
             self.st.halted = None;
+            if let Some(scaled_object) = self.st.keda_held.take() {
+                self.actions.push(Action::ResumeKeda { scaled_object });
+            }
         }
     }
 
@@ -407,6 +413,7 @@ impl<'a> Ctx<'a> {
                 "Resumed",
                 format!("halt on {m} cleared: {why}"),
             );
+            self.release_held_keda(&m);
         }
         let mut keda_checked: Option<String> = None;
         // Each member steps at most once per call, through at most six stages.
@@ -445,6 +452,23 @@ impl<'a> Ctx<'a> {
         new.then(|| format!("{member} has a new template {current}"))
     }
 
+    /// After a halt clears: a ScaledObject kept paused for `m` goes to m's
+    /// next step (which resumes it at its end), or is resumed now when no
+    /// step for m is coming.
+    fn release_held_keda(&mut self, m: &str) {
+        let Some(so) = self.st.keda_held.clone() else {
+            return;
+        };
+        let member = self.spec.members.iter().any(|s| s.deployment == m);
+        let pending = self
+            .obs(m)
+            .is_some_and(|o| self.st.deployed.get(m) != Some(&o.template_hash));
+        if !(member && pending) {
+            self.st.keda_held = None;
+            self.actions.push(Action::ResumeKeda { scaled_object: so });
+        }
+    }
+
     /// Starts a step for the first member whose template is not deployed.
     fn start_next(&mut self) -> bool {
         let next = self.spec.members.iter().find_map(|ms| {
@@ -460,7 +484,13 @@ impl<'a> Ctx<'a> {
             "StepStarted",
             format!("{m}: stepping from template {from} to {to}"),
         );
+        let held = self.st.keda_held.clone();
         let keda = match &o.scaled_object {
+            // Kept paused since this member's halt: ours to resume.
+            Some(so) if held.as_ref() == Some(&so.name) => {
+                self.st.keda_held = None;
+                Some(so.name.clone())
+            }
             Some(so) if !so.paused => Some(so.name.clone()),
             // Paused by someone else: not ours to resume.
             Some(_) => None,
@@ -759,25 +789,52 @@ impl<'a> Ctx<'a> {
         Flow::Stay
     }
 
-    /// Records a failure and either starts rolling back or halts.
+    /// Records a failure and either starts rolling back or halts. A
+    /// rollback that cannot happen (no ReplicaSet holds the deployed
+    /// template, e.g. a Deployment created paused) halts at once, with the
+    /// member paused and its ScaledObject kept paused: the member is left on
+    /// the failed template, which KEDA must not scale.
     fn fail(&mut self, mut step: StepStatus, reason: String) {
         let m = step.member.clone();
-        self.record(&step, Outcome::Failed, reason.clone());
         let can_roll_back = self.spec.rollback && self.obs(&m).is_some();
         let deployed = self.st.deployed.get(&m);
         let rollback_to = deployed
             .filter(|d| can_roll_back && **d != step.template_hash)
             .cloned();
-        let message = match &rollback_to {
-            Some(to) => format!("{m}: {reason}; rolling back to template {to}"),
-            None => format!("{m}: {reason}"),
-        };
-        self.warn(&m, "StepFailed", message);
-        if rollback_to.is_some() {
-            step.failure = Some(reason);
-            self.next_stage(step, Stage::RollingBack);
-        } else {
-            self.halt(step);
+        let target = self.obs(&m).is_some_and(|o| o.rollback_target);
+        match rollback_to {
+            Some(to) if target => {
+                self.record(&step, Outcome::Failed, reason.clone());
+                self.warn(
+                    &m,
+                    "StepFailed",
+                    format!("{m}: {reason}; rolling back to template {to}"),
+                );
+                step.failure = Some(reason);
+                self.next_stage(step, Stage::RollingBack);
+            }
+            Some(to) => {
+                let why = format!(
+                    "{reason}; cannot roll back: no ReplicaSet of {m} holds the deployed template {to}"
+                );
+                self.record(&step, Outcome::Failed, why.clone());
+                let held = match &step.keda_paused {
+                    Some(so) => format!(" and its ScaledObject {so} kept paused"),
+                    None => String::new(),
+                };
+                let message = format!(
+                    "{m}: {why}; group halted with {m} paused on template {}{held} until a new template is set",
+                    step.template_hash
+                );
+                self.warn(&m, "StepFailed", message);
+                self.st.keda_held = step.keda_paused.take();
+                self.halt(step);
+            }
+            None => {
+                self.record(&step, Outcome::Failed, reason.clone());
+                self.warn(&m, "StepFailed", format!("{m}: {reason}"));
+                self.halt(step);
+            }
         }
     }
 

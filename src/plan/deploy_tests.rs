@@ -66,6 +66,7 @@ fn settled(name: &str, hash: &str) -> MemberObs {
             name: format!("{name}-so"),
             paused: false,
         }),
+        rollback_target: true,
         ..MemberObs::default()
     }
 }
@@ -678,6 +679,100 @@ fn rollback_restores_the_previous_template_and_halts() {
         assert_eq!(w.status.phase, GroupPhase::Halted);
     }
     assert_eq!(w.status.deployed["web"], "v1");
+}
+
+/// The README's setup: Deployments created paused, so the adopted template
+/// never had a ReplicaSet. A failed step with `rollback: true` cannot roll
+/// back: it halts at once (no wait in RollingBack), says so once and
+/// consistently, keeps the member paused and its ScaledObject paused (the
+/// member is on the failed template), and a fixed template resumes with
+/// that ScaledObject handed to the new step, which resumes it at its end.
+#[test]
+fn an_impossible_rollback_halts_at_once_with_keda_kept_paused() {
+    let mut w = with_rollback();
+    w.o("orders-api").rollback_target = false;
+    w.drive_to_validating("orders-api", "v2");
+    w.o("orders-api").http = Some(CheckObs::Failed("500".into()));
+    assert_eq!(
+        w.wait(300).tick(),
+        [
+            "Event Warning CheckFailed orders-api",
+            "Event Warning StepFailed orders-api",
+            "Pause orders-api",
+        ]
+    );
+    let reason = format!(
+        "validation timed out after 5m0s: HTTP check {URL} failed: 500; cannot roll back: \
+         no ReplicaSet of orders-api holds the deployed template v1"
+    );
+    assert_eq!(
+        messages(&w.last, "StepFailed"),
+        [format!(
+            "orders-api: {reason}; group halted with orders-api paused on template v2 and its \
+             ScaledObject orders-api-so kept paused until a new template is set"
+        )]
+    );
+    assert_eq!(w.status.phase, GroupPhase::Halted);
+    assert_eq!(w.status.message, format!("halted: orders-api: {reason}"));
+    let r = w.result("orders-api");
+    assert_eq!(
+        (r.result, r.reason.as_str()),
+        (Outcome::Failed, reason.as_str())
+    );
+    assert_eq!(w.status.keda_held.as_deref(), Some("orders-api-so"));
+    assert!(w.obs["orders-api"].scaled_object.as_ref().unwrap().paused);
+    // Nothing more happens while halted: no rollback wait, no KEDA resume.
+    for _ in 0..3 {
+        assert!(w.wait(600).tick().is_empty());
+    }
+    // The status survives a restart (serialized and read back).
+    w.status = serde_json::from_value(serde_json::to_value(&w.status).unwrap()).unwrap();
+
+    // A fixed image: the halt clears and the new step owns the paused
+    // ScaledObject (no resume-then-pause flap), resuming it at the end.
+    w.set_template("orders-api", "v3");
+    let started = w.wait(10).tick();
+    assert_eq!(
+        started,
+        [
+            "Event Normal Resumed -",
+            "Event Normal StepStarted orders-api",
+            r#"Warm orders-api ["orders-api:v3"] 3"#,
+        ]
+    );
+    assert_eq!(w.step().keda_paused.as_deref(), Some("orders-api-so"));
+    assert_eq!(w.status.keda_held, None);
+    w.o("orders-api").warm_nodes = 3;
+    w.wait(10).tick();
+    w.rolled_out("orders-api");
+    w.o("orders-api").http = Some(CheckObs::Passed);
+    w.wait(10).tick();
+    let end = w.wait(3600).tick();
+    assert!(
+        end.contains(&"ResumeKeda orders-api-so".to_string()),
+        "{end:?}"
+    );
+}
+
+/// A halt with a held ScaledObject that clears without a step for its
+/// member (here the member leaves the group) resumes the ScaledObject.
+#[test]
+fn a_held_scaled_object_is_resumed_when_no_step_will_own_it() {
+    let mut w = with_rollback();
+    w.o("billing-api").rollback_target = false;
+    w.drive_to_validating("billing-api", "v2");
+    w.o("billing-api").http = Some(CheckObs::Failed("500".into()));
+    w.wait(300).tick();
+    assert_eq!(w.status.keda_held.as_deref(), Some("billing-api-so"));
+    w.spec.members.retain(|m| m.deployment != "billing-api");
+    w.generation += 1;
+    let actions = w.wait(10).tick();
+    assert!(
+        actions.contains(&"ResumeKeda billing-api-so".to_string()),
+        "{actions:?}"
+    );
+    assert_eq!(w.status.keda_held, None);
+    assert_ne!(w.status.phase, GroupPhase::Halted);
 }
 
 #[test]

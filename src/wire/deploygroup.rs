@@ -235,6 +235,10 @@ pub struct DeployGroupStatus {
     /// Invalid, so a halt survives a Deployment briefly going missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
+    /// ScaledObject kept paused by a halt whose rollback was impossible;
+    /// resumed by the member's next step, or when the halt clears without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keda_held: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

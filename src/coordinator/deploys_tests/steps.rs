@@ -475,6 +475,79 @@ async fn a_failed_member_is_rolled_back_to_its_previous_replicaset_template() {
     h.stop().await;
 }
 
+/// The README's setup: a Deployment created paused, so its adopted
+/// template never had a ReplicaSet. A failed step with `rollback: true`
+/// halts at once (it used to wait out rolloutTimeout in RollingBack and end
+/// `RollbackIncomplete` with KEDA resumed on the failed image): the member
+/// stays paused, its ScaledObject stays paused, and one StepFailed Event
+/// and the status say the same thing.
+#[tokio::test]
+async fn a_rollback_without_a_replicaset_to_restore_halts_at_once() {
+    let api = MockApi::new();
+    api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
+    api.put(SCALED, scaled_object(NS, "orders-so", "orders"));
+    let ep = Endpoint::start(503).await;
+    api.put(
+        GROUPS,
+        group(
+            GROUP_NAME,
+            json!([{"deployment": "orders", "httpCheck": {"url": ep.url, "interval": "200ms"}}]),
+            json!({"validationTimeout": "2s", "rolloutTimeout": "1m", "rollback": true}),
+        ),
+    );
+    roll_unpaused(&api);
+    let h = Harness::start(&api, true, vec![snap("n1", "apps", &[ORDERS_2])]);
+    wait_status(&api, GROUP_NAME, "adopted", |s| s["phase"] == "Idle").await;
+    set_image(&api, "orders", ORDERS_2);
+    let st = wait_status(&api, GROUP_NAME, "halted", |s| s["phase"] == "Halted").await;
+    let (h1, h2) = (
+        hash_of(&template("orders", ORDERS_1)),
+        hash_of(&template("orders", ORDERS_2)),
+    );
+    let url = &ep.url;
+    let reason = format!(
+        "validation timed out after 2s: HTTP check {url} failed: \
+         GET {url}: HTTP 503 Service Unavailable; cannot roll back: \
+         no ReplicaSet of orders holds the deployed template {h1}"
+    );
+    assert_eq!(st["message"], format!("halted: orders: {reason}"), "{st:#}");
+    assert_eq!(st["kedaHeld"], "orders-so");
+    let r = result_of(&st, "orders");
+    assert_eq!(
+        (r["result"].as_str(), r["templateHash"].as_str()),
+        (Some("Failed"), Some(h2.as_str()))
+    );
+    assert_eq!(r["reason"], reason);
+    assert_deployment_event(
+        &api,
+        "orders",
+        true,
+        "StepFailed",
+        &format!(
+            "orders: {reason}; group halted with orders paused on template {h2} and its \
+             ScaledObject orders-so kept paused until a new template is set"
+        ),
+    );
+    let reqs = api.requests();
+    assert_eq!(events(&reqs, "StepFailed").len(), 1);
+    for other in ["RollbackImpossible", "RollbackIncomplete", "RolledBack"] {
+        assert!(events(&reqs, other).is_empty(), "{other}");
+    }
+    // Paused again, KEDA not resumed, nothing more written.
+    assert_eq!(
+        member_writes(&reqs),
+        vec![keda("orders-so", true), unpause("orders"), pause("orders")]
+    );
+    let more = api.wait_for(QUIET, |r| member_writes(r).len() > 3).await;
+    assert!(!more, "{:#?}", member_writes(&api.requests()));
+    let so = api.object(SCALED, NS, "orders-so").unwrap();
+    assert_eq!(
+        so["metadata"]["annotations"]["autoscaling.keda.sh/paused"],
+        "true"
+    );
+    h.stop().await;
+}
+
 // ---- validation Jobs ----
 
 const JOB_IMAGE: &str = "reg.io/shop/smoke:1";
