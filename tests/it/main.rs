@@ -8,5 +8,6 @@ mod common;
 mod faults;
 mod gates;
 mod link;
+mod pins;
 mod pull;
 mod windows;
