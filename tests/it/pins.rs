@@ -1,5 +1,5 @@
-//! Pins held past their intent, end to end on loopback: the real
-//! coordinator, real agents on real containerd.
+//! Pins held past their intent, and what `prewarm status` lists, end to end
+//! on loopback: the real coordinator, real agents on real containerd.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use prewarm::wire::v1::Intent;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Upstream, MIB};
-use crate::link::{coordinator, real_agent, wait_for, wait_present};
+use crate::link::{coordinator, real_agent, status, wait_for, wait_present};
 
 const HOLD_LABEL: &str = "prewarm.dev/hold-until";
 
@@ -46,6 +46,85 @@ async fn pinned(store: &Containerd, image: &str) -> bool {
         .await
         .unwrap()
         .is_some_and(|i| i.pinned)
+}
+
+/// Two real agents warm a rollout intent; the rollout completes (the
+/// intent ends). `prewarm status` must still list the image, warm on both
+/// of the pool's nodes, and say what the table covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_intent_images_after_their_intents_end() {
+    let up = Upstream::start(None, 4 * MIB).await;
+    let ctd_a = TestContainerd::start(Version::V2).await.unwrap();
+    let ctd_b = TestContainerd::start(Version::V2).await.unwrap();
+    let cancel = CancellationToken::new();
+    let coord = coordinator("127.0.0.1:0", &cancel).await;
+    let endpoint = format!("http://{}", coord.grpc_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let a = real_agent(
+        &ctd_a,
+        dir.path(),
+        &endpoint,
+        "node-a",
+        "tok-a",
+        "",
+        &cancel,
+    )
+    .await;
+    let b = real_agent(
+        &ctd_b,
+        dir.path(),
+        &endpoint,
+        "node-b",
+        "tok-b",
+        "",
+        &cancel,
+    )
+    .await;
+    let state = coord.state.clone();
+    wait_for("both agents linked", 30, || state.view().connected() == 2).await;
+
+    let image = up.image("shapes/docker");
+    coord.set_intents(vec![intent(
+        "Deployment/erp/orders-sync@1",
+        &image,
+        &["node-a", "node-b"],
+    )]);
+    let img = image.clone();
+    wait_for("both nodes warm", 60, || {
+        let v = state.view();
+        ["node-a", "node-b"]
+            .iter()
+            .all(|n| v.node(n).is_some_and(|r| r.is_warm(&img)))
+    })
+    .await;
+
+    // The rollout completes: its intent ends, another rollout starts.
+    // Once both agents report the new one, they have dropped the old.
+    let next = up.image("shapes/zstd");
+    coord.set_intents(vec![intent(
+        "Deployment/erp/invoice-export@1",
+        &next,
+        &["node-a", "node-b"],
+    )]);
+    wait_reported(&coord, &["node-a", "node-b"], &next).await;
+
+    let text = status(coord.http_addr);
+    assert!(text.contains("2 of 2 agents connected"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.contains(&image))
+        .unwrap_or_else(|| panic!("the ended intent's image is not listed:\n{text}"));
+    assert!(row.contains("integrations") && row.contains("2/2"), "{row}");
+    assert!(
+        text.contains("held after their intent"),
+        "the table does not say what it covers:\n{text}"
+    );
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        a.join().await;
+        b.join().await;
+    })
+    .await;
 }
 
 /// An intent's image stays pinned after the intent ends, through an agent
