@@ -454,10 +454,10 @@ impl Loop {
         let policy = HoldPolicy {
             period: cfg.scheduling.intent_hold,
         };
-        let pin_plan = pins
+        let warm_plan = pins
             .plan(store, &desired, &mut observed, &policy, now)
             .await?;
-        let held = pins.held_images(&pin_plan.held);
+        let held = pins.held_images(&warm_plan.held);
         self.metrics.runtime_up.set(1);
         self.health.ready.store(true, Ordering::Relaxed);
         self.metrics.images_desired.set(desired.len() as i64);
@@ -467,7 +467,7 @@ impl Loop {
             .set(observed.present.values().filter(|p| p.pinned).count() as i64);
         self.metrics.images_held.set(held.len() as i64);
 
-        let mut actions = pin_plan.actions;
+        let mut actions = warm_plan.actions;
         // Highest priority first, so late windows start before anything else.
         actions.sort_by_key(|a| match a {
             Action::Warm { priority, .. } => -priority,
@@ -537,7 +537,8 @@ impl Loop {
                 images.entry(name.clone()).or_insert(ImageState {
                     name,
                     phase: ImagePhase::Warm as i32,
-                    pinned: true,
+                    // Our marker is on it; CRI honours it from 1.7 on.
+                    pinned: stack.pin_supported,
                     ..Default::default()
                 });
             }
@@ -562,7 +563,7 @@ impl Loop {
         }
         // Wake for the plan's next transition or hold expiry, or the resync,
         // whichever is first.
-        let until_next = [wplan.next_wakeup, pin_plan.next_expiry]
+        let until_next = [wplan.next_wakeup, warm_plan.next_expiry]
             .into_iter()
             .flatten()
             .min()

@@ -358,9 +358,14 @@ impl ClusterView {
                 .filter_map(|r| r.parse::<ImageRef>().ok())
                 .map(|r| r.cri_name())
                 .collect();
-            let targets = self.nodes.values().filter(|n| {
+            // Named nodes are looked up (an intent may name thousands).
+            let candidates: Box<dyn Iterator<Item = &NodeRecord>> = if i.nodes.is_empty() {
+                Box::new(self.nodes.values())
+            } else {
+                Box::new(i.nodes.iter().filter_map(|n| self.nodes.get(n)))
+            };
+            let targets = candidates.filter(|n| {
                 n.connected
-                    && (i.nodes.is_empty() || i.nodes.contains(&n.node))
                     && i.node_selector
                         .iter()
                         .all(|(k, v)| n.labels.get(k) == Some(v))
