@@ -16,6 +16,8 @@ pub struct Metrics {
     pub images_desired: IntGauge,
     pub images_warm: IntGauge,
     pub images_pinned: IntGauge,
+    pub images_held: IntGauge,
+    pub pin_changes: IntCounterVec,
     pub pulls_in_flight: IntGauge,
     pub last_success: Gauge,
     pub config_reload_failures: IntCounter,
@@ -77,6 +79,27 @@ impl Metrics {
                 "images_pinned",
                 "Desired images pinned against kubelet image GC",
             ),
+            images_held: g(
+                "images_held",
+                "Images kept pinned only by an intent's hold or a container using them",
+            ),
+            pin_changes: {
+                let c = reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "pin_changes_total",
+                            "Pin label writes by the agent: pin, unpin, hold (renewed)",
+                        ),
+                        &["change"],
+                    )
+                    .expect("valid metric"),
+                );
+                for change in ["pin", "unpin", "hold"] {
+                    c.with_label_values(&[change]);
+                }
+                c
+            },
             pulls_in_flight: g("pulls_in_flight", "Pulls running now"),
             last_success: reg(
                 &r,

@@ -2,9 +2,11 @@
 //! together. It reloads its config file in place, serves metrics and health,
 //! and on SIGTERM cancels pulls (releasing their leases) before exiting.
 
+mod desired;
 pub mod http;
 pub mod link;
 pub mod metrics;
+mod pins;
 mod report;
 mod windows;
 
@@ -27,17 +29,18 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::k8s::{ApiNodeLabels, Labels, NodeLabels, StaticNodeLabels};
 use crate::node::manifest::host_platform;
 use crate::node::pace::{DiskProbe, StatvfsProbe};
-use crate::node::pin;
 use crate::node::pull::PullOptions;
-use crate::node::runtime::{ImageRecord, ImageStore};
+use crate::node::runtime::ImageStore;
 use crate::node::setup::{self, NodeStack};
 use crate::plan::throughput::Throughput;
 use crate::wire::v1::Intent;
 
 use self::link::NodeReport;
+use self::pins::Pins;
 use self::report::{applicable_intents, node_report, window_states, AgentObserver};
-use crate::plan::warm::{plan, Action, Desired, Observed, Present};
+use crate::plan::warm::{Action, HoldPolicy, Observed, Present};
 use crate::plan::windows::{plan_windows as plan_windows_pure, NodeView, Phase, WindowPlan};
+use crate::wire::v1::{image_state::Phase as ImagePhase, ImageState};
 
 use self::http::Health;
 use self::metrics::{unix_now, Metrics};
@@ -436,62 +439,25 @@ impl Loop {
             .tracker
             .observe(&wplan.windows, now, &self.metrics);
 
-        let mut desired: BTreeMap<String, Desired> = BTreeMap::new();
-        let mut reasons: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for e in &cfg.images {
-            let name = e.image.cri_name();
-            desired.insert(
-                name.clone(),
-                Desired {
-                    name,
-                    pin: e.pin,
-                    pull: true,
-                    priority: 0,
-                },
-            );
-        }
-        for d in &wplan.desired {
-            let entry = desired.entry(d.name.clone()).or_insert(Desired {
-                name: d.name.clone(),
-                pin: false,
-                pull: false,
-                priority: i64::MIN,
-            });
-            entry.pin |= d.pin;
-            entry.pull |= d.pull;
-            entry.priority = entry.priority.max(d.priority);
-            reasons.insert(d.name.clone(), d.windows.clone());
-        }
-        for (name, (priority, id)) in &intent_images {
-            let entry = desired.entry(name.clone()).or_insert(Desired {
-                name: name.clone(),
-                pin: true,
-                pull: true,
-                priority: *priority,
-            });
-            entry.pull = true;
-            entry.priority = entry.priority.max(*priority);
-            reasons
-                .entry(name.clone())
-                .or_default()
-                .push(format!("intent:{id}"));
-        }
-        let desired: Vec<Desired> = desired.into_values().collect();
+        let (desired, reasons) = desired::merge(cfg, &wplan.desired, &intent_images);
 
-        let ours: BTreeMap<String, ImageRecord> = pin::pinned_by_us(store)
-            .await?
-            .into_iter()
-            .map(|r| (r.name.clone(), r))
-            .collect();
-        let observed = Observed {
+        let pins = Pins::observe(store).await?;
+        let mut observed = Observed {
             present: present
                 .into_iter()
                 .filter(|(n, _)| desired.iter().any(|d| &d.name == n))
                 .collect(),
-            pinned_by_us: ours.keys().cloned().collect(),
             in_flight: self.in_flight.keys().cloned().collect(),
             pin_supported: stack.pin_supported,
+            ..Default::default()
         };
+        let policy = HoldPolicy {
+            period: cfg.scheduling.intent_hold,
+        };
+        let warm_plan = pins
+            .plan(store, &desired, &mut observed, &policy, now)
+            .await?;
+        let held = pins.held_images(&warm_plan.held);
         self.metrics.runtime_up.set(1);
         self.health.ready.store(true, Ordering::Relaxed);
         self.metrics.images_desired.set(desired.len() as i64);
@@ -499,8 +465,9 @@ impl Loop {
         self.metrics
             .images_pinned
             .set(observed.present.values().filter(|p| p.pinned).count() as i64);
+        self.metrics.images_held.set(held.len() as i64);
 
-        let mut actions = plan(&desired, &observed);
+        let mut actions = warm_plan.actions;
         // Highest priority first, so late windows start before anything else.
         actions.sort_by_key(|a| match a {
             Action::Warm { priority, .. } => -priority,
@@ -546,25 +513,15 @@ impl Loop {
                         PullDone { name, sample }
                     });
                 }
-                Action::Pin { name } => {
-                    if let Some(img) = store.image_status(&name).await? {
-                        let honoured = pin::pin(store, &img).await?;
-                        tracing::info!(image = %name, honoured, "pinned");
-                    }
-                }
-                Action::Unpin { record } => {
-                    if let Some(r) = ours.get(&record) {
-                        pin::unpin_record(store, r).await?;
-                        tracing::info!(record = %record, "unpinned: no longer needed");
-                    }
-                }
+                other => pins.apply(store, &other, &self.metrics).await?,
             }
         }
         self.metrics
             .pulls_in_flight
             .set(self.in_flight.len() as i64);
         if let Some(tx) = &self.reports {
-            let images = desired
+            // Every image this node wants or keeps pinned past its reason.
+            let mut images: BTreeMap<String, ImageState> = desired
                 .iter()
                 .filter_map(|d| {
                     let image = candidates.get(&d.name)?;
@@ -576,6 +533,15 @@ impl Loop {
                     ))
                 })
                 .collect();
+            for name in held {
+                images.entry(name.clone()).or_insert(ImageState {
+                    name,
+                    phase: ImagePhase::Warm as i32,
+                    // Our marker is on it; CRI honours it from 1.7 on.
+                    pinned: stack.pin_supported,
+                    ..Default::default()
+                });
+            }
             let free = StatvfsProbe::new(&cfg.runtime.root)
                 .usage()
                 .map(|u| u.free)
@@ -595,9 +561,12 @@ impl Loop {
                 changed
             });
         }
-        // Wake for the plan's next transition, or the resync, whichever is first.
-        let until_next = wplan
-            .next_wakeup
+        // Wake for the plan's next transition or hold expiry, or the resync,
+        // whichever is first.
+        let until_next = [wplan.next_wakeup, warm_plan.next_expiry]
+            .into_iter()
+            .flatten()
+            .min()
             .and_then(|t| (t - now).to_std().ok())
             .unwrap_or(cfg.resync);
         Ok(until_next.clamp(Duration::from_millis(200), cfg.resync))

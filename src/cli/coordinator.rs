@@ -294,15 +294,47 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    print!("{}", images_table(&images, &nodes));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the image table covers, printed under it.
+const IMAGES_COVERED: &str = "Listed: every image a linked agent keeps warm or pinned: its config images, \
+its windows warming, active or in grace, the coordinator's intents, and pins held after their intent \
+(scheduling.intentHold) or while a container uses the image.\n\
+WARM/NODES: of the pool's linked nodes that want the image, how many hold it. \
+POOL: the nodes' kubernetes.azure.com/agentpool label (- without one).\n";
+
+/// The image × pool table as text, with what it covers; an empty table
+/// says why it is empty.
+pub fn images_table(images: &[ImageRow], nodes: &[NodeSummary]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let connected = nodes.iter().filter(|n| n.connected).count();
-    println!("{connected} of {} agents connected", nodes.len());
-    println!(
+    let _ = writeln!(out, "{connected} of {} agents connected", nodes.len());
+    if images.is_empty() {
+        out.push_str(match (nodes.len(), connected) {
+            (0, _) => {
+                "No agent is linked to this coordinator: only the leader replica takes agents \
+(the Service selects it), and only agents whose config has a coordinator: section link.\n"
+            }
+            (_, 0) => "No agent is linked right now: the table counts linked nodes only.\n",
+            _ => {
+                "No linked agent wants any image right now: config images, windows warming, \
+active or in grace, intents and pins held after their intent are listed.\n"
+            }
+        });
+        return out;
+    }
+    let _ = writeln!(
+        out,
         "{:<60} {:<16} {:>12} {:>14}",
         "IMAGE", "POOL", "WARM/NODES", "BYTES PENDING"
     );
-    for r in &images {
+    for r in images {
         let pool = if r.pool.is_empty() { "-" } else { &r.pool };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<60} {:<16} {:>12} {:>14}",
             r.image,
             pool,
@@ -310,7 +342,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             human(r.bytes_pending)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    out.push_str(IMAGES_COVERED);
+    out
 }
 
 /// The deploy groups as text: one line per group, then its step and each
@@ -336,4 +369,61 @@ pub fn deploys_table(rows: &[DeployGroupRow]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, connected: bool) -> NodeSummary {
+        NodeSummary {
+            node: name.into(),
+            pool: "integrations".into(),
+            connected,
+            last_report_seconds_ago: 1.0,
+            images_warm: 0,
+            images_pulling: 0,
+            free_disk_bytes: 0,
+            pin_supported: true,
+        }
+    }
+
+    #[test]
+    fn the_table_says_what_it_covers() {
+        let rows = [ImageRow {
+            image: "reg.io/erp/orders-sync:1.5.0".into(),
+            pool: String::new(),
+            warm_nodes: 1,
+            nodes: 2,
+            bytes_pending: 2048,
+        }];
+        let text = images_table(&rows, &[node("a", true), node("b", true)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "2 of 2 agents connected");
+        assert!(lines[1].starts_with("IMAGE") && lines[1].ends_with("BYTES PENDING"));
+        let row: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            row,
+            ["reg.io/erp/orders-sync:1.5.0", "-", "1/2", "2.0", "KiB"]
+        );
+        assert!(
+            text.contains("pins held after their intent (scheduling.intentHold)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("of the pool's linked nodes that want the image"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_empty_table_says_why() {
+        let why =
+            |nodes: &[NodeSummary]| images_table(&[], nodes).lines().nth(1).unwrap().to_string();
+        assert!(why(&[]).starts_with("No agent is linked to this coordinator: only the leader"));
+        assert!(why(&[node("a", false)]).starts_with("No agent is linked right now"));
+        let text = images_table(&[], &[node("a", true)]);
+        assert_eq!(text.lines().count(), 2, "no header without rows: {text}");
+        assert!(text.contains("No linked agent wants any image right now: config images"));
+    }
 }

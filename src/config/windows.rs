@@ -43,6 +43,10 @@ pub struct Scheduling {
     /// Pins are held this long after a window ends.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// Pins of images a coordinator intent asked for are held at least this
+    /// long after the intent ends (gated pods start, rollouts finish).
+    #[serde(with = "humantime_serde")]
+    pub intent_hold: Duration,
 }
 
 impl Default for Scheduling {
@@ -51,6 +55,7 @@ impl Default for Scheduling {
             safety_factor: 1.5,
             default_throughput: ByteSize(25 << 20),
             grace: Duration::from_secs(15 * 60),
+            intent_hold: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -79,6 +84,12 @@ impl Scheduling {
             return Err(ConfigError::invalid(
                 field("defaultThroughput"),
                 "must be greater than 0",
+            ));
+        }
+        if self.intent_hold < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                field("intentHold"),
+                "must be at least 1s (it keeps pins from dropping when an intent ends)",
             ));
         }
         Ok(())
@@ -469,6 +480,7 @@ mod tests {
         window_unknown_field: "window-unknown-field.yaml",
         safety_factor: "safety-factor.yaml",
         default_throughput: "default-throughput.yaml",
+        intent_hold: "intent-hold.yaml",
         scheduling_unknown_field: "scheduling-unknown-field.yaml",
     }
 
@@ -515,6 +527,7 @@ mod tests {
             Duration::from_secs(600)
         );
         assert_eq!(c.scheduling.default_throughput, ByteSize(50 << 20));
+        assert_eq!(c.scheduling.intent_hold, Duration::from_secs(1200));
     }
 
     #[test]
@@ -523,6 +536,7 @@ mod tests {
         assert_eq!(s.safety_factor, 1.5);
         assert_eq!(s.default_throughput, ByteSize(25 * 1024 * 1024));
         assert_eq!(s.grace, Duration::from_secs(900));
+        assert_eq!(s.intent_hold, Duration::from_secs(900));
         let c =
             parse("windows:\n- {name: a, schedule: '0 8 * * *', duration: 1h, images: [nginx]}");
         let w = &c.windows[0];

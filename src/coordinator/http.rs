@@ -116,10 +116,13 @@ pub fn node_summaries(state: &LinkState) -> Vec<NodeSummary> {
         .collect()
 }
 
+/// Image × pool rows over the connected nodes that want each image (see
+/// [`crate::plan::view::ClusterView::image_pools`]).
 pub fn image_rows(state: &LinkState) -> Vec<ImageRow> {
+    let intents = state.intents.borrow().clone();
     state
         .view()
-        .image_pools()
+        .image_pools(&intents, Utc::now())
         .into_iter()
         .map(|r| ImageRow {
             image: r.image,

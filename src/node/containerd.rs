@@ -15,8 +15,8 @@ use containerd_client::services::v1::{
     WriteContentRequest, WriteContentResponse,
 };
 use k8s_cri::v1::{
-    image_service_client::ImageServiceClient, AuthConfig, ImageSpec, ImageStatusRequest,
-    PullImageRequest,
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+    AuthConfig, ImageSpec, ImageStatusRequest, ListContainersRequest, PullImageRequest,
 };
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -511,6 +511,27 @@ impl ImageStore for Containerd {
             .images
             .into_iter()
             .map(to_record)
+            .collect())
+    }
+
+    /// CRI ListContainers: every container of every pod, in any state (what
+    /// the kubelet's image GC counts as in use).
+    async fn container_images(&self) -> Result<Vec<String>> {
+        let mut client =
+            RuntimeServiceClient::new(self.channel.clone()).max_decoding_message_size(16 << 20);
+        let resp = client
+            .list_containers(Request::new(ListContainersRequest { filter: None }))
+            .await
+            .map_err(|s| self.map_err("cri.ListContainers", s))?;
+        Ok(resp
+            .into_inner()
+            .containers
+            .into_iter()
+            .flat_map(|c| {
+                let spec = c.image.unwrap_or_default();
+                [c.image_ref, spec.image, spec.user_specified_image]
+            })
+            .filter(|n| !n.is_empty())
             .collect())
     }
 }

@@ -34,6 +34,8 @@ pub struct FakeState {
     pub cri_pulls: Vec<String>,
     /// Fail the next N CRI pulls with Unavailable (containerd restart).
     pub fail_cri_pulls: u32,
+    /// Image references of the containers CRI lists.
+    pub containers: Vec<String>,
 }
 
 /// A containerd stand-in: content store, leases, image records and a CRI
@@ -247,6 +249,9 @@ impl ImageStore for FakeRuntime {
             .filter(|r| r.labels.contains_key(label))
             .cloned()
             .collect())
+    }
+    async fn container_images(&self) -> Result<Vec<String>> {
+        Ok(self.lock().containers.clone())
     }
 }
 

@@ -17,6 +17,9 @@ pub const CRI_PINNED_VALUE: &str = "pinned";
 /// Our own marker: set together with the CRI label so we only ever unpin
 /// images that prewarm pinned.
 pub const PREWARM_PINNED_LABEL: &str = "prewarm.dev/pinned";
+/// Set with our pin when an intent asked for the image: until when (RFC
+/// 3339, UTC) the pin outlives the intent. Read back after a restart.
+pub const PREWARM_HOLD_LABEL: &str = "prewarm.dev/hold-until";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -145,6 +148,9 @@ pub trait ImageStore: Send + Sync {
     async fn set_labels(&self, name: &str, labels: &[(&str, Option<&str>)]) -> Result<()>;
     /// All image records carrying `label` (any value).
     async fn records_with_label(&self, label: &str) -> Result<Vec<ImageRecord>>;
+    /// What every container CRI knows of (running or not) names its image
+    /// by: the image reference it was created from and the image id.
+    async fn container_images(&self) -> Result<Vec<String>>;
 }
 
 /// Whether the runtime honours the CRI pinned label (containerd >= 1.7).

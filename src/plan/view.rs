@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::reference::ImageRef;
 use crate::plan::eligibility::NodeFacts;
-use crate::wire::v1::{image_state::Phase, Delta, ImageState, Snapshot, Taint, WindowState};
+use crate::wire::v1::{
+    image_state::Phase, Delta, ImageState, Intent, Snapshot, Taint, WindowState,
+};
 
 /// Node label that names an AKS node pool.
 pub const POOL_LABEL: &str = "kubernetes.azure.com/agentpool";
@@ -73,8 +76,8 @@ pub enum ViewError {
 #[derive(Debug, Default, Clone)]
 pub struct ClusterView {
     nodes: BTreeMap<String, NodeRecord>,
-    /// (image, pool) → counts, kept current on every update so queries
-    /// cost O(rows), not O(nodes × images).
+    /// (image, pool) → counts over connected nodes, kept current on every
+    /// update so queries cost O(rows), not O(nodes × images).
     agg: BTreeMap<(String, String), Agg>,
     /// Nodes as the API server describes them (labels, taints, cordon,
     /// Ready), when the coordinator watches Nodes: the truth for where pods
@@ -134,8 +137,10 @@ impl ClusterView {
         }
     }
 
+    /// Adds (or removes) a connected node's images to the counts; a
+    /// disconnected node's last state is not counted.
     fn account_node(&mut self, node: &str, sign: i64) {
-        let Some(rec) = self.nodes.get(node) else {
+        let Some(rec) = self.nodes.get(node).filter(|r| r.connected) else {
             return;
         };
         let pool = rec.pool().to_string();
@@ -195,8 +200,9 @@ impl ClusterView {
         }
         let old_pool = rec.pool().to_string();
         let labels_change = delta.labels_changed;
-        if labels_change {
-            // The pool may change: re-account every image.
+        // The pool may change, or the node was not counted: re-account all.
+        let recount = labels_change || !rec.connected;
+        if recount {
             self.account_node(node, -1);
         }
         let mut changes: Vec<(Option<ImageState>, Option<ImageState>)> = Vec::new();
@@ -226,7 +232,7 @@ impl ClusterView {
                 self.reported.insert(node.to_string(), facts);
             }
         }
-        if labels_change {
+        if recount {
             self.account_node(node, 1);
         } else {
             for (old, new) in changes {
@@ -241,8 +247,10 @@ impl ClusterView {
         Ok(())
     }
 
-    /// The stream ended: the node's last state is kept, marked stale.
+    /// The stream ended: the node's last state is kept, marked stale, and
+    /// leaves the image counts.
     pub fn disconnect(&mut self, node: &str) {
+        self.account_node(node, -1);
         if let Some(r) = self.nodes.get_mut(node) {
             r.connected = false;
         }
@@ -292,19 +300,83 @@ impl ClusterView {
         self.nodes.values().filter(|n| n.connected).count()
     }
 
-    /// Image × pool table over the nodes that report each image.
-    pub fn image_pools(&self) -> Vec<ImagePoolRow> {
-        self.agg
+    /// Image × pool table over the connected nodes that want each image:
+    /// those reporting it (agents report every image they keep warm or
+    /// pinned), plus those an unexpired intent in `intents` targets that
+    /// have not reported it yet (counted as not warm).
+    pub fn image_pools(&self, intents: &[Intent], now: DateTime<Utc>) -> Vec<ImagePoolRow> {
+        let mut rows: BTreeMap<(String, String), ImagePoolRow> = self
+            .agg
             .iter()
-            .map(|((image, pool), a)| ImagePoolRow {
-                image: image.clone(),
-                pool: pool.clone(),
-                warm_nodes: a.warm,
-                nodes: a.nodes,
-                pulling_nodes: a.pulling,
-                bytes_pending: a.pending,
+            .map(|((image, pool), a)| {
+                let row = ImagePoolRow {
+                    image: image.clone(),
+                    pool: pool.clone(),
+                    warm_nodes: a.warm,
+                    nodes: a.nodes,
+                    pulling_nodes: a.pulling,
+                    bytes_pending: a.pending,
+                };
+                ((image.clone(), pool.clone()), row)
             })
-            .collect()
+            .collect();
+        for (image, node) in self.targeted_unreported(intents, now) {
+            let Some(rec) = self.nodes.get(node) else {
+                continue;
+            };
+            let pool = rec.pool().to_string();
+            rows.entry((image.clone(), pool.clone()))
+                .or_insert_with(|| ImagePoolRow {
+                    image,
+                    pool,
+                    warm_nodes: 0,
+                    nodes: 0,
+                    pulling_nodes: 0,
+                    bytes_pending: 0,
+                })
+                .nodes += 1;
+        }
+        rows.into_values().collect()
+    }
+
+    /// (CRI image name, node) for every connected node an unexpired intent
+    /// targets (by name, or by selector when it names none) whose agent
+    /// does not report that image; each pair once.
+    fn targeted_unreported<'a>(
+        &'a self,
+        intents: &[Intent],
+        now: DateTime<Utc>,
+    ) -> std::collections::BTreeSet<(String, &'a str)> {
+        let mut out = std::collections::BTreeSet::new();
+        let live = intents
+            .iter()
+            .filter(|i| i.deadline_unix == 0 || i.deadline_unix > now.timestamp());
+        for i in live {
+            let images: Vec<String> = i
+                .images
+                .iter()
+                .filter_map(|r| r.parse::<ImageRef>().ok())
+                .map(|r| r.cri_name())
+                .collect();
+            // Named nodes are looked up (an intent may name thousands).
+            let candidates: Box<dyn Iterator<Item = &NodeRecord>> = if i.nodes.is_empty() {
+                Box::new(self.nodes.values())
+            } else {
+                Box::new(i.nodes.iter().filter_map(|n| self.nodes.get(n)))
+            };
+            let targets = candidates.filter(|n| {
+                n.connected
+                    && i.node_selector
+                        .iter()
+                        .all(|(k, v)| n.labels.get(k) == Some(v))
+            });
+            for rec in targets {
+                for image in images.iter().filter(|im| !rec.images.contains_key(*im)) {
+                    out.insert((image.clone(), rec.node.as_str()));
+                }
+            }
+        }
+        out
     }
 
     /// Seconds since each connected node last reported, for the lag metric.
@@ -435,7 +507,10 @@ mod tests {
             pulling_nodes: pulling,
             bytes_pending: pending,
         };
-        assert_eq!(v.image_pools(), vec![row(1, 2, 1, 60, "integrations")]);
+        assert_eq!(
+            v.image_pools(&[], t(9)),
+            vec![row(1, 2, 1, 60, "integrations")]
+        );
         // Deltas and re-snapshots keep the counts exact.
         let d = Delta {
             seq: 2,
@@ -443,9 +518,15 @@ mod tests {
             ..Default::default()
         };
         v.apply_delta("n2", d, t(1)).unwrap();
-        assert_eq!(v.image_pools(), vec![row(2, 2, 0, 0, "integrations")]);
+        assert_eq!(
+            v.image_pools(&[], t(9)),
+            vec![row(2, 2, 0, 0, "integrations")]
+        );
         v.apply_snapshot(snap("n1", "integrations", vec![]), t(2));
-        assert_eq!(v.image_pools(), vec![row(1, 1, 0, 0, "integrations")]);
+        assert_eq!(
+            v.image_pools(&[], t(9)),
+            vec![row(1, 1, 0, 0, "integrations")]
+        );
         let moved = Delta {
             seq: 3,
             labels: [(POOL_LABEL.to_string(), "batch".to_string())]
@@ -455,14 +536,88 @@ mod tests {
             ..Default::default()
         };
         v.apply_delta("n2", moved, t(3)).unwrap();
-        assert_eq!(v.image_pools(), vec![row(1, 1, 0, 0, "batch")]);
+        assert_eq!(v.image_pools(&[], t(9)), vec![row(1, 1, 0, 0, "batch")]);
         let gone = Delta {
             seq: 4,
             removed: vec!["r/a:1".into()],
             ..Default::default()
         };
         v.apply_delta("n2", gone, t(4)).unwrap();
-        assert!(v.image_pools().is_empty());
+        assert!(v.image_pools(&[], t(9)).is_empty());
+    }
+
+    #[test]
+    fn disconnected_nodes_leave_the_table_until_they_resync() {
+        let mut v = ClusterView::default();
+        let warm = || vec![img("r/a:1", Phase::Warm, 5, 5)];
+        v.apply_snapshot(snap("n1", "p", warm()), t(0));
+        v.apply_snapshot(snap("n2", "p", warm()), t(0));
+        assert_eq!(v.image_pools(&[], t(1))[0].nodes, 2);
+        v.disconnect("n2");
+        v.disconnect("n2");
+        let rows = v.image_pools(&[], t(1));
+        assert_eq!((rows[0].warm_nodes, rows[0].nodes), (1, 1));
+        // A resync counts it again, once; so does a delta (a stale stream).
+        v.apply_snapshot(snap("n2", "p", warm()), t(2));
+        assert_eq!(v.image_pools(&[], t(2))[0].nodes, 2);
+        v.disconnect("n1");
+        let d = Delta {
+            seq: 2,
+            free_disk_bytes: Some(1),
+            ..Default::default()
+        };
+        v.apply_delta("n1", d, t(3)).unwrap();
+        let rows = v.image_pools(&[], t(3));
+        assert_eq!((rows[0].warm_nodes, rows[0].nodes), (2, 2));
+        v.disconnect("n1");
+        v.disconnect("n2");
+        assert!(v.image_pools(&[], t(4)).is_empty());
+    }
+
+    #[test]
+    fn nodes_an_intent_targets_count_before_they_report() {
+        let mut v = ClusterView::default();
+        let a = "docker.io/library/nginx:1.25";
+        v.apply_snapshot(snap("n1", "p", vec![img(a, Phase::Warm, 5, 5)]), t(0));
+        v.apply_snapshot(snap("n2", "p", vec![]), t(0));
+        v.apply_snapshot(snap("n3", "q", vec![]), t(0));
+        v.apply_snapshot(snap("n4", "p", vec![]), t(0));
+        v.disconnect("n4");
+        let intent = |id: &str, nodes: &[&str], deadline: i64| Intent {
+            id: id.into(),
+            // As the pod spec names it; agents report the CRI name.
+            images: vec!["nginx:1.25".into(), "Bad Ref".into()],
+            deadline_unix: deadline,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        let row = |pool: &str, warm, nodes| ImagePoolRow {
+            image: a.into(),
+            pool: pool.into(),
+            warm_nodes: warm,
+            nodes,
+            pulling_nodes: 0,
+            bytes_pending: 0,
+        };
+        // Two intents name n2 (counted once); n4 is not linked.
+        let intents = [
+            intent("x", &["n1", "n2", "n4"], 0),
+            intent("y", &["n2"], t(100).timestamp()),
+        ];
+        assert_eq!(v.image_pools(&intents, t(10)), vec![row("p", 1, 2)]);
+        // By selector (no node names): every matching linked node.
+        let mut sel = intent("z", &[], 0);
+        sel.node_selector
+            .insert(POOL_LABEL.to_string(), "q".to_string());
+        assert_eq!(
+            v.image_pools(&[sel], t(10)),
+            vec![row("p", 1, 1), row("q", 0, 1)]
+        );
+        // An expired intent wants nothing.
+        assert_eq!(
+            v.image_pools(&[intent("y", &["n2"], t(5).timestamp())], t(10)),
+            vec![row("p", 1, 1)]
+        );
     }
 
     #[test]

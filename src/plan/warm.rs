@@ -1,6 +1,17 @@
 //! What the agent should do to make its node match the desired images.
+//!
+//! Pins outlive intents: an image pinned for a coordinator intent carries
+//! a hold (a hold-until time, kept by the agent in a containerd label and
+//! renewed while the intent lasts), and prewarm never removes its own pin
+//! from an image a container on this node uses. So a gated or rolling-out
+//! workload's image stays pinned from the intent's end until its containers
+//! start, and an intent that is withdrawn and republished does not flap the
+//! pin.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 /// An image the node should hold, by the name CRI and the kubelet use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +23,9 @@ pub struct Desired {
     pub pull: bool,
     /// Higher first when pull slots are scarce.
     pub priority: i64,
+    /// An intent asks for it: its pin carries a hold, renewed while the
+    /// intent lasts, so the pin outlives the intent.
+    pub hold: bool,
 }
 
 /// What CRI reports for a present image.
@@ -32,6 +46,34 @@ pub struct Observed {
     pub in_flight: BTreeSet<String>,
     /// Whether the runtime honours pins (containerd >= 1.7).
     pub pin_supported: bool,
+    /// Hold-until time of records pinned by us that carry a hold.
+    pub holds: BTreeMap<String, DateTime<Utc>>,
+    /// Records pinned by us whose image a container on this node uses.
+    pub in_use: BTreeSet<String>,
+}
+
+/// How long a pin outlives the intent that asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldPolicy {
+    /// The pin is held at least this long after the intent ends.
+    pub period: Duration,
+}
+
+impl HoldPolicy {
+    /// A new hold runs to now + 1.5 × period and is renewed once less than
+    /// `period` is left: at most one label write per half period while the
+    /// intent lasts, and a pin held between 1 and 1.5 periods after it.
+    fn until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + self.span(self.period.saturating_add(self.period / 2))
+    }
+
+    fn renew_before(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + self.span(self.period)
+    }
+
+    fn span(&self, d: Duration) -> chrono::TimeDelta {
+        chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,13 +84,35 @@ pub enum Action {
         pin: bool,
         priority: i64,
     },
-    /// The image is present but our pin is missing.
-    Pin { name: String },
-    /// Remove our pin from a record no desired image needs.
+    /// The image is present but our pin is missing; set it, with a hold
+    /// until `hold_until` when an intent asks for the image.
+    Pin {
+        name: String,
+        hold_until: Option<DateTime<Utc>>,
+    },
+    /// Renew the hold on our pin of a present image.
+    Hold { name: String, until: DateTime<Utc> },
+    /// Remove our pin from a record nothing needs any more.
     Unpin { record: String },
 }
 
-pub fn plan(desired: &[Desired], observed: &Observed) -> Vec<Action> {
+/// The actions, and what the pins this plan keeps rest on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Records pinned by us that no desired image keeps, kept pinned by a
+    /// running hold or a container using them.
+    pub held: BTreeSet<String>,
+    /// When the first of those holds runs out (the agent wakes then).
+    pub next_expiry: Option<DateTime<Utc>>,
+}
+
+pub fn plan(
+    desired: &[Desired],
+    observed: &Observed,
+    holds: &HoldPolicy,
+    now: DateTime<Utc>,
+) -> Plan {
     let mut actions = Vec::new();
     let mut keep_pinned = BTreeSet::new();
     for d in desired {
@@ -59,174 +123,93 @@ pub fn plan(desired: &[Desired], observed: &Observed) -> Vec<Action> {
                 pin: d.pin,
                 priority: d.priority,
             }),
-            Some(p) => {
-                if d.pin {
-                    keep_pinned.extend(p.names.iter().cloned());
-                    let ours = p.names.iter().any(|n| observed.pinned_by_us.contains(n));
-                    if !ours && !p.pinned && observed.pin_supported {
-                        actions.push(Action::Pin {
-                            name: d.name.clone(),
-                        });
-                    }
-                }
+            Some(p) if d.pin => {
+                keep_pinned.extend(p.names.iter().cloned());
+                actions.extend(pin_action(d, p, observed, holds, now));
             }
+            Some(_) => {}
         }
         if d.pin && observed.in_flight.contains(&d.name) {
             keep_pinned.insert(d.name.clone());
         }
     }
+    let mut out = Plan::default();
     for record in &observed.pinned_by_us {
-        if !keep_pinned.contains(record) {
+        if keep_pinned.contains(record) {
+            continue;
+        }
+        let hold = observed.holds.get(record).filter(|t| **t > now);
+        if observed.in_use.contains(record) {
+            out.held.insert(record.clone());
+        } else if let Some(t) = hold {
+            out.held.insert(record.clone());
+            out.next_expiry = Some(out.next_expiry.map_or(*t, |e| e.min(*t)));
+        } else {
             actions.push(Action::Unpin {
                 record: record.clone(),
             });
         }
     }
     actions.sort();
-    actions
+    out.actions = actions;
+    out
+}
+
+/// For a present image that should be pinned: pin it (with a hold if an
+/// intent asks for it) unless pinned already, and renew a hold running low.
+fn pin_action(
+    d: &Desired,
+    p: &Present,
+    observed: &Observed,
+    holds: &HoldPolicy,
+    now: DateTime<Utc>,
+) -> Option<Action> {
+    let ours: Vec<&String> = p
+        .names
+        .iter()
+        .filter(|n| observed.pinned_by_us.contains(*n))
+        .collect();
+    if ours.is_empty() {
+        // Pinned by someone else, or a runtime that ignores pins: nothing.
+        return (!p.pinned && observed.pin_supported).then(|| Action::Pin {
+            name: d.name.clone(),
+            hold_until: d.hold.then(|| holds.until(now)),
+        });
+    }
+    if !d.hold {
+        return None;
+    }
+    // The hold in force is the earliest of our records' (none: missing).
+    let current = ours
+        .iter()
+        .map(|n| observed.holds.get(*n).copied())
+        .min()
+        .flatten();
+    current
+        .is_none_or(|t| t < holds.renew_before(now))
+        .then(|| Action::Hold {
+            name: d.name.clone(),
+            until: holds.until(now),
+        })
+}
+
+/// Records whose image a container uses: `records` are (name, target
+/// digest) pairs, `refs` what containers name their image by (tag, digest
+/// or id). Every record of an image shares its target, so one match marks
+/// all of them.
+pub fn records_in_use(records: &[(String, String)], refs: &BTreeSet<String>) -> BTreeSet<String> {
+    let targets: BTreeSet<&String> = records
+        .iter()
+        .filter(|(name, _)| refs.contains(name))
+        .map(|(_, target)| target)
+        .collect();
+    records
+        .iter()
+        .filter(|(_, target)| targets.contains(target))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(name: &str, pin: bool) -> Desired {
-        Desired {
-            name: name.into(),
-            pin,
-            pull: true,
-            priority: 0,
-        }
-    }
-
-    fn present(names: &[&str], pinned: bool) -> Present {
-        Present {
-            names: names.iter().map(|s| s.to_string()).collect(),
-            pinned,
-        }
-    }
-
-    #[test]
-    fn missing_images_are_warmed_once() {
-        let mut obs = Observed {
-            pin_supported: true,
-            ..Default::default()
-        };
-        let want = [d("r/a:1", true), d("r/b:1", false)];
-        assert_eq!(
-            plan(&want, &obs),
-            vec![
-                Action::Warm {
-                    name: "r/a:1".into(),
-                    pin: true,
-                    priority: 0
-                },
-                Action::Warm {
-                    name: "r/b:1".into(),
-                    pin: false,
-                    priority: 0
-                }
-            ]
-        );
-        obs.in_flight.insert("r/a:1".into());
-        assert_eq!(
-            plan(&want, &obs),
-            vec![Action::Warm {
-                name: "r/b:1".into(),
-                pin: false,
-                priority: 0
-            }]
-        );
-    }
-
-    #[test]
-    fn present_images_get_pinned_when_not_yet() {
-        let mut obs = Observed {
-            pin_supported: true,
-            ..Default::default()
-        };
-        obs.present.insert(
-            "r/a:1".into(),
-            present(&["r/a:1", "r/a@sha256:x", "sha256:c"], false),
-        );
-        assert_eq!(
-            plan(&[d("r/a:1", true)], &obs),
-            vec![Action::Pin {
-                name: "r/a:1".into()
-            }]
-        );
-        // Pinned by someone else: leave it.
-        obs.present
-            .insert("r/a:1".into(), present(&["r/a:1"], true));
-        assert!(plan(&[d("r/a:1", true)], &obs).is_empty());
-        // Runtime ignores pins: nothing to do.
-        obs.pin_supported = false;
-        obs.present
-            .insert("r/a:1".into(), present(&["r/a:1"], false));
-        assert!(plan(&[d("r/a:1", true)], &obs).is_empty());
-    }
-
-    #[test]
-    fn pins_no_longer_needed_are_released_and_others_kept() {
-        let mut obs = Observed {
-            pin_supported: true,
-            ..Default::default()
-        };
-        obs.present
-            .insert("r/a:1".into(), present(&["r/a:1", "sha256:a"], true));
-        obs.pinned_by_us = ["r/a:1", "sha256:a", "r/old:1", "sha256:old"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(
-            plan(&[d("r/a:1", true)], &obs),
-            vec![
-                Action::Unpin {
-                    record: "r/old:1".into()
-                },
-                Action::Unpin {
-                    record: "sha256:old".into()
-                }
-            ]
-        );
-        // Desired without pin: its records are unpinned too.
-        let acts = plan(&[d("r/a:1", false)], &obs);
-        assert_eq!(acts.len(), 4);
-    }
-
-    #[test]
-    fn grace_keeps_pins_without_pulling() {
-        let mut obs = Observed {
-            pin_supported: true,
-            ..Default::default()
-        };
-        let grace = Desired {
-            name: "r/a:1".into(),
-            pin: true,
-            pull: false,
-            priority: 0,
-        };
-        // Gone during grace: not pulled again.
-        assert!(plan(std::slice::from_ref(&grace), &obs).is_empty());
-        // Present and pinned by us: the pin stays.
-        obs.present
-            .insert("r/a:1".into(), present(&["r/a:1"], true));
-        obs.pinned_by_us.insert("r/a:1".into());
-        assert!(plan(&[grace], &obs).is_empty());
-    }
-
-    #[test]
-    fn steady_state_is_quiet() {
-        let mut obs = Observed {
-            pin_supported: true,
-            ..Default::default()
-        };
-        obs.present
-            .insert("r/a:1".into(), present(&["r/a:1", "sha256:a"], true));
-        obs.pinned_by_us = ["r/a:1", "sha256:a"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert!(plan(&[d("r/a:1", true)], &obs).is_empty());
-    }
-}
+#[path = "warm_tests.rs"]
+mod tests;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use prewarm::coordinator::deploys::{self, DeployOptions};
 use prewarm::coordinator::gate::{self, GateOptions};
+use prewarm::node::runtime::ImageStore;
 use prewarm::testkit::apiserver::{MockApi, Recorded};
 use prewarm::testkit::containerd::Version;
 use prewarm::wire::v1::image_state::Phase;
@@ -145,6 +146,43 @@ async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
         .images
         .values()
         .any(|i| i.phase == Phase::Warm as i32));
+
+    // The released pod's container is about to start on node-a: its image
+    // must stay pinned after the urgent intent ended, with no pin flap.
+    // Once node-a reports another intent's image, it has acted on the end.
+    let next = rig.up.image("shapes/zstd");
+    state.publish(
+        "test",
+        vec![prewarm::wire::v1::Intent {
+            id: "Deployment/integrations/other@1".into(),
+            images: vec![next.clone()],
+            deadline_unix: chrono::Utc::now().timestamp() + 3600,
+            nodes: vec!["node-a".into()],
+            ..Default::default()
+        }],
+    );
+    wait_for("node-a reports the next intent", 60, || {
+        state
+            .view()
+            .node("node-a")
+            .is_some_and(|n| n.images.contains_key(&next))
+    })
+    .await;
+    let st = rig.store.image_status(&image).await.unwrap().unwrap();
+    assert!(
+        st.pinned,
+        "the released pod's image was unpinned when the urgent intent ended"
+    );
+    assert_eq!(
+        crate::common::metric(
+            rig.agent.addr,
+            "prewarm_pin_changes_total{change=\"unpin\"}"
+        )
+        .await
+        .unwrap_or(0.0),
+        0.0,
+        "a pin flapped"
+    );
     assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
     rig.stop().await;
 }

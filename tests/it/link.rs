@@ -105,16 +105,31 @@ pub(crate) async fn agent_on_node_a(
     endpoint: &str,
     cancel: &CancellationToken,
 ) -> Agent {
-    std::fs::write(dir.join("a.token"), "tok-a").unwrap();
-    let cfg = dir.join("agent.yaml");
+    real_agent(ctd, dir, endpoint, "node-a", "tok-a", "", cancel).await
+}
+
+/// Starts the real agent as `node` (pool integrations) with `token`,
+/// attached to `endpoint`; `extra` is appended to its config file.
+pub(crate) async fn real_agent(
+    ctd: &TestContainerd,
+    dir: &std::path::Path,
+    endpoint: &str,
+    node: &str,
+    token: &str,
+    extra: &str,
+    cancel: &CancellationToken,
+) -> Agent {
+    let token_file = dir.join(format!("{node}.agent-token"));
+    std::fs::write(&token_file, token).unwrap();
+    let cfg = dir.join(format!("{node}-agent.yaml"));
     std::fs::write(
         &cfg,
         format!(
-            "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 0 }}\nresync: 2s\ncoordinator: {{ endpoint: \"{endpoint}\", tokenFile: {} }}\n",
+            "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 0 }}\nresync: 2s\ncoordinator: {{ endpoint: \"{endpoint}\", tokenFile: {} }}\n{extra}",
             ctd.socket.display(),
             ctd.root.display(),
             ctd.hosts_dir.display(),
-            dir.join("a.token").display()
+            token_file.display()
         ),
     )
     .unwrap();
@@ -123,7 +138,7 @@ pub(crate) async fn agent_on_node_a(
         AgentOptions {
             config_path: cfg,
             listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: "node-a".into(),
+            node_name: node.into(),
             node_labels: Some(labels),
         },
         cancel.clone(),

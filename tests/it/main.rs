@@ -8,6 +8,7 @@ mod common;
 mod faults;
 mod gates;
 mod link;
+mod pins;
 mod pull;
 mod rbac;
 mod windows;
