@@ -6,6 +6,9 @@ mod plan;
 mod pull;
 mod testkit;
 
+#[cfg(test)]
+mod manifests_tests;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
