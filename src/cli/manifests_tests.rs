@@ -156,7 +156,7 @@ fn parse_args(args: &Value) -> Command {
 
 fn coordinator_args(r: &Rendered) -> super::coordinator::CoordinatorArgs {
     match parse_args(&container(r.coordinator_pod(), "coordinator")["args"]) {
-        Command::Coordinator(a) => a,
+        Command::Coordinator(a) => *a,
         other => panic!("the coordinator runs {other:?}"),
     }
 }

@@ -3,7 +3,7 @@
 //! match, and a follower refusing until it leads.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prewarm::agent::link::{self, LinkConfig, NodeReport, REATTACH_BOUND};
 use prewarm::agent::metrics::Metrics;
