@@ -5,9 +5,10 @@
 //! leaseDurationSeconds < now`), the holder renews it every third of the
 //! duration, and every write carries the `resourceVersion` it read, so of two
 //! replicas racing for it the API server admits one and answers the other
-//! 409 Conflict. A leader steps down at once when a renewal fails, well
-//! before the others may take over; on shutdown it releases the Lease so a
-//! successor does not wait for it to expire.
+//! 409 Conflict. A leader steps down at once when a renewal fails or gets no
+//! answer within a renewal period, well before the others may take over; on
+//! shutdown it releases the Lease so a successor does not wait for it to
+//! expire.
 //!
 //! Only the leader serves agents and writes to the API; its pod carries
 //! the leader label the agents' Service selects (see `leader_label`).
@@ -163,8 +164,9 @@ pub use super::leader_label::LEADER_LABEL;
 /// The Lease duration the coordinator runs with.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 
-/// How often the holder renews (and followers look): a third of the
-/// duration, as client-go's defaults (15 s / 10 s / 2 s) are about.
+/// How often the holder renews and followers look: a third of the
+/// duration. A round that takes longer counts as a failed renewal (the
+/// role of client-go's renew deadline).
 pub fn renew_period(lease_duration: Duration) -> Duration {
     Duration::from_secs(duration_secs(lease_duration) as u64) / 3
 }
