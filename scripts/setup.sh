@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything prewarm's demo and tests need on a fresh Debian machine:
-# protoc, the distribution registry, htpasswd, and containerd 1.7 (trixie) and
-# 2.x (sid) unpacked under .tools/ without installing them system-wide.
+# protoc, the distribution registry, htpasswd, containerd 1.7 (trixie) and
+# 2.x (sid), and kustomize (trixie), unpacked under .tools/ without installing
+# them system-wide.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${PREWARM_TOOLS:-$ROOT/.tools}"
@@ -31,9 +32,11 @@ mirror="$(grep -h -m1 '^URIs:' /etc/apt/sources.list.d/debian.sources 2>/dev/nul
 if [ -z "$mirror" ]; then
   mirror="$(grep -h -m1 -E '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}')"
 fi
-fetch_containerd() {
-  local suite="$1" dest="$TOOLS/containerd-$1"
-  [ -x "$dest/usr/bin/containerd" ] && return 0
+# Fetches the .deb of PACKAGE from SUITE and unpacks it (not installs it) into
+# .tools/<DEST>; skipped when .tools/<DEST>/<BINARY> already exists.
+fetch_deb() {
+  local suite="$1" package="$2" dest="$TOOLS/$3" binary="$4"
+  [ -x "$dest/$binary" ] && return 0
   local work="$TOOLS/apt-$suite"
   mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/etc/preferences.d"
   printf 'deb %s %s main\n' "$mirror" "$suite" >"$work/sources.list"
@@ -41,11 +44,14 @@ fetch_containerd() {
     -o Dir::Etc::Preferences="$work/etc/preferences" -o Dir::Etc::PreferencesParts="$work/etc/preferences.d"
     -o Dir::State::Lists="$work/lists" -o Dir::Cache="$work/cache" -o APT::Default-Release="$suite")
   apt-get "${opts[@]}" update -qq
-  (cd "$work" && rm -f containerd_*.deb && apt-get "${opts[@]}" download -qq "containerd/$suite")
+  (cd "$work" && rm -f "${package}"_*.deb && apt-get "${opts[@]}" download -qq "$package/$suite")
   rm -rf "$dest"; mkdir -p "$dest"
-  dpkg-deb -x "$work"/containerd_*.deb "$dest"
-  "$dest/usr/bin/containerd" --version
+  dpkg-deb -x "$work"/"${package}"_*.deb "$dest"
+  "$dest/$binary" version 2>/dev/null || "$dest/$binary" --version
 }
-fetch_containerd trixie
-fetch_containerd sid
+fetch_deb trixie containerd containerd-trixie usr/bin/containerd
+fetch_deb sid containerd containerd-sid usr/bin/containerd
+# kustomize renders daemonset/ (and its components) for the manifest
+# validation and the rendering tests; trixie ships 5.6.
+fetch_deb trixie kustomize kustomize-trixie usr/bin/kustomize
 echo "setup: done (tools in $TOOLS)"

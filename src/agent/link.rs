@@ -1,15 +1,15 @@
 //! The agent's end of the link to the coordinator. It reconnects with
-//! backoff and jitter, sends a full snapshot on every connect and deltas
-//! after, and hands received intents to the reconcile loop. The agent never
-//! waits on it: with the coordinator down, windows and intents already
-//! received keep running.
+//! jittered backoff (short for transient failures such as a failover, long
+//! when refused, see [`retry_delay`]), sends a full snapshot on every
+//! connect and deltas after, and hands received intents to the reconcile
+//! loop. The agent never waits on it: with the coordinator down, windows
+//! and intents already received keep running.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -44,37 +44,199 @@ pub struct LinkConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("coordinator endpoint {0}: {1}")]
-    Endpoint(String, String),
+    #[error("coordinator CA {0}: {1} (the ConfigMap prewarm-coordinator-ca is published by the leading coordinator from its serving Secret)")]
+    CaMissing(String, String),
+    #[error("coordinator CA {0}: {1}")]
+    CaInvalid(String, String),
     #[error("token {0}: {1}")]
     Token(String, String),
+    #[error("coordinator endpoint {0}: {1}")]
+    Endpoint(String, String),
+    #[error("coordinator {0}: TLS: {1}")]
+    Tls(String, String),
+    #[error("coordinator {0}: cannot connect: {1}")]
+    Connect(String, String),
     #[error("coordinator: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("coordinator closed the stream")]
     Closed,
 }
 
+/// Why an attempt or a session failed: the `reason` label of
+/// `prewarm_coordinator_link_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    CaMissing,
+    CaInvalid,
+    TokenMissing,
+    Endpoint,
+    Tls,
+    Connect,
+    /// Refused or ended with `Unavailable`: a follower, a replica shutting
+    /// down, a leader gone mid-stream.
+    Unavailable,
+    Unauthenticated,
+    PermissionDenied,
+    Protocol,
+    Closed,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CaMissing => "ca_missing",
+            Self::CaInvalid => "ca_invalid",
+            Self::TokenMissing => "token_missing",
+            Self::Endpoint => "endpoint",
+            Self::Tls => "tls",
+            Self::Connect => "connect",
+            Self::Unavailable => "unavailable",
+            Self::Unauthenticated => "unauthenticated",
+            Self::PermissionDenied => "permission_denied",
+            Self::Protocol => "protocol",
+            Self::Closed => "closed",
+        }
+    }
+
+    pub fn retry(self) -> RetryClass {
+        match self {
+            Self::Connect | Self::Unavailable | Self::Closed => RetryClass::Transient,
+            Self::CaMissing | Self::CaInvalid | Self::TokenMissing => RetryClass::Waiting,
+            Self::Endpoint
+            | Self::Tls
+            | Self::Unauthenticated
+            | Self::PermissionDenied
+            | Self::Protocol => RetryClass::Rejected,
+        }
+    }
+}
+
+impl LinkError {
+    pub fn reason(&self) -> FailureReason {
+        use tonic::Code;
+        match self {
+            Self::CaMissing(..) => FailureReason::CaMissing,
+            Self::CaInvalid(..) => FailureReason::CaInvalid,
+            Self::Token(..) => FailureReason::TokenMissing,
+            Self::Endpoint(..) => FailureReason::Endpoint,
+            Self::Tls(..) => FailureReason::Tls,
+            Self::Connect(..) => FailureReason::Connect,
+            Self::Closed => FailureReason::Closed,
+            Self::Rpc(s) => match s.code() {
+                Code::Unavailable => FailureReason::Unavailable,
+                Code::Unauthenticated => FailureReason::Unauthenticated,
+                Code::PermissionDenied => FailureReason::PermissionDenied,
+                Code::InvalidArgument
+                | Code::ResourceExhausted
+                | Code::Unimplemented
+                | Code::OutOfRange => FailureReason::Protocol,
+                // A reset connection, a cancelled stream, "resend a
+                // snapshot": a reconnect fixes them.
+                _ => FailureReason::Closed,
+            },
+        }
+    }
+}
+
+/// How a failure is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryClass {
+    /// No coordinator reachable or willing right now (a failover, a
+    /// restart): retried often, so an agent attaches within
+    /// [`REATTACH_BOUND`] of a leader serving, however long the outage.
+    Transient,
+    /// A local file not there yet (the CA ConfigMap before the coordinator
+    /// published it, the token before the kubelet projected it): cheap to
+    /// look again.
+    Waiting,
+    /// The coordinator refused us, or the config is wrong: backs off to
+    /// 30 s so thousands of agents do not hammer it.
+    Rejected,
+}
+
+/// TCP (and TLS) connect timeout of one attempt.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait between a leader starting to serve and the next attempt
+/// of an agent whose attempts fail transiently: one hung connect plus the
+/// longest transient delay. The rest of the 5 s target is the Service's
+/// endpoints catching up with the leader label.
+pub const REATTACH_BOUND: Duration = Duration::from_secs(4);
+
+/// The delay before the next attempt after `failures` consecutive failures
+/// (1 for the first) of `class`; `jitter` in [0, 1) spreads agents out
+/// ("equal jitter": between half and all of the exponential step, never 0).
+pub fn retry_delay(class: RetryClass, failures: u32, jitter: f64) -> Duration {
+    let (base, cap) = match class {
+        RetryClass::Transient => (Duration::from_millis(250), Duration::from_secs(2)),
+        RetryClass::Waiting => (Duration::from_secs(1), Duration::from_secs(5)),
+        RetryClass::Rejected => (Duration::from_secs(1), Duration::from_secs(30)),
+    };
+    let step = base
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(cap);
+    step / 2 + step.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// Told about the link's state (the agent's metrics).
+pub trait LinkObserver: Send + Sync {
+    /// A stream was accepted.
+    fn attached(&self);
+    /// An attempt failed or a session ended.
+    fn failed(&self, reason: FailureReason);
+}
+
+/// For links nobody watches.
+pub struct Unobserved;
+
+impl LinkObserver for Unobserved {
+    fn attached(&self) {}
+    fn failed(&self, _: FailureReason) {}
+}
+
 /// Runs until cancelled.
 pub async fn run(
     cfg: LinkConfig,
-    mut reports: watch::Receiver<Arc<NodeReport>>,
+    reports: watch::Receiver<Arc<NodeReport>>,
     intents: watch::Sender<Vec<Intent>>,
     cancel: CancellationToken,
 ) {
-    let mut delays = backoff();
+    run_observed(cfg, reports, intents, Arc::new(Unobserved), cancel).await
+}
+
+/// [`run`], reporting the link's state to `observer`. Logs when the link
+/// comes up and when it goes down or the reason changes, not every retry.
+pub async fn run_observed(
+    cfg: LinkConfig,
+    mut reports: watch::Receiver<Arc<NodeReport>>,
+    intents: watch::Sender<Vec<Intent>>,
+    observer: Arc<dyn LinkObserver>,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0u32;
+    let mut last: Option<FailureReason> = None;
     loop {
         let started = Instant::now();
-        match session(&cfg, &mut reports, &intents, &cancel).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, endpoint = %cfg.endpoint, "coordinator link down; agent continues on its own")
-            }
-        }
+        let on_attach = || {
+            observer.attached();
+            tracing::info!(endpoint = %cfg.endpoint, after_failures = failures, "linked to the coordinator");
+        };
+        let result = session(&cfg, &mut reports, &intents, &cancel, on_attach).await;
+        let Err(e) = result else { return };
+        let reason = e.reason();
+        observer.failed(reason);
         // A session that lasted was healthy: start the backoff over.
         if started.elapsed() > Duration::from_secs(60) {
-            delays = backoff();
+            failures = 0;
+            last = None;
         }
-        let delay = delays.next().unwrap_or(Duration::from_secs(30));
+        failures = failures.saturating_add(1);
+        let delay = retry_delay(reason.retry(), failures, rand::random::<f64>());
+        if last != Some(reason) {
+            tracing::warn!(reason = reason.as_str(), error = %e, endpoint = %cfg.endpoint, retry_in = ?delay, "coordinator link down; agent continues on its own");
+        } else {
+            tracing::debug!(reason = reason.as_str(), error = %e, retry_in = ?delay, "coordinator link still down");
+        }
+        last = Some(reason);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => return,
@@ -82,13 +244,58 @@ pub async fn run(
     }
 }
 
-fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// Reads the CA bundle: present, and PEM certificates.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, LinkError> {
+    use rustls_pki_types::pem::PemObject;
+    let shown = path.display().to_string();
+    let pem =
+        std::fs::read(path).map_err(|e| LinkError::CaMissing(shown.clone(), e.to_string()))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LinkError::CaInvalid(shown.clone(), format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(LinkError::CaInvalid(
+            shown,
+            "holds no PEM certificate".into(),
+        ));
+    }
+    Ok(pem)
+}
+
+/// Whether a connect error came from the TLS handshake (rustls), looking
+/// through the error's sources and the io::Errors wrapping them.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tokio_rustls::rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if is_tls(inner) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A connect error with its causes, e.g. "transport error: connection refused".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = err.source();
+    }
+    out
 }
 
 async fn session(
@@ -96,23 +303,36 @@ async fn session(
     reports: &mut watch::Receiver<Arc<NodeReport>>,
     intents: &watch::Sender<Vec<Intent>>,
     cancel: &CancellationToken,
+    on_attach: impl FnOnce(),
 ) -> Result<(), LinkError> {
     let endpoint_err =
         |e: &dyn std::fmt::Display| LinkError::Endpoint(cfg.endpoint.clone(), e.to_string());
     let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
         .map_err(|e| endpoint_err(&e))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
+    // Both files are read on every attempt: the CA may have been published
+    // or renewed, and the token rotates.
     if let Some(ca) = &cfg.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| LinkError::Endpoint(ca.display().to_string(), e.to_string()))?;
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_ca(ca)?));
         endpoint = endpoint.tls_config(tls).map_err(|e| endpoint_err(&e))?;
     }
-    let channel = endpoint.connect().await.map_err(|e| endpoint_err(&e))?;
     let token = std::fs::read_to_string(&cfg.token_file)
         .map_err(|e| LinkError::Token(cfg.token_file.display().to_string(), e.to_string()))?;
+    let auth = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+        LinkError::Token(
+            cfg.token_file.display().to_string(),
+            "not a valid header value".into(),
+        )
+    })?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        if is_tls(&e) {
+            LinkError::Tls(cfg.endpoint.clone(), chain(&e))
+        } else {
+            LinkError::Connect(cfg.endpoint.clone(), chain(&e))
+        }
+    })?;
     let mut client = LinkClient::new(channel)
         .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
@@ -124,15 +344,9 @@ async fn session(
         .await
         .map_err(|_| LinkError::Closed)?;
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let auth = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-        LinkError::Token(
-            cfg.token_file.display().to_string(),
-            "not a valid header value".into(),
-        )
-    })?;
     req.metadata_mut().insert("authorization", auth);
     let mut inbound = client.attach(req).await?.into_inner();
-    tracing::info!(endpoint = %cfg.endpoint, "connected to the coordinator");
+    on_attach();
     loop {
         tokio::select! {
             m = inbound.message() => match m? {
@@ -222,6 +436,92 @@ pub fn diff(old: &NodeReport, new: &NodeReport, seq: u64) -> Option<Delta> {
 mod tests {
     use super::*;
     use crate::wire::v1::image_state::Phase;
+
+    /// Time from a leader starting to serve until the next attempt, for an
+    /// agent whose attempts failed transiently since t = 0 and each took
+    /// `cost` (refused at once, or a hung connect up to the timeout).
+    fn reattach_gap(
+        outage: Duration,
+        cost: Duration,
+        jitter: &mut impl FnMut() -> f64,
+    ) -> Duration {
+        let mut t = Duration::ZERO;
+        let mut failures = 0;
+        while t < outage {
+            failures += 1;
+            t += cost + retry_delay(RetryClass::Transient, failures, jitter());
+        }
+        t - outage
+    }
+
+    #[test]
+    fn after_any_outage_a_transient_failure_is_retried_within_the_bound() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut worst = Duration::ZERO;
+        // Every 50 ms up to 3 minutes (the schedule is periodic long before
+        // that), then an hour and a day.
+        let outages = (0..=180_000u64)
+            .step_by(50)
+            .chain([3_600_000, 86_400_000])
+            .map(Duration::from_millis);
+        for outage in outages {
+            for cost in [Duration::ZERO, Duration::from_millis(3), CONNECT_TIMEOUT] {
+                for fixed in [0.0, 0.5, 0.999_999] {
+                    worst = worst.max(reattach_gap(outage, cost, &mut || fixed));
+                }
+                worst = worst.max(reattach_gap(outage, cost, &mut random));
+            }
+        }
+        assert!(
+            worst <= REATTACH_BOUND,
+            "an agent reattached {worst:?} after the leader served"
+        );
+        assert!(REATTACH_BOUND < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn refusals_back_off_to_thirty_seconds_and_waiting_to_five() {
+        let max = |class, n| retry_delay(class, n, 0.999_999);
+        let min = |class, n| retry_delay(class, n, 0.0);
+        assert_eq!(min(RetryClass::Rejected, 1), Duration::from_millis(500));
+        assert!(max(RetryClass::Rejected, 5) >= Duration::from_secs(15));
+        assert!(min(RetryClass::Rejected, 20) >= Duration::from_secs(15));
+        assert!(max(RetryClass::Rejected, 1000) <= Duration::from_secs(30));
+        assert!(max(RetryClass::Waiting, 1000) <= Duration::from_secs(5));
+        assert!(min(RetryClass::Transient, 1) >= Duration::from_millis(125));
+        assert!(max(RetryClass::Transient, u32::MAX) <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_followers_refusal_is_transient_and_auth_errors_are_not() {
+        let reason = |s: tonic::Status| LinkError::Rpc(s).reason();
+        let follower =
+            tonic::Status::unavailable("this coordinator replica is not the leader; reconnect");
+        assert_eq!(reason(follower), FailureReason::Unavailable);
+        assert_eq!(FailureReason::Unavailable.retry(), RetryClass::Transient);
+        assert_eq!(FailureReason::Connect.retry(), RetryClass::Transient);
+        assert_eq!(
+            reason(tonic::Status::unauthenticated("token rejected")).retry(),
+            RetryClass::Rejected
+        );
+        assert_eq!(
+            reason(tonic::Status::permission_denied("foreign node")).retry(),
+            RetryClass::Rejected
+        );
+        assert_eq!(
+            reason(tonic::Status::failed_precondition("resend a snapshot")),
+            FailureReason::Closed
+        );
+        let missing = LinkError::CaMissing("/ca.crt".into(), "No such file".into());
+        assert_eq!(missing.reason().as_str(), "ca_missing");
+        assert_eq!(missing.reason().retry(), RetryClass::Waiting);
+    }
 
     fn img(name: &str, phase: Phase) -> ImageState {
         ImageState {

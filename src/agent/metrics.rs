@@ -30,6 +30,10 @@ pub struct Metrics {
     pub window_lead: GaugeVec,
     pub window_late: IntCounterVec,
     pub window_phase: IntGaugeVec,
+    pub coordinator_configured: IntGauge,
+    pub coordinator_linked: IntGauge,
+    pub coordinator_link_failures: IntCounterVec,
+    pub coordinator_last_attach: Gauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -193,6 +197,33 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            coordinator_configured: g(
+                "coordinator_configured",
+                "1 if the config has a coordinator section",
+            ),
+            coordinator_linked: g(
+                "coordinator_linked",
+                "1 while a stream to the coordinator is attached",
+            ),
+            coordinator_link_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "coordinator_link_failures_total",
+                        "Failed attempts and ended sessions of the coordinator link, by reason",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            coordinator_last_attach: reg(
+                &r,
+                Gauge::new(
+                    "coordinator_last_attach_timestamp_seconds",
+                    "Unix time the coordinator last accepted this agent's stream",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -215,6 +246,19 @@ pub fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+impl crate::agent::link::LinkObserver for Metrics {
+    fn attached(&self) {
+        self.coordinator_linked.set(1);
+        self.coordinator_last_attach.set(unix_now());
+    }
+    fn failed(&self, reason: crate::agent::link::FailureReason) {
+        self.coordinator_linked.set(0);
+        self.coordinator_link_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
 }
 
 impl PullObserver for Metrics {

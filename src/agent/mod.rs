@@ -156,8 +156,11 @@ impl Agent {
         let (intents_tx, intents_rx) = watch::channel(Vec::new());
         // Without a coordinator the sender is dropped; the loop then simply
         // never sees intents (a closed channel disables that select branch).
-        let reports = match rx.borrow().coordinator.clone() {
+        let link = rx.borrow().coordinator.clone();
+        metrics.coordinator_configured.set(link.is_some() as i64);
+        let reports = match link {
             Some(c) => {
+                tracing::info!(endpoint = %c.endpoint, token = %c.token_file.display(), ca = ?c.ca_file.as_ref().map(|p| p.display().to_string()), "coordinator link configured; prewarm_coordinator_linked shows when it is up");
                 let (tx, mut reports_rx) = watch::channel(Arc::new(NodeReport::default()));
                 let cfg = link::LinkConfig {
                     endpoint: c.endpoint,
@@ -166,6 +169,7 @@ impl Agent {
                     node: opts.node_name.clone(),
                 };
                 let cancel = cancel.clone();
+                let observer: Arc<dyn link::LinkObserver> = metrics.clone();
                 tokio::spawn(async move {
                     // Attach once the first reconcile has published a report:
                     // the placeholder would tell the coordinator this node has
@@ -174,11 +178,14 @@ impl Agent {
                         first = reports_rx.changed() => if first.is_err() { return },
                         _ = cancel.cancelled() => return,
                     }
-                    link::run(cfg, reports_rx, intents_tx, cancel).await
+                    link::run_observed(cfg, reports_rx, intents_tx, observer, cancel).await
                 });
                 Some(tx)
             }
-            None => None,
+            None => {
+                tracing::info!("no coordinator configured (no coordinator: section): no rollout intents, and gated pods are not released onto this node");
+                None
+            }
         };
         let parts = LoopParts {
             node,

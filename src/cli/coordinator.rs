@@ -29,6 +29,13 @@ pub struct CoordinatorArgs {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "PREWARM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// CA of the serving certificate (ca.crt of the Secret); the leader
+    /// publishes it as the ConfigMap --ca-configmap for the agents.
+    #[arg(long, env = "PREWARM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// ConfigMap (key ca.crt, in --namespace) the CA is published as.
+    #[arg(long, default_value = prewarm::coordinator::ca::CA_CONFIGMAP)]
+    pub ca_configmap: String,
     /// Namespace of the agents' ServiceAccount.
     #[arg(long, env = "POD_NAMESPACE", default_value = "prewarm-system")]
     pub namespace: String,
@@ -41,8 +48,10 @@ pub struct CoordinatorArgs {
     /// labelled prewarm.dev/rollout=true), comma-separated.
     #[arg(long, env = "PREWARM_ROLLOUT_NAMESPACES", value_delimiter = ',')]
     pub rollout_namespaces: Vec<String>,
-    /// This replica's identity in the leader Lease.
-    #[arg(long, env = "POD_NAME", default_value = "prewarm-coordinator")]
+    /// This replica's pod (downward API): its identity in the leader Lease
+    /// and the pod the leader label goes on. Without it (outside a pod) the
+    /// Lease identity is `<hostname>_<random>` and the label is off.
+    #[arg(long, env = "POD_NAME", default_value = "")]
     pub pod_name: String,
     /// Do not watch workloads (no Kubernetes API; link and view only).
     #[arg(long)]
@@ -130,13 +139,50 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         // Only the leader serves agents (the Service selects its label), so
         // its view is complete; it alone writes to the API.
         coordinator.state.serving.send_replace(false);
+        let lease_duration = prewarm::coordinator::leader::LEASE_DURATION;
+        let identity = lease_identity(&args.pod_name);
         let leadership = prewarm::coordinator::leader::spawn(
             client.clone(),
             args.namespace.clone(),
-            args.pod_name.clone(),
-            std::time::Duration::from_secs(15),
+            identity.clone(),
+            lease_duration,
             cancel.clone(),
         );
+        let period = prewarm::coordinator::leader::renew_period(lease_duration);
+        if args.pod_name.is_empty() {
+            tracing::warn!(lease_identity = %identity, "no pod name (POD_NAME or --pod-name): the leader label is off, so the prewarm-coordinator Service cannot route agents to this replica; agents must dial it directly");
+        } else {
+            let label = prewarm::coordinator::leader_label::LeaderLabel::new(
+                client.clone(),
+                &args.namespace,
+                &args.pod_name,
+            );
+            tokio::spawn(prewarm::coordinator::leader_label::run(
+                label,
+                leadership.is_leader.clone(),
+                period,
+                cancel.clone(),
+            ));
+        }
+        match &args.tls_ca {
+            Some(file) => {
+                let publisher = prewarm::coordinator::ca::CaPublisher::new(
+                    client.clone(),
+                    &args.namespace,
+                    &args.ca_configmap,
+                    file.clone(),
+                );
+                tokio::spawn(prewarm::coordinator::ca::run(
+                    publisher,
+                    leadership.is_leader.clone(),
+                    prewarm::coordinator::ca::PERIOD,
+                    cancel.clone(),
+                ));
+            }
+            None => {
+                tracing::info!(configmap = %args.ca_configmap, "no --tls-ca: the CA bundle for agents is not published")
+            }
+        }
         let state = coordinator.state.clone();
         let cfg = prewarm::coordinator::rollouts::RolloutConfig {
             namespaces: args.rollout_namespaces.clone(),
@@ -184,10 +230,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             ));
         }
         tokio::spawn(follow_leadership(
-            client,
             coordinator.state.clone(),
-            args.namespace.clone(),
-            args.pod_name.clone(),
             leadership.is_leader,
         ));
     }
@@ -195,37 +238,63 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Mirrors leadership into the metric, whether this replica takes agents,
-/// and its pod's leader label (retried until it sticks).
+/// The Lease identity: the pod name, or outside a pod `<hostname>_<random>`
+/// (as kube-controller-manager does), so two processes on one host never
+/// share it.
+fn lease_identity(pod_name: &str) -> String {
+    if !pod_name.is_empty() {
+        return pod_name.to_string();
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "prewarm-coordinator".to_string());
+    format!("{host}_{:016x}", rand::random::<u64>())
+}
+
+/// Mirrors leadership into the metric and whether this replica takes
+/// agents (the leader label follows it in `leader_label::run`).
 async fn follow_leadership(
-    client: kube::Client,
     state: Arc<prewarm::coordinator::link::LinkState>,
-    namespace: String,
-    pod: String,
     mut is_leader: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let leader = *is_leader.borrow_and_update();
         state.metrics.is_leader.set(leader as i64);
         state.serving.send_replace(leader);
-        let mut labelled = false;
-        while !labelled {
-            match prewarm::coordinator::leader::label_self(&client, &namespace, &pod, leader).await
-            {
-                Ok(()) => labelled = true,
-                Err(e) => tracing::warn!(error = %e, leader, "leader label not set; retrying"),
-            }
-            if !labelled {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                    // Leadership moved on: start over with the new value.
-                    r = is_leader.changed() => if r.is_err() { return } else { break },
-                }
-            }
-        }
-        if labelled && is_leader.changed().await.is_err() {
+        if is_leader.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod lease_identity_tests {
+    use super::lease_identity;
+
+    /// Outside a pod there is no pod to label: no made-up default name.
+    #[test]
+    fn without_pod_name_the_leader_label_has_no_target() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["prewarm", "coordinator"]).unwrap();
+        let crate::cli::Command::Coordinator(args) = cli.command else {
+            panic!("not the coordinator");
+        };
+        let from_env = std::env::var("POD_NAME").unwrap_or_default();
+        assert_eq!(args.pod_name, from_env);
+    }
+
+    #[test]
+    fn the_pod_name_or_a_unique_host_identity() {
+        assert_eq!(
+            lease_identity("coordinator-7d9f-abcde"),
+            "coordinator-7d9f-abcde"
+        );
+        let (a, b) = (lease_identity(""), lease_identity(""));
+        assert_ne!(a, b, "two processes on one host");
+        let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        assert!(a.starts_with(&format!("{host}_")), "{a}");
     }
 }
 

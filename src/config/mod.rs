@@ -562,6 +562,32 @@ mod tests {
         let config = AgentConfig::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.pacing, Pacing::default());
         assert!(config.registry.credential_provider.is_some());
+        assert!(config.coordinator.is_some(), "the default install links");
+    }
+
+    /// The examples meant to replace the ConfigMap's config.yaml keep the
+    /// default install's link to the coordinator.
+    #[test]
+    fn examples_link_like_the_shipped_configmap() {
+        let manifest = include_str!("../../daemonset/agent-configmap.yaml");
+        let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(manifest).unwrap();
+        let shipped = AgentConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap())
+            .unwrap()
+            .coordinator;
+        assert!(shipped.is_some());
+        for (name, text) in [
+            (
+                "agent.example.yaml",
+                include_str!("../../config/agent.example.yaml"),
+            ),
+            (
+                "aks-integrations.yaml",
+                include_str!("../../config/aks-integrations.yaml"),
+            ),
+        ] {
+            let c = AgentConfig::from_yaml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.coordinator, shipped, "{name}");
+        }
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! leaseDurationSeconds < now`), the holder renews it every third of the
 //! duration, and every write carries the `resourceVersion` it read, so of two
 //! replicas racing for it the API server admits one and answers the other
-//! 409 Conflict. A leader steps down at once when a renewal fails, well
-//! before the others may take over; on shutdown it releases the Lease so a
-//! successor does not wait for it to expire.
+//! 409 Conflict. A leader steps down at once when a renewal fails or gets no
+//! answer within a renewal period, well before the others may take over; on
+//! shutdown it releases the Lease so a successor does not wait for it to
+//! expire.
 //!
-//! Only Events are leader-only; every replica serves agents and intents.
+//! Only the leader serves agents and writes to the API; its pod carries
+//! the leader label the agents' Service selects (see `leader_label`).
 
 use std::time::Duration;
 
@@ -157,37 +159,20 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// Label on the leader's own pod; the agents' Service selects it.
-pub const LEADER_LABEL: &str = "prewarm.dev/leader";
+pub use super::leader_label::LEADER_LABEL;
 
-/// The merge patch that sets (leader) or removes this replica's
-/// [`LEADER_LABEL`].
-pub fn leader_label_patch(is_leader: bool) -> serde_json::Value {
-    let value = if is_leader {
-        serde_json::json!("true")
-    } else {
-        serde_json::Value::Null
-    };
-    serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}})
+/// The Lease duration the coordinator runs with.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+/// How often the holder renews and followers look: a third of the
+/// duration. A round that takes longer counts as a failed renewal (the
+/// role of client-go's renew deadline).
+pub fn renew_period(lease_duration: Duration) -> Duration {
+    Duration::from_secs(duration_secs(lease_duration) as u64) / 3
 }
 
-/// Labels (or unlabels) this replica's pod so the Service routes agents
-/// only to the leader.
-pub async fn label_self(
-    client: &kube::Client,
-    namespace: &str,
-    pod: &str,
-    is_leader: bool,
-) -> Result<(), kube::Error> {
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
-    pods.patch(
-        pod,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(leader_label_patch(is_leader)),
-    )
-    .await
-    .map(|_| ())
-}
+/// The wall clock the Lease's times are written and compared in.
+pub type Clock = std::sync::Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// Starts [`run`] on its own task.
 pub fn spawn(
@@ -212,101 +197,159 @@ pub async fn run(
     is_leader: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
-    let api: Api<Lease> = Api::namespaced(client, &namespace);
-    let lease_duration = Duration::from_secs(duration_secs(lease_duration) as u64);
-    let period = lease_duration / 3;
-    let set = |leader: bool| {
-        is_leader.send_if_modified(|v| {
-            let changed = *v != leader;
-            *v = leader;
-            if changed {
-                tracing::info!(%identity, lease = LEASE_NAME, leader, "leadership changed");
-            }
-            changed
-        });
+    let clock: Clock = std::sync::Arc::new(Utc::now);
+    run_with_clock(
+        client,
+        namespace,
+        identity,
+        lease_duration,
+        clock,
+        is_leader,
+        cancel,
+    )
+    .await
+}
+
+/// [`run`] with another clock (tests: one that follows tokio's paused time).
+pub async fn run_with_clock(
+    client: kube::Client,
+    namespace: String,
+    identity: String,
+    lease_duration: Duration,
+    clock: Clock,
+    is_leader: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    let me = Campaign {
+        api: Api::namespaced(client, &namespace),
+        namespace,
+        identity,
+        lease_duration: Duration::from_secs(duration_secs(lease_duration) as u64),
+        clock,
     };
-    // The Lease as we last wrote it while leading, for the release.
-    let mut held: Option<Lease>;
-    loop {
-        let now = Utc::now();
-        let mut wait = period;
-        match api.get_opt(LEASE_NAME).await {
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the leader Lease failed");
-                held = None;
-                set(false);
-            }
-            Ok(current) => {
-                let action = decide(current.as_ref(), &identity, now);
-                let written = match (&action, &current) {
-                    (Action::Create, _) => Some(
-                        api.create(
-                            &PostParams::default(),
-                            &created(&namespace, &identity, lease_duration, now),
-                        )
-                        .await,
-                    ),
-                    (Action::Acquire, Some(l)) => Some(
-                        api.replace(
-                            LEASE_NAME,
-                            &PostParams::default(),
-                            &taken_over(l, &identity, lease_duration, now),
-                        )
-                        .await,
-                    ),
-                    (Action::Renew, Some(l)) => Some(
-                        api.replace(
-                            LEASE_NAME,
-                            &PostParams::default(),
-                            &renewed(l, lease_duration, now),
-                        )
-                        .await,
-                    ),
-                    (Action::Wait(until), _) => {
-                        let left = (*until - now).to_std().unwrap_or_default();
-                        wait = left.clamp(Duration::from_millis(100), period);
-                        None
-                    }
-                    _ => None,
-                };
-                match written {
-                    None => {
-                        held = None;
-                        set(false);
-                    }
-                    Some(Ok(l)) => {
-                        held = Some(l);
-                        set(true);
-                    }
-                    Some(Err(e)) => {
-                        if is_conflict(&e) {
-                            tracing::info!(?action, "another replica won the leader Lease");
-                        } else {
-                            tracing::warn!(?action, error = %e, "writing the leader Lease failed");
-                        }
-                        held = None;
-                        set(false);
-                    }
+    me.run(is_leader, cancel).await
+}
+
+struct Campaign {
+    api: Api<Lease>,
+    namespace: String,
+    identity: String,
+    lease_duration: Duration,
+    clock: Clock,
+}
+
+/// The outcome of one read-and-write of the Lease.
+struct Round {
+    /// The Lease as written, when we hold it.
+    held: Option<Lease>,
+    wait: Duration,
+}
+
+impl Campaign {
+    async fn run(&self, is_leader: watch::Sender<bool>, cancel: CancellationToken) {
+        let period = self.lease_duration / 3;
+        let identity = &self.identity;
+        let set = |leader: bool| {
+            is_leader.send_if_modified(|v| {
+                let changed = *v != leader;
+                *v = leader;
+                if changed {
+                    tracing::info!(%identity, lease = LEASE_NAME, leader, "leadership changed");
                 }
+                changed
+            });
+        };
+        // The Lease as we last wrote it while leading, for the release.
+        let mut held: Option<Lease>;
+        loop {
+            // A round that does not finish within a period (an API server
+            // that does not answer) counts as a failed renewal: the leader
+            // steps down well before the Lease expires for the others.
+            let wait = match tokio::time::timeout(period, self.round(period)).await {
+                Ok(round) => {
+                    held = round.held;
+                    round.wait
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        lease = LEASE_NAME,
+                        "the API server did not answer within a renewal period"
+                    );
+                    held = None;
+                    Duration::ZERO
+                }
+            };
+            set(held.is_some());
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
+        set(false);
+        if let Some(l) = held {
+            match self
+                .api
+                .replace(
+                    LEASE_NAME,
+                    &PostParams::default(),
+                    &released(&l, (self.clock)()),
+                )
+                .await
+            {
+                Ok(_) => tracing::info!("leader Lease released"),
+                Err(e) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
+            }
         }
     }
-    set(false);
-    if let Some(l) = held {
-        match api
-            .replace(
-                LEASE_NAME,
-                &PostParams::default(),
-                &released(&l, Utc::now()),
-            )
-            .await
-        {
-            Ok(_) => tracing::info!("leader Lease released"),
-            Err(e) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
+
+    async fn round(&self, period: Duration) -> Round {
+        let not_held = |wait| Round { held: None, wait };
+        let current = match self.api.get_opt(LEASE_NAME).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the leader Lease failed");
+                return not_held(period);
+            }
+        };
+        let now = (self.clock)();
+        let (me, duration) = (self.identity.as_str(), self.lease_duration);
+        let action = decide(current.as_ref(), me, now);
+        let written = match (&action, &current) {
+            (Action::Create, _) => {
+                let lease = created(&self.namespace, me, duration, now);
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            (Action::Acquire, Some(l)) => {
+                let lease = taken_over(l, me, duration, now);
+                self.api
+                    .replace(LEASE_NAME, &PostParams::default(), &lease)
+                    .await
+            }
+            (Action::Renew, Some(l)) => {
+                let lease = renewed(l, duration, now);
+                self.api
+                    .replace(LEASE_NAME, &PostParams::default(), &lease)
+                    .await
+            }
+            (Action::Wait(until), _) => {
+                let left = (*until - now).to_std().unwrap_or_default();
+                return not_held(left.clamp(Duration::from_millis(100), period));
+            }
+            _ => return not_held(period),
+        };
+        match written {
+            Ok(l) => Round {
+                held: Some(l),
+                wait: period,
+            },
+            Err(e) => {
+                if is_conflict(&e) {
+                    tracing::info!(?action, "another replica won the leader Lease");
+                } else {
+                    tracing::warn!(?action, error = %e, "writing the leader Lease failed");
+                }
+                not_held(period)
+            }
         }
     }
 }

@@ -411,3 +411,26 @@ async fn two_replicas_elect_one_leader_and_hand_over_on_shutdown() {
     // Losers learned of the race from the server: a 409 on create or update.
     assert!(api.requests().iter().any(|r| r.code == 409));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_steps_down_when_a_renewal_gets_no_answer_within_a_period() {
+    let (mut server, mut leadership, cancel, task) = start("coordinator-a");
+    let (_, send) = server.expect(Method::GET, PATH).await;
+    respond(send, 404, &status(404, "NotFound"));
+    let (body, send) = server.expect(Method::POST, COLLECTION).await;
+    respond(send, 201, &stored(body, "1"));
+    becomes(&mut leadership, true).await;
+
+    // The renewal's read hangs: after one period (10 s before the Lease
+    // expires for the others) this replica is no longer the leader.
+    let (_, hung) = server.expect(Method::GET, PATH).await;
+    let asked = tokio::time::Instant::now();
+    becomes(&mut leadership, false).await;
+    assert_eq!(asked.elapsed(), Duration::from_secs(5));
+    drop(hung);
+    let (_, send) = server.expect(Method::GET, PATH).await;
+    cancel.cancel();
+    let other = lease(Some("coordinator-b"), Utc::now(), 15, "2");
+    respond(send, 200, &serde_json::to_value(&other).unwrap());
+    task.await.unwrap();
+}

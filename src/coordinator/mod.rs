@@ -4,11 +4,13 @@
 
 pub mod announce;
 pub mod auth;
+pub mod ca;
 pub mod deploys;
 pub mod events;
 pub mod gate;
 pub mod http;
 pub mod leader;
+pub mod leader_label;
 pub mod link;
 pub mod metrics;
 pub mod nodes;

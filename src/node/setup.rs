@@ -28,8 +28,10 @@ pub struct NodeStack {
 }
 
 pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
-    // A hostPath FileOrCreate mount leaves an empty file on nodes without a
-    // credential provider: that means "not configured", not an error.
+    // Where the provider files are not mounted (daemonset/components/aks
+    // adds them) the config is absent in the pod: "not configured", not an
+    // error. An empty file or a directory, which create-on-missing mounts
+    // leave behind, counts as absent too.
     let provider = cfg
         .registry
         .credential_provider
@@ -76,4 +78,55 @@ pub async fn connect(
         engine: Arc::new(engine),
         runtime_version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CredentialProviderRef;
+
+    fn config_with_provider(
+        config: std::path::PathBuf,
+        bin_dir: std::path::PathBuf,
+    ) -> AgentConfig {
+        let mut cfg = AgentConfig::default();
+        cfg.registry.docker_config = Vec::new();
+        cfg.registry.credential_provider = Some(CredentialProviderRef { config, bin_dir });
+        cfg
+    }
+
+    /// On a node without the AKS component's mounts the provider files are
+    /// absent in the pod: that is "no provider", not an error, whatever the
+    /// bin dir looks like. A path that is a directory or an empty file
+    /// (what a create-on-missing mount would leave) counts as absent too.
+    #[test]
+    fn absent_provider_files_mean_no_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing_bin = dir.path().join("no-bin-dir");
+        let empty = dir.path().join("empty.yaml");
+        std::fs::write(&empty, "").unwrap();
+        for config in [
+            dir.path().join("absent.yaml"),
+            dir.path().to_path_buf(),
+            empty,
+        ] {
+            let cfg = config_with_provider(config.clone(), missing_bin.clone());
+            keyring(&cfg).unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+        }
+    }
+
+    /// A provider config that is there but whose plugins are not is an
+    /// error naming the path, as the kubelet would refuse it.
+    #[test]
+    fn a_present_config_without_its_bin_dir_is_an_error() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth");
+        let dir = tempfile::tempdir().unwrap();
+        let missing_bin = dir.path().join("no-bin-dir");
+        let cfg = config_with_provider(
+            fixtures.join("credential-provider-config.yaml"),
+            missing_bin.clone(),
+        );
+        let err = keyring(&cfg).unwrap_err().to_string();
+        assert!(err.contains(&missing_bin.display().to_string()), "{err}");
+    }
 }

@@ -11,4 +11,5 @@ mod link;
 mod pins;
 mod pull;
 mod rbac;
+mod reattach;
 mod windows;

@@ -1,0 +1,469 @@
+//! The shipped manifests as `kubectl apply -k` installs them: `daemonset/`
+//! and its components are rendered with kustomize (from `.tools/`, see
+//! scripts/setup.sh; `kubectl kustomize` otherwise) and read with prewarm's
+//! own parsers: the agent's config.yaml with `AgentConfig`, the containers'
+//! args with the binary's flags. The agent config must point at what the
+//! rendered Service, Deployment and DaemonSet really expose and mount.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::sync::OnceLock;
+
+use clap::Parser;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Cli, Command};
+use prewarm::config::AgentConfig;
+use prewarm::coordinator::auth::AUDIENCE;
+use prewarm::coordinator::ca::CA_CONFIGMAP;
+use prewarm::coordinator::leader::LEADER_LABEL;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `kustomize build dir` as JSON documents.
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let tool = root().join(".tools/kustomize-trixie/usr/bin/kustomize");
+    let out = if tool.is_file() {
+        Process::new(&tool).arg("build").arg(dir).output()
+    } else {
+        Process::new("kubectl").arg("kustomize").arg(dir).output()
+    }
+    .unwrap_or_else(|e| {
+        panic!(
+            "neither {} nor kubectl runs ({e}); run scripts/setup.sh",
+            tool.display()
+        )
+    });
+    assert!(
+        out.status.success(),
+        "kustomize build {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8 output");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The base with `components` (folders under daemonset/components), the
+/// way a user's overlay includes them.
+fn overlay(components: &[&str]) -> Vec<Value> {
+    // kustomize takes only relative paths: the overlay lives two levels
+    // below the repository root.
+    let dir = tempfile::tempdir_in(root().join("target")).unwrap();
+    let list: Vec<String> = components
+        .iter()
+        .map(|c| format!("  - ../../daemonset/components/{c}"))
+        .collect();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../daemonset\ncomponents:\n{}\n",
+            list.join("\n")
+        ),
+    )
+    .unwrap();
+    kustomize(dir.path())
+}
+
+struct Rendered(Vec<Value>);
+
+impl Rendered {
+    fn find(&self, kind: &str, name: &str) -> &Value {
+        self.0
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+    }
+
+    fn all<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.0.iter().filter(move |o| o["kind"] == kind)
+    }
+
+    fn agent_pod(&self) -> &Value {
+        &self.find("DaemonSet", "prewarm-agent")["spec"]["template"]["spec"]
+    }
+
+    fn coordinator_pod(&self) -> &Value {
+        &self.find("Deployment", "prewarm-coordinator")["spec"]["template"]["spec"]
+    }
+
+    fn agent_config(&self) -> AgentConfig {
+        let text = self.find("ConfigMap", "prewarm-agent")["data"]["config.yaml"]
+            .as_str()
+            .expect("data.config.yaml");
+        AgentConfig::from_yaml(text).unwrap_or_else(|e| panic!("shipped config.yaml: {e}"))
+    }
+}
+
+fn base() -> &'static Rendered {
+    static BASE: OnceLock<Rendered> = OnceLock::new();
+    BASE.get_or_init(|| Rendered(kustomize(&root().join("daemonset"))))
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// The mount of `container` that holds `path` (the deepest one) and the
+/// volume behind it, with `path` relative to the mount.
+fn mount_of<'a>(pod: &'a Value, container: &Value, path: &Path) -> (&'a Value, PathBuf) {
+    let (mount, rel) = items(&container["volumeMounts"])
+        .iter()
+        .filter_map(|m| {
+            let at = Path::new(m["mountPath"].as_str()?);
+            path.strip_prefix(at).ok().map(|rel| (m, rel.to_path_buf()))
+        })
+        .max_by_key(|(m, _)| m["mountPath"].as_str().map_or(0, str::len))
+        .unwrap_or_else(|| panic!("{} is not on any mount", path.display()));
+    let volume = items(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("no volume {}", mount["name"]));
+    (volume, rel)
+}
+
+fn named_port(ports: &Value, name: &str) -> i64 {
+    items(ports)
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_i64().or(p["port"].as_i64()))
+        .unwrap_or_else(|| panic!("no port {name}"))
+}
+
+fn parse_args(args: &Value) -> Command {
+    let argv = std::iter::once("prewarm".to_string()).chain(
+        items(args)
+            .iter()
+            .map(|a| a.as_str().expect("string arg").to_string()),
+    );
+    Cli::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("container args {args}: {e}"))
+        .command
+}
+
+fn coordinator_args(r: &Rendered) -> super::coordinator::CoordinatorArgs {
+    match parse_args(&container(r.coordinator_pod(), "coordinator")["args"]) {
+        Command::Coordinator(a) => *a,
+        other => panic!("the coordinator runs {other:?}"),
+    }
+}
+
+#[test]
+fn the_default_install_links_agents_to_the_coordinator() {
+    let r = base();
+    let link = r
+        .agent_config()
+        .coordinator
+        .expect("the shipped agent config has a coordinator: section");
+
+    // The endpoint is the Service's DNS name and gRPC port, and that port
+    // reaches the port the coordinator listens on.
+    let svc = r.find("Service", "prewarm-coordinator");
+    let ns = svc["metadata"]["namespace"].as_str().unwrap();
+    let port = items(&svc["spec"]["ports"])
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .expect("Service port grpc");
+    assert_eq!(
+        link.endpoint,
+        format!(
+            "https://prewarm-coordinator.{ns}.svc:{}",
+            port["port"].as_i64().unwrap()
+        )
+    );
+    let target = port["targetPort"].as_str().expect("named targetPort");
+    let coordinator = container(r.coordinator_pod(), "coordinator");
+    let args = coordinator_args(r);
+    assert_eq!(
+        named_port(&coordinator["ports"], target),
+        i64::from(args.grpc_listen.port())
+    );
+    // The Service selects the leader among the Deployment's pods.
+    let selector = svc["spec"]["selector"].as_object().unwrap();
+    let pod_labels =
+        &r.find("Deployment", "prewarm-coordinator")["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in selector {
+        if k != LEADER_LABEL {
+            assert_eq!(&pod_labels[k], v, "Service selector {k}");
+        }
+    }
+    assert_eq!(selector[LEADER_LABEL], "true");
+
+    // The token is the projected one with the audience the coordinator checks.
+    let pod = r.agent_pod();
+    let agent = container(pod, "agent");
+    let (volume, file) = mount_of(pod, agent, &link.token_file);
+    let sources = items(&volume["projected"]["sources"]);
+    let token = sources
+        .iter()
+        .find(|s| s["serviceAccountToken"]["path"] == file.to_str().unwrap())
+        .unwrap_or_else(|| panic!("{} is not a projected token", link.token_file.display()));
+    assert_eq!(token["serviceAccountToken"]["audience"], AUDIENCE);
+
+    // The CA is the ConfigMap the coordinator publishes, optional so the
+    // agent starts before it exists, outside the config mount.
+    let ca = link.ca_file.expect("caFile");
+    assert!(!ca.starts_with("/etc/prewarm"), "{}", ca.display());
+    let (volume, file) = mount_of(pod, agent, &ca);
+    assert_eq!(volume["configMap"]["name"], CA_CONFIGMAP);
+    assert_eq!(volume["configMap"]["optional"], true);
+    assert_eq!(file, Path::new("ca.crt"));
+    let publishes = args.ca_configmap.as_str();
+    assert_eq!(publishes, CA_CONFIGMAP);
+    assert_eq!(
+        ns,
+        r.find("Deployment", "prewarm-coordinator")["metadata"]["namespace"]
+    );
+}
+
+#[test]
+fn the_agents_args_and_the_config_mount_agree() {
+    let r = base();
+    let pod = r.agent_pod();
+    let agent = container(pod, "agent");
+    let Command::Agent(args) = parse_args(&agent["args"]) else {
+        panic!("the DaemonSet does not run the agent");
+    };
+    let (volume, file) = mount_of(pod, agent, &args.config);
+    assert_eq!(volume["configMap"]["name"], "prewarm-agent");
+    assert_eq!(file, Path::new("config.yaml"));
+    // No mount nested inside the config mount (fragile with configMap volumes).
+    let config_dir = args.config.parent().unwrap();
+    for m in items(&agent["volumeMounts"]) {
+        let at = Path::new(m["mountPath"].as_str().unwrap());
+        assert!(
+            at == config_dir || !at.starts_with(config_dir),
+            "{} is nested in {}",
+            at.display(),
+            config_dir.display()
+        );
+    }
+}
+
+#[test]
+fn the_coordinators_args_name_files_of_its_tls_secret() {
+    let r = base();
+    let args = coordinator_args(r);
+    let pod = r.coordinator_pod();
+    let c = container(pod, "coordinator");
+    let files = [
+        (args.tls_cert.clone().expect("--tls-cert"), "tls.crt"),
+        (args.tls_key.clone().expect("--tls-key"), "tls.key"),
+        (args.tls_ca.clone().expect("--tls-ca"), "ca.crt"),
+    ];
+    for (path, key) in files {
+        let (volume, file) = mount_of(pod, c, &path);
+        assert_eq!(volume["secret"]["secretName"], "prewarm-coordinator-tls");
+        assert_eq!(file, Path::new(key), "{}", path.display());
+        // Every key of the Secret is projected: no items list that would
+        // fail the mount when a key (ca.crt) is missing.
+        assert!(volume["secret"]["items"].is_null());
+    }
+    assert!(
+        args.pod_name.is_empty(),
+        "--pod-name comes from POD_NAME only"
+    );
+    let env = items(&c["env"]);
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "POD_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"));
+}
+
+/// hostPath types that check and never create anything on the node.
+const CHECKED: [&str; 3] = ["Directory", "File", "Socket"];
+
+fn host_paths(pod: &Value) -> Vec<(String, String)> {
+    items(&pod["volumes"])
+        .iter()
+        .filter(|v| v["hostPath"].is_object())
+        .map(|v| {
+            (
+                v["hostPath"]["path"].as_str().unwrap().to_string(),
+                v["hostPath"]["type"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_base_mounts_only_host_paths_every_containerd_node_has() {
+    let got = host_paths(base().agent_pod());
+    let want = [
+        ("/run/containerd".to_string(), "Directory".to_string()),
+        ("/var/lib/containerd".to_string(), "Directory".to_string()),
+    ];
+    assert_eq!(got, want);
+    // Host files the config names but the base does not mount are simply
+    // absent in the pod, which the agent treats as "not configured".
+    let cfg = base().agent_config();
+    let pod = base().agent_pod();
+    let agent = container(pod, "agent");
+    let mounted = |p: &Path| {
+        items(&agent["volumeMounts"])
+            .iter()
+            .any(|m| p.starts_with(m["mountPath"].as_str().unwrap()))
+    };
+    for p in cfg
+        .registry
+        .docker_config
+        .iter()
+        .chain(&cfg.registry.hosts_dir)
+    {
+        assert!(!mounted(p), "{} is mounted by the base", p.display());
+    }
+}
+
+/// Every component renders on top of the base with checked hostPath types.
+#[test]
+fn every_component_renders_with_checked_host_paths() {
+    let dir = root().join("daemonset/components");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 4, "components: {names:?}");
+    for name in &names {
+        let r = Rendered(overlay(&[name.as_str()]));
+        for (path, kind) in host_paths(r.agent_pod()) {
+            assert!(
+                CHECKED.contains(&kind.as_str()),
+                "{name}: {path} has type {kind:?}"
+            );
+        }
+        r.agent_config();
+    }
+}
+
+#[test]
+fn the_aks_component_mounts_the_credential_provider_inputs() {
+    let r = Rendered(overlay(&["aks"]));
+    let cfg = r.agent_config();
+    let cp = cfg
+        .registry
+        .credential_provider
+        .expect("credentialProvider");
+    let pod = r.agent_pod();
+    let agent = container(pod, "agent");
+    let host = |path: &Path| {
+        let (volume, rel) = mount_of(pod, agent, path);
+        let hp = &volume["hostPath"];
+        (
+            Path::new(hp["path"].as_str().expect("a hostPath")).join(rel),
+            hp["type"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(
+        host(&cp.config),
+        (cp.config.clone(), "File".to_string()),
+        "credentialProvider.config"
+    );
+    assert_eq!(
+        host(&cp.bin_dir),
+        (cp.bin_dir.clone(), "Directory".to_string()),
+        "credentialProvider.binDir"
+    );
+    // acr-credential-provider's argument.
+    let azure = Path::new("/etc/kubernetes/azure.json");
+    assert_eq!(host(azure), (azure.to_path_buf(), "File".to_string()));
+    // Read-only, all three.
+    for path in [&cp.config, &cp.bin_dir, &azure.to_path_buf()] {
+        let m = items(&agent["volumeMounts"])
+            .iter()
+            .find(|m| m["mountPath"].as_str() == path.to_str())
+            .unwrap_or_else(|| panic!("no mount at {}", path.display()));
+        assert_eq!(m["readOnly"], true, "{m}");
+    }
+}
+
+#[test]
+fn the_node_file_components_mount_what_the_config_reads() {
+    let r = Rendered(overlay(&["containerd-certs"]));
+    let cfg = r.agent_config();
+    let hosts = cfg.registry.hosts_dir.expect("hostsDir");
+    let pod = r.agent_pod();
+    let (volume, rel) = mount_of(pod, container(pod, "agent"), &hosts);
+    assert_eq!(
+        (
+            volume["hostPath"]["path"].as_str(),
+            rel.as_os_str().is_empty()
+        ),
+        (hosts.to_str(), true)
+    );
+    assert_eq!(volume["hostPath"]["type"], "Directory");
+
+    let r = Rendered(overlay(&["kubelet-docker-config"]));
+    let cfg = r.agent_config();
+    let file = &cfg.registry.docker_config[0];
+    let pod = r.agent_pod();
+    let (volume, rel) = mount_of(pod, container(pod, "agent"), file);
+    assert_eq!(
+        (
+            volume["hostPath"]["path"].as_str(),
+            rel.as_os_str().is_empty()
+        ),
+        (file.to_str(), true)
+    );
+    assert_eq!(volume["hostPath"]["type"], "File");
+}
+
+#[test]
+fn the_cert_manager_component_issues_the_coordinators_secret() {
+    let r = Rendered(overlay(&["cert-manager"]));
+    let link = r.agent_config().coordinator.expect("coordinator");
+    let host = url::Url::parse(&link.endpoint)
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_string();
+    let serving = r
+        .all("Certificate")
+        .find(|c| c["spec"]["secretName"] == "prewarm-coordinator-tls")
+        .expect("a Certificate for Secret prewarm-coordinator-tls");
+    let ns = serving["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(ns, "prewarm-system");
+    let dns = items(&serving["spec"]["dnsNames"]);
+    assert!(
+        dns.iter().any(|d| d == host.as_str()),
+        "{dns:?} lacks {host}"
+    );
+    // Webhook calls go to the same Service on its webhook port.
+    let webhook = r.find("MutatingWebhookConfiguration", "prewarm-gate");
+    assert_eq!(
+        webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("{ns}/{}", serving["metadata"]["name"].as_str().unwrap())
+    );
+    // Signed by a CA Issuer (so the Secret carries ca.crt), whose key pair
+    // is a CA Certificate from a self-signed Issuer.
+    let issuer = r.find(
+        "Issuer",
+        serving["spec"]["issuerRef"]["name"].as_str().unwrap(),
+    );
+    let ca_secret = issuer["spec"]["ca"]["secretName"]
+        .as_str()
+        .expect("a CA Issuer");
+    let ca = r
+        .all("Certificate")
+        .find(|c| c["spec"]["secretName"] == ca_secret)
+        .expect("the CA Certificate");
+    assert_eq!(ca["spec"]["isCA"], true);
+    let root_issuer = r.find("Issuer", ca["spec"]["issuerRef"]["name"].as_str().unwrap());
+    assert!(root_issuer["spec"]["selfSigned"].is_object());
+    for o in [serving, ca, issuer, root_issuer] {
+        assert_eq!(o["metadata"]["namespace"], ns, "{}", o["metadata"]["name"]);
+    }
+}
