@@ -210,7 +210,12 @@ mod tests {
     }
 
     fn publisher(api: &MockApi, file: &Path) -> CaPublisher {
-        CaPublisher::new(api.client(), NS, CA_CONFIGMAP, file.to_path_buf())
+        CaPublisher::new(
+            api.coordinator_client(),
+            NS,
+            CA_CONFIGMAP,
+            file.to_path_buf(),
+        )
     }
 
     #[test]
@@ -278,6 +283,7 @@ mod tests {
             api.object(RESOURCE, NS, CA_CONFIGMAP).unwrap()["data"][CA_KEY],
             pem(2)
         );
+        assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
     }
 
     #[tokio::test(start_paused = true)]

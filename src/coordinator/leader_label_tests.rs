@@ -92,7 +92,7 @@ impl Replica {
         let (tx, rx) = watch::channel(false);
         let cancel = CancellationToken::new();
         let lease = tokio::spawn(leader::run_with_clock(
-            api.client(),
+            api.coordinator_client(),
             NS.into(),
             name.into(),
             LEASE_DURATION,
@@ -101,7 +101,7 @@ impl Replica {
             cancel.clone(),
         ));
         let label = tokio::spawn(run(
-            LeaderLabel::new(api.client(), NS, name),
+            LeaderLabel::new(api.coordinator_client(), NS, name),
             rx.clone(),
             period(),
             cancel.clone(),
@@ -181,6 +181,7 @@ async fn a_new_leader_removes_the_label_a_killed_leader_left_behind() {
             .get(LEADER_LABEL)
             .is_none()
     );
+    assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
     b.cancel.cancel();
 }
 
