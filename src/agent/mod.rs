@@ -377,7 +377,11 @@ impl Loop {
             .iter()
             .filter(|w| w.applies_to(&self.node.labels))
         {
-            candidates.extend(w.images.iter().map(|i| (i.cri_name(), i.clone())));
+            candidates.extend(
+                w.images
+                    .iter()
+                    .map(|i| (i.image.cri_name(), i.image.clone())),
+            );
         }
         // Rollout intents from the coordinator, kept until their deadline
         // even while the coordinator is unreachable.
