@@ -554,6 +554,8 @@ mod tests {
         let pacing = erp.pacing.clone().unwrap_or_default();
         assert_eq!(pacing.bandwidth, Some(ByteSize(200 << 20)));
         let other = &c.windows[1];
+        let pins: Vec<bool> = other.image_entries().map(|e| e.pin).collect();
+        assert_eq!(pins, [false, true]);
         assert_eq!(other.timezone, Tz::UTC);
         assert_eq!(other.lead_time, Duration::ZERO);
         assert_eq!(
