@@ -26,7 +26,7 @@ use crate::config::reference::ImageRef;
 use crate::config::{AgentConfig, ConfigError};
 use crate::k8s::{ApiNodeLabels, Labels, NodeLabels, StaticNodeLabels};
 use crate::node::manifest::host_platform;
-use crate::node::pace::{DiskProbe, StatvfsProbe};
+use crate::node::pace::DiskProbe;
 use crate::node::pin;
 use crate::node::pull::PullOptions;
 use crate::node::runtime::{ImageRecord, ImageStore};
@@ -580,10 +580,7 @@ impl Loop {
                     ))
                 })
                 .collect();
-            let free = StatvfsProbe::new(&cfg.runtime.root)
-                .usage()
-                .map(|u| u.free)
-                .unwrap_or(0);
+            let free = stack.disk.usage().map(|u| u.free).unwrap_or(0);
             let report = node_report(
                 &self.node.labels,
                 images,

@@ -70,6 +70,9 @@ impl Default for AgentConfig {
     }
 }
 
+/// containerd's root when neither the config nor containerd names one.
+pub const DEFAULT_CONTAINERD_ROOT: &str = "/var/lib/containerd";
+
 /// The containerd instance images are pulled into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
@@ -84,7 +87,10 @@ pub struct RuntimeConfig {
     /// containerd namespace; the kubelet's images live in `k8s.io`.
     pub namespace: String,
     /// containerd's root; the disk floor guards the filesystem holding it.
-    pub root: PathBuf,
+    /// Unset, it is asked from containerd (CRI status), else
+    /// [`DEFAULT_CONTAINERD_ROOT`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
     /// Snapshotter that unpacks layers, as the CRI plugin would use.
     pub snapshotter: String,
 }
@@ -94,7 +100,7 @@ impl Default for RuntimeConfig {
         Self {
             socket: PathBuf::from("/run/containerd/containerd.sock"),
             namespace: "k8s.io".into(),
-            root: PathBuf::from("/var/lib/containerd"),
+            root: None,
             snapshotter: "overlayfs".into(),
         }
     }
@@ -325,7 +331,8 @@ impl RuntimeConfig {
         let field = |name: &str| format!("{at}.{name}");
         let absolute = "must be an absolute path";
         ensure(self.socket.is_absolute(), field("socket"), absolute)?;
-        ensure(self.root.is_absolute(), field("root"), absolute)?;
+        let root_ok = self.root.as_deref().is_none_or(Path::is_absolute);
+        ensure(root_ok, field("root"), absolute)?;
         check_namespace(&self.namespace)
             .map_err(|msg| ConfigError::invalid(field("namespace"), msg))?;
         ensure(

@@ -9,4 +9,5 @@ mod faults;
 mod gates;
 mod link;
 mod pull;
+mod root;
 mod windows;
