@@ -145,7 +145,7 @@ async fn warm_all(
 ) -> Result<Warm> {
     let mut cfg = AgentConfig::default();
     cfg.runtime.socket = node.socket.clone();
-    cfg.runtime.root = node.root.clone();
+    cfg.runtime.root = Some(node.root.clone());
     cfg.registry.hosts_dir = hosts_dir;
     cfg.registry.docker_config.clear();
     cfg.pacing.max_concurrent_pulls = refs.len().max(1);

@@ -28,7 +28,7 @@ use crate::config::reference::ImageRef;
 use crate::config::{AgentConfig, ConfigError};
 use crate::k8s::{ApiNodeLabels, Labels, NodeLabels, StaticNodeLabels};
 use crate::node::manifest::host_platform;
-use crate::node::pace::{DiskProbe, StatvfsProbe};
+use crate::node::pace::DiskProbe;
 use crate::node::pull::PullOptions;
 use crate::node::runtime::ImageStore;
 use crate::node::setup::{self, NodeStack};
@@ -387,7 +387,11 @@ impl Loop {
             .iter()
             .filter(|w| w.applies_to(&self.node.labels))
         {
-            candidates.extend(w.images.iter().map(|i| (i.cri_name(), i.clone())));
+            candidates.extend(
+                w.images
+                    .iter()
+                    .map(|i| (i.image.cri_name(), i.image.clone())),
+            );
         }
         // Rollout intents from the coordinator, kept until their deadline
         // even while the coordinator is unreachable.
@@ -549,10 +553,7 @@ impl Loop {
                     ..Default::default()
                 });
             }
-            let free = StatvfsProbe::new(&cfg.runtime.root)
-                .usage()
-                .map(|u| u.free)
-                .unwrap_or(0);
+            let free = stack.disk.usage().map(|u| u.free).unwrap_or(0);
             let report = node_report(
                 &self.node.labels,
                 images,

@@ -300,15 +300,16 @@ mod lease_identity_tests {
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// The coordinator's HTTP address.
+    /// The coordinator's HTTP address (also accepted after `deploys`).
     #[arg(
         long,
+        global = true,
         env = "PREWARM_COORDINATOR",
         default_value = "http://prewarm-coordinator.prewarm-system.svc:9465"
     )]
     pub coordinator: String,
-    /// Print JSON instead of tables.
-    #[arg(long)]
+    /// Print JSON instead of tables (also accepted after `deploys`).
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub what: Option<StatusWhat>,

@@ -2,6 +2,8 @@
 //! config and hands over to the library.
 
 mod coordinator;
+#[cfg(test)]
+mod doc_commands;
 mod plan;
 mod pull;
 mod testkit;
@@ -106,5 +108,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Coordinator(args) => coordinator::run(*args).await,
         Command::Status(args) => coordinator::status(args).await,
         Command::Testkit(args) => testkit::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(args: &[&str]) -> coordinator::StatusArgs {
+        match Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}")) {
+            Cli {
+                command: Command::Status(s),
+                ..
+            } => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `prewarm status`'s flags may come before or after `deploys`.
+    #[test]
+    fn status_flags_before_or_after_deploys() {
+        let url = "http://localhost:9465";
+        for args in [
+            [
+                "prewarm",
+                "status",
+                "--coordinator",
+                url,
+                "--json",
+                "deploys",
+            ],
+            [
+                "prewarm",
+                "status",
+                "deploys",
+                "--coordinator",
+                url,
+                "--json",
+            ],
+            [
+                "prewarm",
+                "status",
+                "--json",
+                "deploys",
+                "--coordinator",
+                url,
+            ],
+        ] {
+            let s = status(&args);
+            assert_eq!(
+                (s.coordinator.as_str(), s.json, s.what),
+                (url, true, Some(coordinator::StatusWhat::Deploys)),
+                "{args:?}"
+            );
+        }
+        let s = status(&["prewarm", "status", "--coordinator", url]);
+        assert_eq!((s.coordinator.as_str(), s.json, s.what), (url, false, None));
     }
 }

@@ -111,8 +111,8 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             };
             println!("  warm from  {} ({why})", local(st.warm_start));
         }
-        for img in &w.images {
-            let name = img.cri_name();
+        for entry in w.image_entries() {
+            let name = entry.image.cri_name();
             let bytes = if warm.contains(&name) {
                 "warm".to_string()
             } else {
@@ -121,7 +121,8 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
                     .map(|b| format!("{} to pull", human(*b)))
                     .unwrap_or_else(|| "? bytes".to_string())
             };
-            println!("  image      {name}  {bytes}");
+            let unpinned = if entry.pin { "" } else { "  (not pinned)" };
+            println!("  image      {name}  {bytes}{unpinned}");
         }
         if st.applies {
             let total = st
@@ -168,7 +169,7 @@ async fn measure(cfg: &AgentConfig) -> (BTreeMap<String, u64>, BTreeSet<String>,
     let images: BTreeSet<_> = cfg
         .windows
         .iter()
-        .flat_map(|w| w.images.iter().cloned())
+        .flat_map(|w| w.images.iter().map(|i| i.image.clone()))
         .collect();
     for img in images {
         let name = img.cri_name();

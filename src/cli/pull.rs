@@ -32,7 +32,8 @@ pub struct PullArgs {
     pub socket: Option<PathBuf>,
     #[arg(long, env = "PREWARM_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Filesystem the disk floor guards (containerd's root).
+    /// containerd's root, whose filesystem the disk floor guards; default:
+    /// the root containerd reports, else /var/lib/containerd.
     #[arg(long, env = "PREWARM_ROOT")]
     pub root: Option<PathBuf>,
     /// Platform to pick from image indexes, os/arch[/variant].
@@ -82,7 +83,7 @@ fn effective_config(a: &PullArgs) -> anyhow::Result<AgentConfig> {
         cfg.runtime.namespace = v.clone();
     }
     if let Some(v) = &a.root {
-        cfg.runtime.root = v.clone();
+        cfg.runtime.root = Some(v.clone());
     }
     if a.platform.is_some() {
         cfg.registry.platform = a.platform.clone();
@@ -124,7 +125,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     let cfg = effective_config(&args)?;
     let tty = std::io::stderr().is_terminal() && !args.json;
     let observer = Arc::new(Progress::new(tty));
-    let stack = setup::connect(&cfg, observer.clone())
+    let stack = setup::connect_with(&cfg, observer.clone(), setup::RootSetting::Flag)
         .await
         .with_context(|| {
             format!(

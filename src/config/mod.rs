@@ -5,10 +5,14 @@
 //! Unknown keys are errors, and every error names the file and the YAML path
 //! of the offending field (`agent.yaml: pacing.maxConcurrentPulls: …`).
 
+mod error;
+pub mod images;
 pub mod reference;
 pub mod units;
 pub mod windows;
 
+pub use error::{ConfigError, ConfigErrorKind, Position};
+pub use images::{ImageEntry, ImageItem};
 pub use reference::{Digest, DigestAlgorithm, DigestError, ImageRef, ReferenceError};
 pub use units::{ByteSize, DiskFloor, Platform, PlatformError, UnitError};
 
@@ -25,7 +29,12 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/prewarm/config.yaml";
 /// Always-warm `images` and activation `windows` (see [`windows`]); both
 /// image lists are validated as image references.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of agent settings"
+)]
 pub struct AgentConfig {
     pub runtime: RuntimeConfig,
     pub registry: RegistryConfig,
@@ -61,16 +70,27 @@ impl Default for AgentConfig {
     }
 }
 
+/// containerd's root when neither the config nor containerd names one.
+pub const DEFAULT_CONTAINERD_ROOT: &str = "/var/lib/containerd";
+
 /// The containerd instance images are pulled into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of runtime settings"
+)]
 pub struct RuntimeConfig {
     /// containerd's gRPC socket; the CRI ImageService is served on it too.
     pub socket: PathBuf,
     /// containerd namespace; the kubelet's images live in `k8s.io`.
     pub namespace: String,
     /// containerd's root; the disk floor guards the filesystem holding it.
-    pub root: PathBuf,
+    /// Unset, it is asked from containerd (CRI status), else
+    /// [`DEFAULT_CONTAINERD_ROOT`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
     /// Snapshotter that unpacks layers, as the CRI plugin would use.
     pub snapshotter: String,
 }
@@ -80,7 +100,7 @@ impl Default for RuntimeConfig {
         Self {
             socket: PathBuf::from("/run/containerd/containerd.sock"),
             namespace: "k8s.io".into(),
-            root: PathBuf::from("/var/lib/containerd"),
+            root: None,
             snapshotter: "overlayfs".into(),
         }
     }
@@ -88,7 +108,12 @@ impl Default for RuntimeConfig {
 
 /// How registries are reached and authenticated, mirroring the kubelet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of registry settings"
+)]
 pub struct RegistryConfig {
     /// Files in `kubernetes.io/dockerconfigjson` format; missing ones are skipped.
     pub docker_config: Vec<PathBuf>,
@@ -120,7 +145,11 @@ impl RegistryConfig {
 
 /// The same files the kubelet's `--image-credential-provider-*` flags name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping with config and binDir"
+)]
 pub struct CredentialProviderRef {
     /// `CredentialProviderConfig` file (`--image-credential-provider-config`).
     pub config: PathBuf,
@@ -130,7 +159,12 @@ pub struct CredentialProviderRef {
 
 /// How hard the agent may lean on the node and the registries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of pacing settings"
+)]
 pub struct Pacing {
     /// Images pulled at the same time.
     pub max_concurrent_pulls: usize,
@@ -165,7 +199,12 @@ impl Pacing {
 
 /// Exponential backoff for failed pulls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of retry settings"
+)]
 pub struct RetryPolicy {
     /// Tries per pull, the first one included.
     pub attempts: u32,
@@ -181,148 +220,6 @@ impl Default for RetryPolicy {
             attempts: 6,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
-        }
-    }
-}
-
-/// An image to keep present on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ImageEntry {
-    pub image: ImageRef,
-    /// Pin in containerd so the kubelet's image GC leaves it alone.
-    #[serde(default = "pin_default")]
-    pub pin: bool,
-}
-
-fn pin_default() -> bool {
-    true
-}
-
-impl ImageEntry {
-    /// A pinned entry for `image`.
-    pub fn new(image: ImageRef) -> Self {
-        Self { image, pin: true }
-    }
-}
-
-/// What went wrong with a configuration file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigErrorKind {
-    /// The file could not be read.
-    Io,
-    /// Broken YAML, or a value of the wrong shape, type or format.
-    Parse,
-    /// Well-formed but semantically invalid (see [`AgentConfig::validate`]).
-    Invalid,
-}
-
-/// A 1-based position in the YAML text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub line: usize,
-    pub column: usize,
-}
-
-/// Displays as `<file>: <field path>: <message>`; the file is left out when
-/// parsing a string, the field when the error is not about one field (then
-/// the line and column are shown instead, when known).
-#[derive(Debug, thiserror::Error)]
-#[error("{}", render(self))]
-pub struct ConfigError {
-    pub kind: ConfigErrorKind,
-    pub file: Option<PathBuf>,
-    /// YAML path such as `pacing.maxConcurrentPulls` or `images[1].image`; empty for the whole file.
-    pub field: String,
-    pub message: String,
-    pub position: Option<Position>,
-    #[source]
-    pub source: Option<std::io::Error>,
-}
-
-fn render(e: &ConfigError) -> String {
-    let mut out = String::new();
-    if let Some(file) = &e.file {
-        out.push_str(&format!("{}: ", file.display()));
-    }
-    match (&e.field, e.position) {
-        (field, _) if !field.is_empty() => out.push_str(&format!("{field}: ")),
-        (_, Some(p)) => out.push_str(&format!("line {}, column {}: ", p.line, p.column)),
-        _ => {}
-    }
-    out.push_str(&e.message);
-    out
-}
-
-impl ConfigError {
-    /// A validation error about `field`.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            kind: ConfigErrorKind::Invalid,
-            file: None,
-            field: field.into(),
-            message: message.into(),
-            position: None,
-            source: None,
-        }
-    }
-
-    /// Attaches the file the configuration came from.
-    pub fn with_file(mut self, file: impl Into<PathBuf>) -> Self {
-        self.file = Some(file.into());
-        self
-    }
-
-    fn from_yaml(err: serde_path_to_error::Error<serde_yaml_ng::Error>) -> Self {
-        // "?" marks a segment serde_path_to_error could not name (e.g. a YAML
-        // syntax error found before any field was reached): drop those.
-        let path = err.path().to_string();
-        let mut field = path.trim_end_matches(".?").to_owned();
-        if field == "." || field == "?" {
-            field.clear();
-        }
-        let inner = err.into_inner();
-        let position = inner.location().map(|l| Position {
-            line: l.line(),
-            column: l.column(),
-        });
-        // serde_yaml_ng decorates messages with its own path and position; we
-        // report both separately, so strip them.
-        let mut message = inner.to_string();
-        if let Some(p) = position {
-            message = message.replacen(&format!(" at line {} column {}", p.line, p.column), "", 1);
-        }
-        // serde_yaml_ng's own path is the field path or a parent of it.
-        let prefixes = field
-            .match_indices(['.', '['])
-            .map(|(i, _)| i)
-            .chain([field.len()]);
-        for end in prefixes.collect::<Vec<_>>().into_iter().rev() {
-            if let Some(rest) = message.strip_prefix(&format!("{}: ", &field[..end])) {
-                message = rest.to_owned();
-                break;
-            }
-        }
-        // "unknown field `x`, expected …" → field path ends in `x`.
-        if let Some(rest) = message.strip_prefix("unknown field `") {
-            if let Some((name, tail)) = rest.split_once('`') {
-                if !(field == name || field.ends_with(&format!(".{name}"))) {
-                    field = if field.is_empty() {
-                        name.to_owned()
-                    } else {
-                        format!("{field}.{name}")
-                    };
-                }
-                message = format!("unknown field{tail}");
-            }
-        }
-        Self {
-            kind: ConfigErrorKind::Parse,
-            file: None,
-            field,
-            message,
-            position,
-            source: None,
         }
     }
 }
@@ -379,7 +276,11 @@ impl AgentConfig {
 
 /// Where the agent reports to and takes rollout intents from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping with endpoint, tokenFile and caFile"
+)]
 pub struct CoordinatorLink {
     /// gRPC endpoint, e.g. `https://prewarm-coordinator.prewarm-system.svc:8443`.
     pub endpoint: String,
@@ -430,7 +331,8 @@ impl RuntimeConfig {
         let field = |name: &str| format!("{at}.{name}");
         let absolute = "must be an absolute path";
         ensure(self.socket.is_absolute(), field("socket"), absolute)?;
-        ensure(self.root.is_absolute(), field("root"), absolute)?;
+        let root_ok = self.root.as_deref().is_none_or(Path::is_absolute);
+        ensure(root_ok, field("root"), absolute)?;
         check_namespace(&self.namespace)
             .map_err(|msg| ConfigError::invalid(field("namespace"), msg))?;
         ensure(
@@ -617,6 +519,42 @@ mod tests {
         assert_eq!(default.registry.effective_platform(), Platform::host());
     }
 
+    /// Both image lists take plain references and `{image, pin}` mappings;
+    /// a window's `pin` is the default for its entries.
+    #[test]
+    fn image_lists_take_references_or_mappings() {
+        let text = "images:\n  - 127.0.0.1:5000/eval/base:1\n  - {image: nginx, pin: false}\n  - image: redis\n";
+        let c = AgentConfig::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(String, bool)> = c
+            .images
+            .iter()
+            .map(|e| (e.image.to_string(), e.pin))
+            .collect();
+        let want = [
+            ("127.0.0.1:5000/eval/base:1", true),
+            ("docker.io/library/nginx:latest", false),
+            ("docker.io/library/redis:latest", true),
+        ];
+        assert_eq!(got, want.map(|(i, p)| (i.to_owned(), p)));
+        let window = |pin: &str| {
+            format!("windows:\n- {{name: a, schedule: '0 8 * * *', duration: 1h, {pin}images: [nginx, {{image: redis, pin: true}}, {{image: busybox, pin: false}}]}}\n")
+        };
+        for (pin, want) in [
+            ("", [true, true, false]),
+            ("pin: false, ", [false, true, false]),
+        ] {
+            let c = AgentConfig::from_yaml(&window(pin)).unwrap_or_else(|e| panic!("{e}"));
+            let pins: Vec<bool> = c.windows[0].image_entries().map(|e| e.pin).collect();
+            assert_eq!(pins, want, "{pin}");
+            assert_eq!(AgentConfig::from_yaml(&c.to_yaml()).unwrap(), c);
+        }
+        let err = parse_err("windows:\n- {name: a, schedule: '0 8 * * *', duration: 1h, images: [nginx, {image: nginx}]}\n");
+        assert_eq!(
+            err.to_string(),
+            r#"windows[0].images[1]: duplicate image "docker.io/library/nginx:latest" (same as images[0])"#
+        );
+    }
+
     #[test]
     fn partial_sections_keep_other_defaults() {
         let c = AgentConfig::from_yaml("pacing: {maxConcurrentPulls: 4, diskFloor: 15%}").unwrap();
@@ -630,25 +568,34 @@ mod tests {
         assert_eq!((c.registry.platform, c.registry.hosts_dir), (None, None));
     }
 
-    /// Each document in the fixture starts with `# expect: <error display>`.
+    /// Each document in the fixture starts with `# expect: <error display>`;
+    /// no message shows a Rust type name.
     #[test]
     fn invalid_fixtures_report_field_and_message() {
         let text = fixture!("invalid.yaml");
         let mut seen = 0;
+        let mut wrong = Vec::new();
         for doc in text.split("\n---\n").filter(|d| d.contains("# expect: ")) {
             let expect = doc
                 .lines()
                 .find_map(|l| l.strip_prefix("# expect: "))
                 .unwrap();
-            assert_eq!(parse_err(doc).to_string(), expect, "document:\n{doc}");
+            let got = parse_err(doc).to_string();
+            if got != expect {
+                wrong.push(format!("expect: {expect}\n   got: {got}"));
+            }
+            let leaked = error::rust_words(&got);
+            assert!(leaked.is_empty(), "{got}: shows {leaked:?}");
             seen += 1;
         }
-        assert!(seen >= 20, "only {seen} cases");
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(seen >= 50, "only {seen} cases");
     }
 
     #[test]
     fn syntax_errors_have_positions() {
         let err = parse_err(fixture!("invalid-syntax.yaml"));
+        assert!(error::rust_words(&err.to_string()).is_empty(), "{err}");
         assert_eq!(err.kind, ConfigErrorKind::Parse);
         assert_eq!(err.field, "");
         let pos = err.position.unwrap();

@@ -23,7 +23,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{units, ByteSize, ConfigError, ImageRef};
+use super::{units, ByteSize, ConfigError, ImageEntry, ImageItem};
 
 /// A window whose schedule has no start within this many days never fires.
 pub const FIRE_HORIZON_DAYS: i64 = 5 * 366;
@@ -33,7 +33,12 @@ pub const NAME_MAX_LEN: usize = 63;
 
 /// Global defaults for every window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of scheduling settings"
+)]
 pub struct Scheduling {
     /// Estimated pull time is multiplied by this (≥ 1) to leave headroom.
     pub safety_factor: f64,
@@ -98,7 +103,11 @@ impl Scheduling {
 
 /// One recurring activation window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a window: a mapping with name, schedule, duration and images"
+)]
 pub struct Window {
     /// Unique, DNS-label-like (`[a-z0-9-]`, ≤ 63 characters).
     pub name: String,
@@ -116,12 +125,14 @@ pub struct Window {
     /// Node labels that must all match; empty selects every node.
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
-    /// Images that must be warm when the window starts.
-    pub images: Vec<ImageRef>,
+    /// Images that must be warm when the window starts, as written: a
+    /// reference or `{image, pin}`; see [`Window::image_entries`].
+    pub images: Vec<ImageItem>,
     /// Higher is warmed first.
     #[serde(default)]
     pub priority: i32,
-    /// Pin the images while the window is active and in grace.
+    /// Pin the images while the window is active and in grace; the
+    /// default for entries that do not set their own `pin`.
     #[serde(default = "pin_default")]
     pub pin: bool,
     /// Overrides `scheduling.grace` for this window.
@@ -145,6 +156,12 @@ fn pin_default() -> bool {
 }
 
 impl Window {
+    /// The window's images with their pins decided: an entry's own `pin`,
+    /// else the window's.
+    pub fn image_entries(&self) -> impl Iterator<Item = ImageEntry> + '_ {
+        self.images.iter().map(|item| item.resolve(self.pin))
+    }
+
     /// The grace period in force: this window's, else the global one.
     pub fn effective_grace(&self, sched: &Scheduling) -> Duration {
         self.grace.unwrap_or(sched.grace)
@@ -201,8 +218,9 @@ impl Window {
         if self.images.is_empty() {
             return Err(ConfigError::invalid(field("images"), "must not be empty"));
         }
-        for (i, image) in self.images.iter().enumerate() {
-            if let Some(first) = self.images[..i].iter().position(|e| e == image) {
+        for (i, item) in self.images.iter().enumerate() {
+            let image = &item.image;
+            if let Some(first) = self.images[..i].iter().position(|e| e.image == *image) {
                 let message = format!("duplicate image \"{image}\" (same as images[{first}])");
                 return Err(ConfigError::invalid(format!("{at}.images[{i}]"), message));
             }
@@ -220,7 +238,12 @@ impl Window {
 
 /// Per-window pacing; unset fields keep the node-wide `pacing` values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping with bandwidth and maxConcurrentPulls"
+)]
 pub struct PacingOverride {
     /// Bytes per second (`/s` allowed); 0 means unlimited, as in `pacing`.
     #[serde(with = "opt_rate", skip_serializing_if = "Option::is_none")]
@@ -314,11 +337,30 @@ impl FromStr for Schedule {
             .build();
         let cron = parser
             .parse(s)
-            .map_err(|e| ScheduleError::Cron(e.to_string()))?;
+            .map_err(|e| ScheduleError::Cron(cron_message(&e)))?;
         Ok(Schedule {
             source: s.to_owned(),
             cron,
         })
+    }
+}
+
+/// croner's message without its type names ("CronPattern …") and prefixes.
+fn cron_message(e: &croner::errors::CronError) -> String {
+    use croner::errors::CronError as E;
+    let text = match e {
+        E::EmptyPattern => "must not be empty",
+        E::InvalidDate => "invalid date",
+        E::InvalidTime => "invalid time",
+        E::TimeSearchLimitExceeded => "no matching time found",
+        E::InvalidPattern(m) | E::ComponentError(m) => m.as_str(),
+        E::IllegalCharacters(m) => m.trim_start_matches("CronPattern contains "),
+    };
+    let text = text.trim_end_matches('.');
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -439,7 +481,11 @@ mod tests {
         let expect = expect.expect("fixture starts with # expect:");
         match AgentConfig::from_yaml(text) {
             Ok(c) => panic!("parsed: {c:?}\n{text}"),
-            Err(err) => assert_eq!(err.to_string(), expect, "{text}"),
+            Err(err) => {
+                assert_eq!(err.to_string(), expect, "{text}");
+                let leaked = crate::config::error::rust_words(expect);
+                assert!(leaked.is_empty(), "{expect}: shows {leaked:?}");
+            }
         }
     }
 
@@ -520,6 +566,8 @@ mod tests {
         let pacing = erp.pacing.clone().unwrap_or_default();
         assert_eq!(pacing.bandwidth, Some(ByteSize(200 << 20)));
         let other = &c.windows[1];
+        let pins: Vec<bool> = other.image_entries().map(|e| e.pin).collect();
+        assert_eq!(pins, [false, true]);
         assert_eq!(other.timezone, Tz::UTC);
         assert_eq!(other.lead_time, Duration::ZERO);
         assert_eq!(
@@ -576,7 +624,7 @@ mod tests {
             .windows
             .iter()
             .flat_map(|w| &w.images)
-            .all(|i| { i.registry == "myregistry.azurecr.io" }));
+            .all(|i| { i.image.registry == "myregistry.azurecr.io" }));
         assert_eq!(parse(&c.to_yaml()), c);
     }
 

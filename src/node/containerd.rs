@@ -17,6 +17,7 @@ use containerd_client::services::v1::{
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
     AuthConfig, ImageSpec, ImageStatusRequest, ListContainersRequest, PullImageRequest,
+    StatusRequest,
 };
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -390,6 +391,17 @@ impl ImageStore for Containerd {
         Ok(resp.into_inner().version)
     }
 
+    async fn root_dir(&self) -> Result<Option<PathBuf>> {
+        let mut client = RuntimeServiceClient::new(self.channel.clone());
+        let req = Request::new(StatusRequest { verbose: true });
+        match client.status(req).await {
+            Ok(r) => Ok(root_from_status_info(&r.into_inner().info)),
+            // No CRI runtime service here: it cannot say.
+            Err(s) if s.code() == Code::Unimplemented => Ok(None),
+            Err(s) => Err(self.map_err("cri.Status", s)),
+        }
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<CriImage>> {
         let req = Request::new(ImageStatusRequest {
             image: Some(ImageSpec {
@@ -536,10 +548,59 @@ impl ImageStore for Containerd {
     }
 }
 
+/// containerd's root from CRI `Status` verbose info: its `config` entry is
+/// the CRI plugin's config as JSON, with `containerdRootDir` on containerd
+/// 1.7 and 2.x. Falls back to the plugin's own `rootDir`, which lives under
+/// containerd's root.
+pub fn root_from_status_info(info: &std::collections::HashMap<String, String>) -> Option<PathBuf> {
+    let config: serde_json::Value = serde_json::from_str(info.get("config")?).ok()?;
+    ["containerdRootDir", "rootDir"]
+        .iter()
+        .filter_map(|key| config.get(key)?.as_str())
+        .find(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+}
+
 fn to_record(img: containerd_client::services::v1::Image) -> ImageRecord {
     ImageRecord {
         name: img.name,
         target_digest: img.target.map(|t| t.digest).unwrap_or_default(),
         labels: img.labels.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn info(config: &str) -> HashMap<String, String> {
+        HashMap::from([("config".to_owned(), config.to_owned())])
+    }
+
+    /// Shapes of CRI `Status` verbose info seen from containerd 1.7.24 and
+    /// 2.1.9 (trimmed); tests/it/root.rs asks the real daemons.
+    #[test]
+    fn root_from_cri_status_info() {
+        let v17 = r#"{"containerd":{"snapshotter":"overlayfs"},"containerdRootDir":"/var/lib/containerd","containerdEndpoint":"/run/containerd/containerd.sock","rootDir":"/var/lib/containerd/io.containerd.grpc.v1.cri","stateDir":"/run/containerd/io.containerd.grpc.v1.cri"}"#;
+        let v2 = r#"{"containerd":{"defaultRuntimeName":"runc"},"containerdRootDir":"/mnt/ctd","rootDir":"/mnt/ctd/io.containerd.grpc.v1.cri"}"#;
+        assert_eq!(
+            root_from_status_info(&info(v17)),
+            Some("/var/lib/containerd".into())
+        );
+        assert_eq!(root_from_status_info(&info(v2)), Some("/mnt/ctd".into()));
+        let plugin_only = r#"{"containerdRootDir":"","rootDir":"/r/io.containerd.grpc.v1.cri"}"#;
+        assert_eq!(
+            root_from_status_info(&info(plugin_only)),
+            Some("/r/io.containerd.grpc.v1.cri".into())
+        );
+        for silent in [
+            r#"{"containerd":{}}"#,
+            "not json",
+            r#"{"containerdRootDir":7}"#,
+        ] {
+            assert_eq!(root_from_status_info(&info(silent)), None, "{silent}");
+        }
+        assert_eq!(root_from_status_info(&HashMap::new()), None);
     }
 }

@@ -3,6 +3,7 @@
 //! real containerd and registry in `tests/`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +37,10 @@ pub struct FakeState {
     pub fail_cri_pulls: u32,
     /// Image references of the containers CRI lists.
     pub containers: Vec<String>,
+    /// The root CRI status reports; `None`: it does not say.
+    pub root_dir: Option<PathBuf>,
+    /// Fail CRI status (a containerd without the CRI runtime service).
+    pub fail_status: bool,
 }
 
 /// A containerd stand-in: content store, leases, image records and a CRI
@@ -150,6 +155,14 @@ impl ContentStore for FakeRuntime {
 impl ImageStore for FakeRuntime {
     async fn version(&self) -> Result<String> {
         Ok(self.version.clone())
+    }
+    async fn root_dir(&self) -> Result<Option<PathBuf>> {
+        let st = self.lock();
+        if st.fail_status {
+            let status = tonic::Status::unimplemented("runtime.v1.RuntimeService");
+            return Err(RuntimeError::rpc("cri.Status", status));
+        }
+        Ok(st.root_dir.clone())
     }
     async fn image_status(&self, image: &str) -> Result<Option<CriImage>> {
         let st = self.lock();

@@ -62,21 +62,51 @@ pub struct DiskUsage {
     pub total: u64,
 }
 
+/// statvfs(2) on one path. Its errors name the path, and what it is and
+/// how to change it when [`StatvfsProbe::described`] says.
 pub struct StatvfsProbe {
     path: PathBuf,
+    what: String,
+    hint: String,
 }
 
 impl StatvfsProbe {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
+            what: String::new(),
+            hint: String::new(),
         }
+    }
+
+    /// Errors say what the path is (`what`) and how to change it (`hint`).
+    pub fn described(mut self, what: &str, hint: &str) -> Self {
+        self.what = what.to_owned();
+        self.hint = hint.to_owned();
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, err: nix::errno::Errno) -> std::io::Error {
+        let err = std::io::Error::from(err);
+        let mut msg = self.path.display().to_string();
+        if !self.what.is_empty() {
+            msg.push_str(&format!(" ({})", self.what));
+        }
+        msg.push_str(&format!(": {err}"));
+        if !self.hint.is_empty() {
+            msg.push_str(&format!("; {}", self.hint));
+        }
+        std::io::Error::new(err.kind(), msg)
     }
 }
 
 impl DiskProbe for StatvfsProbe {
     fn usage(&self) -> std::io::Result<DiskUsage> {
-        let st = nix::sys::statvfs::statvfs(&self.path).map_err(std::io::Error::from)?;
+        let st = nix::sys::statvfs::statvfs(&self.path).map_err(|e| self.error(e))?;
         let frsize = st.fragment_size() as u64;
         Ok(DiskUsage {
             free: st.blocks_available() as u64 * frsize,
@@ -150,6 +180,25 @@ mod tests {
     fn statvfs_reads_this_machine() {
         let u = StatvfsProbe::new(Path::new("/")).usage().unwrap();
         assert!(u.total > 0 && u.free <= u.total);
+    }
+
+    /// The bare OS error named neither the path nor how to change it.
+    #[test]
+    fn statvfs_errors_name_the_path_and_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-root");
+        let err = StatvfsProbe::new(&missing).usage().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        let shown = missing.display();
+        assert!(err.to_string().starts_with(&format!("{shown}: ")), "{err}");
+        let probe = StatvfsProbe::new(&missing).described("containerd's root", "pass --root");
+        let err = probe.usage().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{shown} (containerd's root): No such file or directory (os error 2); pass --root"
+            )
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! socket; `fake.rs` implements them in memory for unit tests.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -133,6 +134,9 @@ pub struct ImageRecord {
 #[async_trait]
 pub trait ImageStore: Send + Sync {
     async fn version(&self) -> Result<String>;
+    /// containerd's root directory as containerd itself reports it (CRI
+    /// status); `None` when it does not say.
+    async fn root_dir(&self) -> Result<Option<PathBuf>>;
     async fn image_status(&self, image: &str) -> Result<Option<CriImage>>;
     /// CRI PullImage: resolves, unpacks for the CRI snapshotter and records
     /// the image exactly as the kubelet's pull would. Returns the image id.

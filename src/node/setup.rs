@@ -1,9 +1,10 @@
 //! Builds the real node stack (registry client, containerd, disk probe and
 //! engine) from the typed config. Used by `prewarm pull` and the agent.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, DEFAULT_CONTAINERD_ROOT};
 use crate::node::auth::{Keyring, KeyringConfig, ProviderSetup};
 use crate::node::containerd::Containerd;
 use crate::node::pace::StatvfsProbe;
@@ -25,6 +26,73 @@ pub struct NodeStack {
     pub runtime_version: String,
     /// Whether this containerd honours the CRI pinned label (>= 1.7).
     pub pin_supported: bool,
+    /// containerd's root, whose filesystem the disk floor guards.
+    pub root: ContainerdRoot,
+    /// Free space on that filesystem (the engine's disk floor uses the same).
+    pub disk: Arc<StatvfsProbe>,
+}
+
+/// How the user names containerd's root, for errors about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootSetting {
+    /// `prewarm pull --root`.
+    Flag,
+    /// `runtime.root` in the agent config.
+    ConfigKey,
+}
+
+impl RootSetting {
+    fn hint(self) -> &'static str {
+        match self {
+            RootSetting::Flag => "pass --root to name containerd's root directory",
+            RootSetting::ConfigKey => "set runtime.root in the agent config to containerd's root directory (the agent needs it mounted at that path)",
+        }
+    }
+}
+
+/// Where containerd's root came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootSource {
+    /// `--root` or `runtime.root`.
+    Configured,
+    /// containerd's CRI status.
+    Containerd,
+    /// Neither said: [`DEFAULT_CONTAINERD_ROOT`].
+    Default,
+}
+
+/// The directory whose filesystem the disk floor guards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdRoot {
+    pub path: PathBuf,
+    pub source: RootSource,
+}
+
+impl ContainerdRoot {
+    /// What the path is, for errors.
+    pub fn describe(&self) -> &'static str {
+        match self.source {
+            RootSource::Configured => "containerd's root as configured",
+            RootSource::Containerd => "containerd's root as containerd reports it",
+            RootSource::Default => "the default containerd root; containerd did not report its own",
+        }
+    }
+}
+
+/// The configured root, else the one containerd reports, else the default.
+pub async fn resolve_root(configured: Option<&Path>, store: &dyn ImageStore) -> ContainerdRoot {
+    let (path, source) = match configured {
+        Some(p) => (p.to_path_buf(), RootSource::Configured),
+        None => match store.root_dir().await {
+            Ok(Some(p)) => (p, RootSource::Containerd),
+            Ok(None) => (DEFAULT_CONTAINERD_ROOT.into(), RootSource::Default),
+            Err(e) => {
+                tracing::warn!(error = %e, "containerd did not report its root directory");
+                (DEFAULT_CONTAINERD_ROOT.into(), RootSource::Default)
+            }
+        },
+    };
+    ContainerdRoot { path, source }
 }
 
 pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
@@ -56,19 +124,32 @@ pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
     .map_err(|e| SetupError::Keyring(e.to_string()))
 }
 
+/// The node stack for the agent (errors about the root name `runtime.root`).
 pub async fn connect(
     cfg: &AgentConfig,
     observer: Arc<dyn PullObserver>,
+) -> Result<NodeStack, SetupError> {
+    connect_with(cfg, observer, RootSetting::ConfigKey).await
+}
+
+/// The node stack; errors about containerd's root say to change `setting`.
+pub async fn connect_with(
+    cfg: &AgentConfig,
+    observer: Arc<dyn PullObserver>,
+    setting: RootSetting,
 ) -> Result<NodeStack, SetupError> {
     let keyring = Arc::new(keyring(cfg)?);
     let registry = Arc::new(HttpRegistry::new(cfg.registry.hosts_dir.clone(), keyring));
     let containerd = Containerd::connect(&cfg.runtime.socket, &cfg.runtime.namespace).await?;
     let runtime_version = containerd.version().await?;
+    let root = resolve_root(cfg.runtime.root.as_deref(), &containerd).await;
+    tracing::info!(root = %root.path.display(), source = ?root.source, "containerd root for the disk floor");
+    let disk = Arc::new(StatvfsProbe::new(&root.path).described(root.describe(), setting.hint()));
     let engine = Engine::new(
         registry,
         Arc::new(containerd.clone()),
         Arc::new(containerd.clone()),
-        Arc::new(StatvfsProbe::new(&cfg.runtime.root)),
+        disk.clone(),
         cfg.pacing.clone(),
         observer,
     );
@@ -77,6 +158,8 @@ pub async fn connect(
         containerd,
         engine: Arc::new(engine),
         runtime_version,
+        root,
+        disk,
     })
 }
 
@@ -84,6 +167,8 @@ pub async fn connect(
 mod tests {
     use super::*;
     use crate::config::CredentialProviderRef;
+    use crate::node::fake::FakeRuntime;
+    use crate::node::pace::DiskProbe;
 
     fn config_with_provider(
         config: std::path::PathBuf,
@@ -128,5 +213,49 @@ mod tests {
         );
         let err = keyring(&cfg).unwrap_err().to_string();
         assert!(err.contains(&missing_bin.display().to_string()), "{err}");
+    }
+
+
+    #[tokio::test]
+    async fn root_is_configured_else_reported_else_default() {
+        let rt = FakeRuntime::new("2.1.9");
+        rt.lock().root_dir = Some("/mnt/containerd".into());
+        let configured = resolve_root(Some(Path::new("/data/ctd")), &rt).await;
+        assert_eq!(configured.path, Path::new("/data/ctd"));
+        assert_eq!(configured.source, RootSource::Configured);
+        let reported = resolve_root(None, &rt).await;
+        assert_eq!(reported.path, Path::new("/mnt/containerd"));
+        assert_eq!(reported.source, RootSource::Containerd);
+        assert_eq!(
+            reported.describe(),
+            "containerd's root as containerd reports it"
+        );
+        rt.lock().root_dir = None;
+        let default = resolve_root(None, &rt).await;
+        assert_eq!(default.path, Path::new(DEFAULT_CONTAINERD_ROOT));
+        assert_eq!(default.source, RootSource::Default);
+        rt.lock().fail_status = true;
+        assert_eq!(resolve_root(None, &rt).await, default);
+    }
+
+    /// The disk probe of a root that is not there names it, where it came
+    /// from and the setting to change, for `prewarm pull` and the agent.
+    #[tokio::test]
+    async fn unreadable_root_errors_name_path_and_setting() {
+        let rt = FakeRuntime::new("2.1.9");
+        rt.lock().root_dir = Some("/nonexistent/containerd".into());
+        let root = resolve_root(None, &rt).await;
+        for (setting, want) in [
+            (RootSetting::Flag, "--root"),
+            (RootSetting::ConfigKey, "runtime.root in the agent config"),
+        ] {
+            let probe = StatvfsProbe::new(&root.path).described(root.describe(), setting.hint());
+            let err = probe.usage().unwrap_err().to_string();
+            assert!(
+                err.starts_with("/nonexistent/containerd (containerd's root as containerd reports it): No such file or directory"),
+                "{err}"
+            );
+            assert!(err.contains(want), "{err}");
+        }
     }
 }

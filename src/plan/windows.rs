@@ -210,8 +210,8 @@ struct Evaluation {
 
 fn evaluate(w: &Window, sched: &Scheduling, node: &NodeView, now: DateTime<Utc>) -> Evaluation {
     let mut images: Vec<String> = Vec::with_capacity(w.images.len());
-    for image in &w.images {
-        let name = image.cri_name();
+    for item in &w.images {
+        let name = item.image.cri_name();
         if !images.contains(&name) {
             images.push(name);
         }
@@ -283,21 +283,24 @@ fn want(desired: &mut BTreeMap<String, DesiredImage>, w: &Window, status: &Windo
     let (pull, priority) = match status.phase {
         Phase::Warming | Phase::Active => (true, i64::from(w.priority)),
         Phase::Late => (true, LATE_PRIORITY + i64::from(w.priority)),
-        // Grace only holds pins; an unpinned window has nothing to hold.
-        Phase::Grace if w.pin => (false, i64::from(w.priority)),
-        Phase::Grace | Phase::Idle => return,
+        Phase::Grace => (false, i64::from(w.priority)),
+        Phase::Idle => return,
     };
-    for image in &w.images {
-        let name = image.cri_name();
+    for e in w.image_entries() {
+        // Grace only holds pins; an unpinned image has nothing to hold.
+        if status.phase == Phase::Grace && !e.pin {
+            continue;
+        }
+        let name = e.image.cri_name();
         let entry = desired.entry(name.clone()).or_insert_with(|| DesiredImage {
             name,
-            image: image.clone(),
+            image: e.image.clone(),
             pin: false,
             pull: false,
             priority: i64::MIN,
             windows: Vec::new(),
         });
-        entry.pin |= w.pin;
+        entry.pin |= e.pin;
         entry.pull |= pull;
         entry.priority = entry.priority.max(priority);
         if !entry.windows.contains(&w.name) {

@@ -322,6 +322,29 @@ fn grace_keeps_the_pin_without_pulling_then_releases() {
     assert!(plan.desired.is_empty());
 }
 
+/// An entry's own `pin` overrides its window's: unpinned images are
+/// pulled while the window needs them but get no pin and no grace.
+#[test]
+fn entry_pin_overrides_the_window() {
+    let images = format!("images: [{ORDERS}, {{image: {INVOICE}, pin: false}}]");
+    let pinned = window(&format!("schedule: '0 8 * * *', grace: 30m, {images}"));
+    let node = Node::cold().warm(&[ORDERS, INVOICE]);
+    let active = node.plan(std::slice::from_ref(&pinned), utc(2026, 6, 1, 8, 10));
+    assert_eq!(active.windows[0].phase, Phase::Active);
+    let want = [(INVOICE, false, true, 0), (ORDERS, true, true, 0)];
+    assert_eq!(desired_names(&active), want);
+    let grace = node.plan(std::slice::from_ref(&pinned), utc(2026, 6, 1, 9, 10));
+    assert_eq!(desired_names(&grace), [(ORDERS, true, false, 0)]);
+    // An unpinned window with one pinned entry holds just that one.
+    let images = format!("images: [{ORDERS}, {{image: {INVOICE}, pin: true}}]");
+    let unpinned = window(&format!("schedule: '0 8 * * *', pin: false, {images}"));
+    let active = node.plan(std::slice::from_ref(&unpinned), utc(2026, 6, 1, 8, 10));
+    let want = [(INVOICE, true, true, 0), (ORDERS, false, true, 0)];
+    assert_eq!(desired_names(&active), want);
+    let grace = node.plan(&[unpinned], utc(2026, 6, 1, 9, 10));
+    assert_eq!(desired_names(&grace), [(INVOICE, true, false, 0)]);
+}
+
 /// Shortening the duration of a running window moves it to grace (or idle
 /// once the grace is over too) at once.
 #[test]

@@ -80,7 +80,7 @@ pub struct Node {
 pub fn config_for(ctd: &TestContainerd) -> AgentConfig {
     let mut cfg = AgentConfig::default();
     cfg.runtime.socket = ctd.socket.clone();
-    cfg.runtime.root = ctd.root.clone();
+    cfg.runtime.root = Some(ctd.root.clone());
     cfg.registry.hosts_dir = Some(ctd.hosts_dir.clone());
     cfg.registry.docker_config = vec![];
     cfg.pacing.disk_floor = DiskFloor::Bytes(0);

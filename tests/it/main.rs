@@ -12,4 +12,5 @@ mod pins;
 mod pull;
 mod rbac;
 mod reattach;
+mod root;
 mod windows;

@@ -1,0 +1,157 @@
+//! containerd's root, whose filesystem the disk floor guards: asked from
+//! containerd itself (CRI Status) when neither `--root` nor `runtime.root`
+//! names it, and named in the error when it cannot be read.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use crate::common::{config_for, metric, Upstream, MIB};
+use crate::on_both;
+use prewarm::agent::{Agent, AgentOptions};
+use prewarm::node::pull::NoopObserver;
+use prewarm::node::runtime::ImageStore;
+use prewarm::node::setup::{self, RootSource};
+use prewarm::testkit::containerd::{TestContainerd, Version};
+use tokio_util::sync::CancellationToken;
+
+/// Runs the binary to completion (killed after 120 s): (exit code, stdout, stderr).
+async fn prewarm(args: &[&str]) -> (i32, String, String) {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run prewarm");
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("prewarm {args:?} did not exit"))
+        .expect("collect output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `prewarm pull` without `--root` checks the disk floor on the root this
+/// containerd reports, wherever it is (not /var/lib/containerd here).
+async fn pull_without_root_uses_containerds_own(v: Version) {
+    let up = Upstream::start(None, MIB).await;
+    let ctd = TestContainerd::start(v).await.expect("start containerd");
+    let image = up.image("shapes/docker");
+    let socket = ctd.socket.to_string_lossy().into_owned();
+    let hosts = ctd.hosts_dir.to_string_lossy().into_owned();
+    let common = ["pull", "--socket", &socket, "--hosts-dir", &hosts];
+    let (code, out, err) =
+        prewarm(&[&common[..], &["--disk-floor", "1%", "--json", &image]].concat()).await;
+    assert_eq!(code, 0, "{}: {out}\n{err}", v.label());
+    assert!(out.contains("\"fetchedBytes\""), "{out}");
+    let root = ctd.root.display().to_string();
+    assert!(
+        err.contains(&root) && err.contains("containerd"),
+        "the log does not name the root containerd reported ({root}):\n{err}"
+    );
+
+    // A root that cannot be read: the error names it and the flag (another
+    // image: a warm one needs no disk check).
+    let other = up.image("shapes/zstd");
+    let (code, out, err) = prewarm(
+        &[
+            &common[..],
+            &["--root", "/nonexistent/ctd-root", "--json", &other],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        out.contains("/nonexistent/ctd-root") && out.contains("--root"),
+        "{out}"
+    );
+}
+on_both!(pull_without_root_uses_containerds_own);
+
+/// CRI status names the root this containerd was started with, and the
+/// stack uses it unless the config names one.
+async fn containerd_reports_its_root(v: Version) {
+    let ctd = TestContainerd::start(v).await.expect("start containerd");
+    let mut cfg = config_for(&ctd);
+    cfg.runtime.root = None;
+    let stack = setup::connect(&cfg, Arc::new(NoopObserver))
+        .await
+        .expect("connect");
+    let reported = stack.containerd.root_dir().await.expect("CRI status");
+    assert_eq!(
+        reported.as_deref(),
+        Some(ctd.root.as_path()),
+        "{}",
+        v.label()
+    );
+    assert_eq!(stack.root.path, ctd.root);
+    assert_eq!(stack.root.source, RootSource::Containerd);
+    let usage = prewarm::node::pace::DiskProbe::usage(stack.disk.as_ref()).expect("statvfs");
+    assert!(usage.total > 0);
+    // A configured root wins.
+    cfg.runtime.root = Some("/var/tmp".into());
+    let stack = setup::connect(&cfg, Arc::new(NoopObserver))
+        .await
+        .expect("connect");
+    assert_eq!(
+        (stack.root.path.to_str(), stack.root.source),
+        (Some("/var/tmp"), RootSource::Configured)
+    );
+}
+on_both!(containerd_reports_its_root);
+
+/// An agent config without `runtime.root` warms images: the disk floor is
+/// checked on the root containerd reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_without_root_warms() {
+    let up = Upstream::start(None, MIB).await;
+    let ctd = TestContainerd::start(Version::V2).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let yaml = format!(
+        "runtime: {{ socket: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 1% }}\nresync: 1s\nimages: [{}]\n",
+        ctd.socket.display(),
+        ctd.hosts_dir.display(),
+        up.image("shapes/docker")
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let cancel = CancellationToken::new();
+    let agent = Agent::start(
+        AgentOptions {
+            config_path: path,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            node_name: "test-node".into(),
+            node_labels: None,
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let mut warm = false;
+    for _ in 0..300 {
+        if metric(agent.addr, "prewarm_images_warm").await == Some(1.0) {
+            warm = true;
+            break;
+        }
+        let failed = metric(
+            agent.addr,
+            "prewarm_pull_failures_total{reason=\"disk_floor\"}",
+        )
+        .await;
+        assert_eq!(failed.unwrap_or(0.0), 0.0, "disk floor check failed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(warm, "image not warm");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), agent.join())
+        .await
+        .expect("agent stops");
+}
