@@ -215,7 +215,6 @@ mod tests {
         assert!(err.contains(&missing_bin.display().to_string()), "{err}");
     }
 
-
     #[tokio::test]
     async fn root_is_configured_else_reported_else_default() {
         let rt = FakeRuntime::new("2.1.9");
