@@ -43,7 +43,7 @@ pub enum Command {
     /// Run the node agent: keep the configured images warm and pinned.
     Agent(AgentArgs),
     /// Run the coordinator: the agents' link, the cluster view, rollout intents.
-    Coordinator(coordinator::CoordinatorArgs),
+    Coordinator(Box<coordinator::CoordinatorArgs>),
     /// Warmth of images per node pool, from the coordinator.
     Status(coordinator::StatusArgs),
     /// Dry run of the activation windows for one node: next activations,
@@ -100,7 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan(args) => plan::run(args).await,
-        Command::Coordinator(args) => coordinator::run(args).await,
+        Command::Coordinator(args) => coordinator::run(*args).await,
         Command::Status(args) => coordinator::status(args).await,
         Command::Testkit(args) => testkit::run(args).await,
     }

@@ -11,7 +11,15 @@
 //!    `kubernetes.io/hostname` label) and removes the gate.
 //! 3. Waited (since creation) at least the timeout: release without
 //!    narrowing (fail-open) or keep holding (fail-closed).
-//! 4. Otherwise wait, warming the images urgently on the eligible nodes.
+//! 4. Fail-open pods with eligible connected nodes: wait only while some
+//!    node pulling the images is predicted to be warm sooner than a cold
+//!    start would be ([`estimate`]); otherwise release at once without
+//!    narrowing, so the gate never makes a pod start later than no gate.
+//! 5. Otherwise (fail-closed pods, or no eligible node connected yet) wait.
+//!
+//! Waiting pods get their images warmed urgently on the eligible nodes;
+//! pods released cold get no urgent intent, so no agent competes with the
+//! kubelet pulling the same bytes on the node the pod lands on.
 //!
 //! Patches respect KEP-3838 (mutable scheduling directives of gated pods):
 //! existing node affinity is only narrowed, by appending one requirement to
@@ -33,6 +41,10 @@ use crate::plan::eligibility::{eligible, NodeFacts};
 use crate::plan::rollout::images_hash;
 use crate::plan::view::{ClusterView, NodeRecord};
 use crate::wire::v1::Intent;
+
+pub mod estimate;
+
+pub use self::estimate::{Estimate, EstimateConfig};
 
 /// Scheduling gate name.
 pub const GATE: &str = "prewarm.dev/warm";
@@ -106,6 +118,8 @@ pub struct GateConfig {
     pub urgent_priority: i64,
     /// Urgent intents expire this long after they were last computed.
     pub intent_ttl: Duration,
+    /// Hold for a warming node, or release cold at once.
+    pub estimate: EstimateConfig,
 }
 
 impl Default for GateConfig {
@@ -115,6 +129,7 @@ impl Default for GateConfig {
             policy: TimeoutPolicy::FailOpen,
             urgent_priority: 1000,
             intent_ttl: Duration::from_secs(900),
+            estimate: EstimateConfig::default(),
         }
     }
 }
@@ -258,12 +273,23 @@ pub enum Decision {
     /// Release onto these warm nodes with this RFC 6902 JSON Patch.
     Release { nodes: Vec<String>, patch: Value },
     /// Nothing eligible is warm yet: warm `images` on `candidates` urgently.
-    /// Candidates empty means no eligible node is connected.
+    /// Candidates empty means no eligible node is connected. `estimate` is
+    /// set when the pod waits because a node is predicted warm sooner than
+    /// a cold start (fail-open pods); it must then be decided again as time
+    /// passes, since a pull that stalls changes the answer.
     Wait {
         candidates: Vec<String>,
         images: Vec<String>,
         waited: Duration,
         timeout: Duration,
+        estimate: Option<Estimate>,
+    },
+    /// Released without narrowing before the timeout because a cold start
+    /// now is predicted sooner than waiting for any eligible node.
+    ReleaseCold {
+        patch: Value,
+        reason: String,
+        estimate: Estimate,
     },
     /// Released without narrowing: the patch removes the gate only.
     /// `timed_out`: a fail-open timeout, not an unparsable pod.
@@ -344,11 +370,31 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
             },
         });
     }
+    let estimate = match policy {
+        // Fail-closed pods only ever go to warm nodes.
+        TimeoutPolicy::FailClosed => None,
+        TimeoutPolicy::FailOpen => {
+            estimate::estimate(&images, &eligible_names, view, &cfg.estimate, now)
+        }
+    };
+    if let Some(e) = estimate.as_ref().filter(|e| !e.hold_wins) {
+        let reason = format!(
+            "no eligible node warm for images {}: {}; released unwarmed",
+            images.join(", "),
+            e.why_cold(&cfg.estimate)
+        );
+        return verdict(Decision::ReleaseCold {
+            patch: ungate_patch(pod),
+            reason,
+            estimate: e.clone(),
+        });
+    }
     verdict(Decision::Wait {
         candidates: eligible_names,
         images,
         waited,
         timeout,
+        estimate,
     })
 }
 
