@@ -200,3 +200,57 @@ async fn a_held_pod_whose_pull_stalls_is_released_cold_without_any_view_change()
     assert_eq!(m.gate_released.with_label_values(&["cold_faster"]).get(), 1);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_pod_released_cold_is_kept_off_nodes_already_pulling_its_image() {
+    // n1 has just started: waiting for it does not pay, and a kubelet
+    // there would download the image again beside its agent.
+    let mut early = pulling(snap("n1", "apps", &[]), APP);
+    early.images[0].bytes_done = 10 << 20;
+    let mut free = snap("n2", "apps", &[]);
+    free.throughput_bytes_per_second = Some((10u64 << 20) as f64);
+    let h = Harness::start(opts(Duration::from_secs(600)), true, vec![early, free]);
+    let intents = h.state.intents.subscribe();
+    h.api.put(
+        PODS,
+        gated_pod(
+            "erp",
+            "app-7d9-a",
+            "app-7d9",
+            &[APP],
+            Utc::now(),
+            json!({}),
+            json!({}),
+        ),
+    );
+    let ps = h.wait_patches(1).await;
+    let not_in = json!({"key": HOSTNAME_LABEL, "operator": "NotIn", "values": ["host-n1"]});
+    let mut ops = ungate_ops(0);
+    ops.push(
+        json!({"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [not_in]}]}}}}),
+    );
+    assert_patch(&ps[0], "erp", "app-7d9-a", &Value::Array(ops));
+    let pod = h.pod("erp", "app-7d9-a");
+    assert_eq!(pod["spec"]["schedulingGates"], json!([]));
+    assert_eq!(
+        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0]["operator"],
+        "NotIn"
+    );
+    let ev = h.wait_event(COLD_FASTER).await;
+    assert_eq!(
+        normal_event(&ev, "erp", "app-7d9-a", COLD_FASTER),
+        format!(
+            "no eligible node warm for images {APP}: n1 would be warm in about 9.0s plus 0.5s \
+             to release, not 20% sooner than a cold start (about 10.0s on n2); released \
+             unwarmed, kept off nodes already pulling them: n1"
+        )
+    );
+    h.assert_quiet_after(2).await;
+    assert!(!intents.has_changed().unwrap(), "intents were published");
+    let m = &h.state.metrics;
+    assert_eq!(m.gate_released.with_label_values(&["cold_faster"]).get(), 1);
+    h.stop().await;
+}

@@ -13,8 +13,10 @@
 //!    narrowing (fail-open) or keep holding (fail-closed).
 //! 4. Fail-open pods with eligible connected nodes: wait only while some
 //!    node pulling the images is predicted to be warm sooner than a cold
-//!    start would be ([`estimate`]); otherwise release at once without
-//!    narrowing, so the gate never makes a pod start later than no gate.
+//!    start would be ([`estimate`]); otherwise release at once, kept off
+//!    nodes already pulling the images (a kubelet there would download them
+//!    again over the same link), so the gate never makes a pod start later
+//!    than no gate.
 //! 5. Otherwise (fail-closed pods, or no eligible node connected yet) wait.
 //!
 //! Waiting pods get their images warmed urgently on the eligible nodes;
@@ -284,8 +286,11 @@ pub enum Decision {
         timeout: Duration,
         estimate: Option<Estimate>,
     },
-    /// Released without narrowing before the timeout because a cold start
-    /// now is predicted sooner than waiting for any eligible node.
+    /// Released before the timeout because a cold start now is predicted
+    /// sooner than waiting for any eligible node. The patch removes the gate
+    /// and keeps the pod off nodes already pulling its images (a kubelet
+    /// there would download them again beside the agent), when any eligible
+    /// node is left.
     ReleaseCold {
         patch: Value,
         reason: String,
@@ -339,16 +344,7 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
     }
     let (eligible_names, warm) = warm_eligible(&pod.spec, &images, view);
     if !warm.is_empty() {
-        let hostnames: Vec<String> = warm
-            .iter()
-            .filter_map(|n| view.node(n))
-            .map(|r| {
-                view.facts(r)
-                    .and_then(|f| f.labels.get(HOSTNAME_LABEL).cloned())
-                    .unwrap_or_else(|| r.node.clone())
-            })
-            .collect();
-        let patch = release_patch(pod, &hostnames);
+        let patch = release_patch(pod, &hostnames(view, &warm));
         return verdict(Decision::Release { nodes: warm, patch });
     }
     // A creation time in the future (clock skew) counts as no wait.
@@ -378,13 +374,24 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
         }
     };
     if let Some(e) = estimate.as_ref().filter(|e| !e.hold_wins) {
+        // Kept off nodes already pulling the images, if any node is left.
+        let (patch, whither) = if e.competing.is_empty() || e.cold.is_none() {
+            (ungate_patch(pod), String::new())
+        } else {
+            let away = avoid_patch(pod, &hostnames(view, &e.competing));
+            let list = e.competing.join(", ");
+            (
+                away,
+                format!(", kept off nodes already pulling them: {list}"),
+            )
+        };
         let reason = format!(
-            "no eligible node warm for images {}: {}; released unwarmed",
+            "no eligible node warm for images {}: {}; released unwarmed{whither}",
             images.join(", "),
             e.why_cold(&cfg.estimate)
         );
         return verdict(Decision::ReleaseCold {
-            patch: ungate_patch(pod),
+            patch,
             reason,
             estimate: e.clone(),
         });
@@ -422,15 +429,40 @@ pub fn ungate_patch(pod: &GatedPod) -> Value {
     Value::Array(ungate_ops(pod))
 }
 
+/// The `kubernetes.io/hostname` label of each node (its name without one).
+fn hostnames(view: &ClusterView, nodes: &[String]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter_map(|n| view.node(n))
+        .map(|r| {
+            view.facts(r)
+                .and_then(|f| f.labels.get(HOSTNAME_LABEL).cloned())
+                .unwrap_or_else(|| r.node.clone())
+        })
+        .collect()
+}
+
 /// Patch that removes our gate and narrows required node affinity to
 /// `hostnames` (deduplicated and sorted).
 pub fn release_patch(pod: &GatedPod, hostnames: &[String]) -> Value {
+    narrow_patch(pod, "In", hostnames)
+}
+
+/// Patch that removes our gate and keeps the pod off `hostnames`
+/// (deduplicated and sorted); new nodes stay allowed.
+pub fn avoid_patch(pod: &GatedPod, hostnames: &[String]) -> Value {
+    narrow_patch(pod, "NotIn", hostnames)
+}
+
+/// Patch that removes our gate and adds the required node affinity
+/// requirement `kubernetes.io/hostname <operator> <hostnames>`.
+fn narrow_patch(pod: &GatedPod, operator: &str, hostnames: &[String]) -> Value {
     const AFFINITY: &str = "/spec/affinity";
     const NODE: &str = "/spec/affinity/nodeAffinity";
     const REQUIRED: &str =
         "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution";
     let values: BTreeSet<&String> = hostnames.iter().collect();
-    let req = json!({"key": HOSTNAME_LABEL, "operator": "In", "values": values});
+    let req = json!({"key": HOSTNAME_LABEL, "operator": operator, "values": values});
     let terms = json!([{"matchExpressions": [req]}]);
     let required = json!({"nodeSelectorTerms": terms});
     let add = |path: &str, value: Value| json!({"op": "add", "path": path, "value": value});

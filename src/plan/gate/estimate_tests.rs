@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use chrono::TimeZone;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::*;
 use crate::plan::gate::{
-    decide, ungate_patch, Decision, GateConfig, GatedPod, TimeoutPolicy, GATE,
+    avoid_patch, decide, ungate_patch, Decision, GateConfig, GatedPod, TimeoutPolicy, GATE,
 };
 use crate::plan::view::ClusterView;
 use crate::wire::v1::{ImageState, Snapshot};
@@ -109,15 +109,27 @@ fn est(
     estimate(&strings(images), &strings(nodes), v, cfg, t(now)).expect("eligible nodes")
 }
 
-/// The decision must be a cold release; returns its estimate and reason.
+/// The decision must be a cold release without narrowing; returns its
+/// estimate and reason.
 fn released_cold(d: Decision, p: &GatedPod) -> (Estimate, String) {
+    released_cold_off(d, p, &[])
+}
+
+/// The decision must be a cold release that keeps the pod off `avoid`
+/// (none: no narrowing); returns its estimate and reason.
+fn released_cold_off(d: Decision, p: &GatedPod, avoid: &[&str]) -> (Estimate, String) {
     match d {
         Decision::ReleaseCold {
             patch,
             reason,
             estimate,
         } => {
-            assert_eq!(patch, ungate_patch(p), "released without narrowing");
+            let expected = if avoid.is_empty() {
+                ungate_patch(p)
+            } else {
+                avoid_patch(p, &strings(avoid))
+            };
+            assert_eq!(patch, expected);
             (estimate, reason)
         }
         other => panic!("expected a cold release, got {other:?}"),
@@ -138,16 +150,34 @@ fn cold_reason(images: &str, why: &str) -> String {
     format!("no eligible node warm for images {images}: {why}; released unwarmed")
 }
 
+/// Like [`cold_reason`], kept off the nodes pulling already.
+fn cold_reason_off(images: &str, why: &str, off: &str) -> String {
+    format!(
+        "no eligible node warm for images {images}: {why}; released unwarmed, \
+         kept off nodes already pulling them: {off}"
+    )
+}
+
+/// A node of pool `apps` pulling [`APP`] at 10 MiB/s.
+fn pulling(name: &str, done: u64) -> Snapshot {
+    node(name, "apps", &[(APP, St::Pulling(done, 100))], Some(10))
+}
+
+/// An idle node of pool `apps` at 10 MiB/s.
+fn idle(name: &str) -> Snapshot {
+    node(name, "apps", &[], Some(10))
+}
+
 // ---- nothing to wait for ----
 
 #[test]
-fn nothing_pulling_releases_cold_at_once() {
-    // n3 pulls the image but is not eligible (another pool): it only
-    // tells the size.
+fn nothing_pulling_releases_cold_at_once_without_narrowing() {
+    // n2 pulls another image; n3 pulls this one but is not eligible
+    // (another pool): it only tells the size.
     let v = view(
         0.0,
         vec![
-            node("n1", "apps", &[], Some(10)),
+            idle("n1"),
             node("n2", "apps", &[(SIDE, St::Pulling(1, 9))], Some(20)),
             node("n3", "batch", &[(APP, St::Pulling(5, 100))], Some(10)),
         ],
@@ -158,7 +188,8 @@ fn nothing_pulling_releases_cold_at_once() {
         e,
         Estimate {
             hold: None,
-            cold: ("n2".into(), s(5.0)),
+            cold: Some(("n2".into(), s(5.0))),
+            competing: vec![],
             stalled: None,
             hold_wins: false,
         }
@@ -177,7 +208,7 @@ fn with_no_size_known_anywhere_the_cold_start_is_not_given_a_duration() {
     let v = view(0.0, vec![node("n1", "apps", &[], None)]);
     let p = pod(&[APP]);
     let (e, reason) = released_cold(decide(&p, &v, &GateConfig::default(), t(0.0)).decision, &p);
-    assert_eq!(e.cold, ("n1".into(), Duration::ZERO));
+    assert_eq!(e.cold, Some(("n1".into(), Duration::ZERO)));
     assert_eq!(
         reason,
         cold_reason(
@@ -191,13 +222,7 @@ fn with_no_size_known_anywhere_the_cold_start_is_not_given_a_duration() {
 
 #[test]
 fn a_node_90_percent_done_holds_the_pod() {
-    let v = view(
-        0.0,
-        vec![
-            node("n1", "apps", &[(APP, St::Pulling(90, 100))], Some(10)),
-            node("n2", "apps", &[], Some(10)),
-        ],
-    );
+    let v = view(0.0, vec![pulling("n1", 90), idle("n2")]);
     let p = pod(&[APP]);
     match decide(&p, &v, &GateConfig::default(), t(1.0)).decision {
         Decision::Wait {
@@ -210,12 +235,14 @@ fn a_node_90_percent_done_holds_the_pod() {
             assert_eq!(candidates, strings(&["n1", "n2"]));
             assert_eq!(images, strings(&[APP]));
             assert_eq!(waited, s(1.0));
-            // n2 would pull the 100 MiB n1 started out missing: 10 s either way.
+            // n2 would pull the 100 MiB n1 started out missing; n1, pulling,
+            // is no place for a cold start.
             assert_eq!(
                 estimate,
                 Some(Estimate {
                     hold: Some(("n1".into(), s(1.0))),
-                    cold: ("n1".into(), s(10.0)),
+                    cold: Some(("n2".into(), s(10.0))),
+                    competing: strings(&["n1"]),
                     stalled: None,
                     hold_wins: true,
                 })
@@ -226,59 +253,60 @@ fn a_node_90_percent_done_holds_the_pod() {
 }
 
 #[test]
-fn a_pull_that_just_started_is_not_worth_waiting_for() {
-    let v = view(
-        0.0,
-        vec![node("n1", "apps", &[(APP, St::Pulling(10, 100))], Some(10))],
-    );
+fn a_pull_that_just_started_is_not_worth_waiting_for_and_the_pod_is_kept_off_it() {
+    let v = view(0.0, vec![pulling("n1", 10), idle("n2")]);
     let p = pod(&[APP]);
-    let (e, reason) = released_cold(decide(&p, &v, &GateConfig::default(), t(0.5)).decision, &p);
+    let d = decide(&p, &v, &GateConfig::default(), t(0.5)).decision;
+    // A kubelet on n1 would download the image again beside its agent.
+    let (e, reason) = released_cold_off(d, &p, &["n1"]);
     assert_eq!(e.hold, Some(("n1".into(), s(9.0))));
+    assert_eq!(e.competing, strings(&["n1"]));
     assert_eq!(
         reason,
-        cold_reason(
+        cold_reason_off(
             APP,
             "n1 would be warm in about 9.0s plus 0.5s to release, not 20% sooner than \
-             a cold start (about 10.0s on n1)"
+             a cold start (about 10.0s on n2)",
+            "n1"
         )
     );
 }
 
 #[test]
+fn with_every_eligible_node_pulling_the_pod_waits_rather_than_share_a_link() {
+    let v = view(0.0, vec![pulling("n1", 5), pulling("n2", 1)]);
+    let e = held(decide(&pod(&[APP]), &v, &GateConfig::default(), t(0.5)).decision);
+    assert_eq!(e.hold, Some(("n1".into(), s(9.5))));
+    assert_eq!(e.cold, None);
+    assert_eq!(e.competing, strings(&["n1", "n2"]));
+}
+
+#[test]
 fn the_margin_and_the_release_overhead_decide_close_calls() {
-    let with = |done| {
-        view(
-            0.0,
-            vec![node(
-                "n1",
-                "apps",
-                &[(APP, St::Pulling(done, 100))],
-                Some(10),
-            )],
-        )
-    };
+    let with = |done| view(0.0, vec![pulling("n1", done), idle("n2")]);
+    let nodes = ["n1", "n2"];
     let cfg = EstimateConfig::default();
-    // Cold 10 s; holding must come in by 8 s, overhead included.
+    // Cold on n2: 10 s; holding must come in by 8 s, overhead included.
     assert!(
-        est(&with(26), &[APP], &["n1"], &cfg, 0.0).hold_wins,
+        est(&with(26), &[APP], &nodes, &cfg, 0.0).hold_wins,
         "7.4 s + 0.5 s"
     );
     assert!(
-        !est(&with(24), &[APP], &["n1"], &cfg, 0.0).hold_wins,
+        !est(&with(24), &[APP], &nodes, &cfg, 0.0).hold_wins,
         "7.6 s + 0.5 s"
     );
     let free_release = EstimateConfig {
         release_overhead: Duration::ZERO,
         ..cfg.clone()
     };
-    assert!(est(&with(24), &[APP], &["n1"], &free_release, 0.0).hold_wins);
+    assert!(est(&with(24), &[APP], &nodes, &free_release, 0.0).hold_wins);
     let wide = EstimateConfig {
         hold_margin: 0.5,
         ..cfg.clone()
     };
-    assert!(!est(&with(26), &[APP], &["n1"], &wide, 0.0).hold_wins);
+    assert!(!est(&with(26), &[APP], &nodes, &wide, 0.0).hold_wins);
     assert!(
-        est(&with(60), &[APP], &["n1"], &wide, 0.0).hold_wins,
+        est(&with(60), &[APP], &nodes, &wide, 0.0).hold_wins,
         "4 s + 0.5 s ≤ 5 s"
     );
 }
@@ -287,16 +315,14 @@ fn the_margin_and_the_release_overhead_decide_close_calls() {
 
 #[test]
 fn a_stalled_pull_releases_the_pod_cold() {
-    let mut v = view(
-        0.0,
-        vec![node("n1", "apps", &[(APP, St::Pulling(90, 100))], Some(10))],
-    );
+    let mut v = view(0.0, vec![pulling("n1", 90)]);
     let p = pod(&[APP]);
     let cfg = GateConfig::default();
     // Not moved for 5 s: still within stall_after.
     held(decide(&p, &v, &cfg, t(5.0)).decision);
+    // Stalled, it moves no bytes: n1 is then a place for a cold start.
     let (e, reason) = released_cold(decide(&p, &v, &cfg, t(6.0)).decision, &p);
-    assert_eq!(e.hold, None);
+    assert_eq!((e.hold, e.competing.len()), (None, 0));
     assert_eq!(e.stalled, Some(("n1".into(), APP.into(), s(6.0))));
     assert_eq!(
         reason,
@@ -333,15 +359,7 @@ fn bump(v: &mut ClusterView, seq: u64, done: u64, at: f64) {
 #[test]
 fn an_unpacking_pull_is_stalled_only_after_the_whole_pull_should_have_taken() {
     // Every byte is in: CRI is unpacking, which reports no progress.
-    let v = view(
-        0.0,
-        vec![node(
-            "n1",
-            "apps",
-            &[(APP, St::Pulling(100, 100))],
-            Some(10),
-        )],
-    );
+    let v = view(0.0, vec![pulling("n1", 100)]);
     let cfg = EstimateConfig::default();
     let e = est(&v, &[APP], &["n1"], &cfg, 9.0);
     assert_eq!(
@@ -361,15 +379,18 @@ fn an_unpacking_pull_is_stalled_only_after_the_whole_pull_should_have_taken() {
 }
 
 #[test]
-fn a_pull_of_unknown_size_cannot_be_waited_for() {
-    // Pulling, but not resolved yet: nothing says how long it will take.
-    let v = view(
-        0.0,
-        vec![node("n1", "apps", &[(APP, St::Pulling(0, 0))], Some(10))],
-    );
+fn a_pull_of_unknown_size_cannot_be_waited_for_but_still_competes() {
+    // Pulling, not resolved yet: nothing says how long it will take.
+    let unresolved = node("n1", "apps", &[(APP, St::Pulling(0, 0))], Some(10));
+    let v = view(0.0, vec![unresolved.clone(), idle("n2")]);
     let p = pod(&[APP]);
-    let (e, _) = released_cold(decide(&p, &v, &GateConfig::default(), t(0.0)).decision, &p);
+    let d = decide(&p, &v, &GateConfig::default(), t(0.0)).decision;
+    let (e, _) = released_cold_off(d, &p, &["n1"]);
     assert_eq!((e.hold, e.stalled), (None, None));
+    // Alone, it leaves nowhere else to go: released as it is.
+    let v = view(0.0, vec![unresolved]);
+    let (e, _) = released_cold(decide(&p, &v, &GateConfig::default(), t(0.0)).decision, &p);
+    assert_eq!((e.hold, e.cold), (None, None));
 }
 
 // ---- throughput ----
@@ -389,7 +410,7 @@ fn unknown_throughput_uses_the_configured_default() {
     };
     let e = est(&v, &[APP], &["n1", "n2"], &cfg, 0.0);
     assert_eq!(e.hold, Some(("n1".into(), s(0.5))));
-    assert_eq!(e.cold, ("n1".into(), s(5.0)));
+    assert_eq!(e.cold, Some(("n2".into(), s(5.0))));
     assert!(e.hold_wins);
     // A node known to be fast makes the cold start sooner than waiting
     // for one assumed slow.
@@ -406,7 +427,7 @@ fn unknown_throughput_uses_the_configured_default() {
     };
     let e = est(&v, &[APP], &["n1", "n2"], &slow, 0.0);
     assert_eq!(e.hold, Some(("n1".into(), s(5.0))));
-    assert_eq!(e.cold, ("n2".into(), s(1.0)));
+    assert_eq!(e.cold, Some(("n2".into(), s(1.0))));
     assert!(!e.hold_wins);
 }
 
@@ -423,46 +444,45 @@ fn the_default_default_throughput_is_the_agents() {
 // ---- several nodes and images ----
 
 #[test]
-fn several_candidates_wait_for_the_soonest_against_the_fastest_cold_start() {
-    let pulling = vec![
-        node("n1", "apps", &[(APP, St::Pulling(50, 100))], Some(10)),
+fn several_candidates_wait_for_the_soonest_against_the_fastest_free_node() {
+    let both = vec![
+        pulling("n1", 50),
         node("n2", "apps", &[(APP, St::Pulling(80, 100))], Some(5)),
     ];
-    let v = view(0.0, pulling.clone());
+    let v = view(0.0, both.clone());
     let e = est(&v, &[APP], &["n1", "n2"], &EstimateConfig::default(), 0.0);
     assert_eq!(e.hold, Some(("n2".into(), s(4.0))), "n1 needs 5 s");
-    assert_eq!(e.cold, ("n1".into(), s(10.0)), "n2 needs 20 s");
+    assert_eq!(e.cold, None, "both pull: no node for a cold start");
     assert!(e.hold_wins);
     // A fast idle node pulls cold in 2 s: sooner than anyone warm.
-    let mut all = pulling;
+    let mut all = both;
     all.push(node("n3", "apps", &[], Some(50)));
     let v = view(0.0, all);
     let p = pod(&[APP]);
-    let (e, reason) = released_cold(decide(&p, &v, &GateConfig::default(), t(0.0)).decision, &p);
-    assert_eq!(e.cold, ("n3".into(), s(2.0)));
+    let d = decide(&p, &v, &GateConfig::default(), t(0.0)).decision;
+    let (e, reason) = released_cold_off(d, &p, &["n1", "n2"]);
+    assert_eq!(e.cold, Some(("n3".into(), s(2.0))));
     assert_eq!(
         reason,
-        cold_reason(
+        cold_reason_off(
             APP,
             "n2 would be warm in about 4.0s plus 0.5s to release, not 20% sooner than \
-             a cold start (about 2.0s on n3)"
+             a cold start (about 2.0s on n3)",
+            "n1, n2"
         )
     );
 }
 
 #[test]
 fn a_stalled_node_does_not_keep_a_moving_one_from_holding() {
-    let mut v = view(
-        0.0,
-        vec![node("n1", "apps", &[(APP, St::Pulling(95, 100))], Some(10))],
-    );
-    v.apply_snapshot(
-        node("n2", "apps", &[(APP, St::Pulling(50, 100))], Some(10)),
-        t(20.0),
-    );
+    let mut v = view(0.0, vec![pulling("n1", 95)]);
+    v.apply_snapshot(pulling("n2", 50), t(20.0));
     let e = est(&v, &[APP], &["n1", "n2"], &EstimateConfig::default(), 21.0);
     assert_eq!(e.hold, Some(("n2".into(), s(5.0))));
     assert_eq!(e.stalled, Some(("n1".into(), APP.into(), s(21.0))));
+    // Its pull stalled, n1 moves no bytes: a place for a cold start.
+    assert_eq!(e.cold, Some(("n1".into(), s(10.0))));
+    assert_eq!(e.competing, strings(&["n2"]));
     assert!(e.hold_wins);
 }
 
@@ -479,29 +499,43 @@ fn a_pod_with_several_images_waits_only_for_a_node_bringing_all_of_them() {
             ),
             // Pulls one of the two: it would still need a fresh pull.
             node("n2", "apps", &[(APP, St::Pulling(99, 100))], Some(10)),
-            node("n3", "apps", &[], Some(10)),
+            idle("n3"),
         ],
     );
+    let images = [APP, SIDE];
     let e = est(
         &v,
-        &[APP, SIDE],
+        &images,
         &["n1", "n2", "n3"],
         &EstimateConfig::default(),
         0.0,
     );
     assert_eq!(e.hold, Some(("n1".into(), s(1.0))));
-    // n1 misses only the sidecar's 50 MiB; n3 would need 100 + 50.
-    assert_eq!(e.cold, ("n1".into(), s(5.0)));
+    // Only n3 is free for a cold start: 100 MiB + a 50 MiB sidecar.
+    assert_eq!(e.cold, Some(("n3".into(), s(15.0))));
+    assert_eq!(e.competing, strings(&["n1", "n2"]));
     assert!(e.hold_wins);
-    let e = est(
-        &v,
-        &[APP, SIDE],
-        &["n2", "n3"],
-        &EstimateConfig::default(),
+    let e = est(&v, &images, &["n2", "n3"], &EstimateConfig::default(), 0.0);
+    assert_eq!((e.hold, e.hold_wins), (None, false));
+    assert_eq!(e.cold, Some(("n3".into(), s(15.0))));
+    // Pulling one image of two, alone: not waitable, nowhere else to go.
+    let only = view(
         0.0,
+        vec![node("n2", "apps", &[(APP, St::Pulling(99, 100))], Some(10))],
     );
-    assert_eq!(e.hold, None);
-    assert_eq!(e.cold, ("n2".into(), s(15.0)), "100 MiB + a 50 MiB sidecar");
+    let p = pod(&images);
+    let (e, reason) = released_cold(
+        decide(&p, &only, &GateConfig::default(), t(0.0)).decision,
+        &p,
+    );
+    assert_eq!((e.hold, e.cold), (None, None));
+    assert_eq!(
+        reason,
+        cold_reason(
+            &format!("{APP}, {SIDE}"),
+            "no eligible node is pulling all of them; a cold start is sooner than warming first"
+        )
+    );
 }
 
 #[test]
@@ -516,6 +550,50 @@ fn no_eligible_node_gives_no_estimate() {
         ),
         None
     );
+}
+
+// ---- the patch ----
+
+#[test]
+fn the_avoid_patch_keeps_the_pod_off_nodes_in_every_required_term() {
+    let mut p = pod(&[APP]);
+    let term =
+        |v: &str| json!({"matchExpressions": [{"key": "pool", "operator": "In", "values": [v]}]});
+    p.spec = serde_json::from_value(json!({
+        "containers": [{"name": "c0", "image": APP}],
+        "schedulingGates": [{"name": GATE}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+            {"nodeSelectorTerms": [term("a"), term("b")]}}},
+    }))
+    .unwrap();
+    let not_in =
+        json!({"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["n1", "n2"]});
+    let path = |j: usize| {
+        format!(
+            "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution\
+             /nodeSelectorTerms/{j}/matchExpressions/-"
+        )
+    };
+    let mut expected = ungate_patch(&p).as_array().unwrap().clone();
+    expected.push(json!({"op": "add", "path": path(0), "value": not_in}));
+    expected.push(json!({"op": "add", "path": path(1), "value": not_in}));
+    assert_eq!(
+        avoid_patch(&p, &strings(&["n2", "n1", "n2"])),
+        Value::Array(expected)
+    );
+    // Kept off by the hostname label, as the warm release narrows.
+    let mut labelled = pulling("n1", 10);
+    labelled
+        .labels
+        .insert("kubernetes.io/hostname".into(), "host-one".into());
+    let v = view(0.0, vec![labelled, idle("n2")]);
+    let p = pod(&[APP]);
+    match decide(&p, &v, &GateConfig::default(), t(0.0)).decision {
+        Decision::ReleaseCold { patch, .. } => {
+            assert_eq!(patch, avoid_patch(&p, &strings(&["host-one"])))
+        }
+        other => panic!("expected a cold release, got {other:?}"),
+    }
 }
 
 // ---- policies ----
