@@ -29,6 +29,8 @@ pub struct NodeReport {
     pub windows: BTreeMap<String, WindowState>,
     pub free_disk_bytes: u64,
     pub pin_supported: bool,
+    /// Learned pull throughput, bytes/s; None until a pull was measured.
+    pub throughput_bytes_per_second: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -383,6 +385,7 @@ pub fn snapshot(node: &str, r: &NodeReport, seq: u64) -> AgentMessage {
             free_disk_bytes: r.free_disk_bytes,
             pin_supported: r.pin_supported,
             seq,
+            throughput_bytes_per_second: r.throughput_bytes_per_second,
         })),
     }
 }
@@ -409,11 +412,16 @@ pub fn diff(old: &NodeReport, new: &NodeReport, seq: u64) -> Option<Delta> {
         .collect();
     let labels_changed = old.labels != new.labels;
     let free = (old.free_disk_bytes != new.free_disk_bytes).then_some(new.free_disk_bytes);
+    // A learned throughput is only ever replaced, never forgotten.
+    let throughput = new
+        .throughput_bytes_per_second
+        .filter(|t| old.throughput_bytes_per_second != Some(*t));
     if upserted.is_empty()
         && removed.is_empty()
         && windows.is_empty()
         && !labels_changed
         && free.is_none()
+        && throughput.is_none()
     {
         return None;
     }
@@ -429,6 +437,7 @@ pub fn diff(old: &NodeReport, new: &NodeReport, seq: u64) -> Option<Delta> {
             Default::default()
         },
         labels_changed,
+        throughput_bytes_per_second: throughput,
     })
 }
 
@@ -548,5 +557,31 @@ mod tests {
         assert_eq!(d.removed, vec!["r/b:1".to_string()]);
         assert_eq!(d.free_disk_bytes, Some(7));
         assert!(!d.labels_changed);
+        assert_eq!(d.throughput_bytes_per_second, None);
+    }
+
+    #[test]
+    fn throughput_travels_in_snapshots_and_in_deltas_when_it_changes() {
+        let mut a = NodeReport::default();
+        let Some(agent_message::Body::Snapshot(s)) = snapshot("n1", &a, 1).body else {
+            panic!("a snapshot");
+        };
+        assert_eq!(s.throughput_bytes_per_second, None, "nothing measured yet");
+        let mut b = a.clone();
+        b.throughput_bytes_per_second = Some(40e6);
+        let d = diff(&a, &b, 2).expect("a learned throughput is a change");
+        assert_eq!(d.throughput_bytes_per_second, Some(40e6));
+        assert!(d.upserted.is_empty() && d.removed.is_empty());
+        a = b.clone();
+        assert_eq!(diff(&a, &b, 3), None, "unchanged: nothing sent");
+        b.throughput_bytes_per_second = Some(42e6);
+        assert_eq!(
+            diff(&a, &b, 3).unwrap().throughput_bytes_per_second,
+            Some(42e6)
+        );
+        let Some(agent_message::Body::Snapshot(s)) = snapshot("n1", &b, 4).body else {
+            panic!("a snapshot");
+        };
+        assert_eq!(s.throughput_bytes_per_second, Some(42e6));
     }
 }

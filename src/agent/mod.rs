@@ -168,6 +168,9 @@ impl Agent {
                     ca_file: c.ca_file,
                     node: opts.node_name.clone(),
                 };
+                let progress =
+                    report::refresh_progress(observer.clone(), tx.clone(), cancel.clone());
+                tokio::spawn(progress);
                 let cancel = cancel.clone();
                 let observer: Arc<dyn link::LinkObserver> = metrics.clone();
                 tokio::spawn(async move {
@@ -560,6 +563,7 @@ impl Loop {
                 window_states(&wplan.windows),
                 free,
                 stack.pin_supported,
+                self.node.throughput.bytes_per_second(),
             );
             tx.send_if_modified(|cur| {
                 let changed = **cur != report;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use prewarm::config::units::ByteSize;
 use prewarm::coordinator::auth::{Authenticator, StaticAuth, TokenReviewAuth, AUDIENCE};
 use prewarm::coordinator::http::{DeployGroupRow, ImageRow, NodeSummary};
 use prewarm::coordinator::{Coordinator, CoordinatorOptions};
@@ -65,6 +66,21 @@ pub struct CoordinatorArgs {
     /// any eligible node, `fail-closed` keeps holding it.
     #[arg(long, env = "PREWARM_GATE_POLICY", default_value = "fail-open")]
     pub gate_policy: TimeoutPolicy,
+    /// Pull throughput assumed for a node whose agent has not measured a
+    /// pull yet, when the gate weighs holding a pod against a cold start.
+    #[arg(long, env = "PREWARM_GATE_DEFAULT_THROUGHPUT", default_value = "25MiB", value_parser = positive_bytes)]
+    pub gate_default_throughput: ByteSize,
+    /// Time from a node becoming warm to a held pod being bound there
+    /// (agent report, re-evaluation, patch, scheduling).
+    #[arg(long, env = "PREWARM_GATE_RELEASE_OVERHEAD", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub gate_release_overhead: std::time::Duration,
+    /// A pod is held for a warming node only if that is predicted this
+    /// fraction sooner than a cold start (0 to 0.9).
+    #[arg(long, env = "PREWARM_GATE_HOLD_MARGIN", default_value = "0.2", value_parser = margin)]
+    pub gate_hold_margin: f64,
+    /// A pull whose bytes have not moved this long no longer holds a pod.
+    #[arg(long, env = "PREWARM_GATE_STALL_AFTER", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub gate_stall_after: std::time::Duration,
     /// Do not release gated pods or run deploy groups.
     #[arg(long)]
     pub no_gate: bool,
@@ -72,6 +88,21 @@ pub struct CoordinatorArgs {
     /// pods labelled prewarm.dev/gate=true (uses --tls-cert/--tls-key).
     #[arg(long, env = "PREWARM_WEBHOOK_LISTEN", requires = "tls_cert")]
     pub webhook_listen: Option<SocketAddr>,
+}
+
+fn positive_bytes(s: &str) -> Result<ByteSize, String> {
+    match s.parse::<ByteSize>() {
+        Ok(b) if b.as_u64() > 0 => Ok(b),
+        Ok(_) => Err("must be more than 0 bytes per second".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn margin(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(m) if (0.0..=0.9).contains(&m) => Ok(m),
+        _ => Err(format!("{s:?} is not a fraction from 0 to 0.9 (e.g. 0.2)")),
+    }
 }
 
 pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
@@ -210,6 +241,12 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
                 cfg: prewarm::plan::gate::GateConfig {
                     timeout: args.gate_timeout,
                     policy: args.gate_policy,
+                    estimate: prewarm::plan::gate::EstimateConfig {
+                        default_throughput: args.gate_default_throughput.as_u64() as f64,
+                        release_overhead: args.gate_release_overhead,
+                        hold_margin: args.gate_hold_margin,
+                        stall_after: args.gate_stall_after,
+                    },
                     ..Default::default()
                 },
                 ..Default::default()

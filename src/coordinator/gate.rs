@@ -8,7 +8,9 @@
 //! Only pods labelled `prewarm.dev/gate=true` and not yet bound to a node
 //! (`spec.nodeName=`) are watched, never every pod of the cluster. A pod's
 //! own changes are decided at once; view changes re-decide every waiting pod
-//! at most every [`GateOptions::reevaluate`].
+//! at most every [`GateOptions::reevaluate`], and pods held for a warming
+//! node are re-decided every [`GateOptions::tick`] as well, so a pull that
+//! stalls (and so stops changing the view) still ends in a release.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -58,13 +60,29 @@ impl Default for GateOptions {
 
 type Key = (String, String);
 
-/// A release to send: pod, patch, Event to record after it (reason,
-/// message), and whether the pod goes to warm nodes.
+/// Outcome labels of `prewarm_coordinator_gate_released_pods_total`.
+pub const OUTCOME_WARM: &str = "warm";
+/// Released cold: unparsable images, or a fail-open timeout.
+pub const OUTCOME_UNWARMED: &str = "unwarmed";
+/// Released cold at once: a cold start was predicted sooner than waiting.
+pub const OUTCOME_COLD_FASTER: &str = "cold_faster";
+/// Event reason of a [`OUTCOME_COLD_FASTER`] release (type Normal).
+pub const COLD_FASTER_REASON: &str = "WarmGateColdFaster";
+
+/// An Event to record after a release.
+struct Note {
+    reason: &'static str,
+    message: String,
+    warning: bool,
+}
+
+/// A release to send: pod, patch, Event to record after it, and the
+/// outcome label it is counted under.
 struct Release {
     key: Key,
     patch: serde_json::Value,
-    note: Option<(String, String)>,
-    warm: bool,
+    note: Option<Note>,
+    outcome: &'static str,
 }
 
 struct Tracked {
@@ -76,6 +94,9 @@ struct Tracked {
     warned: BTreeSet<String>,
     /// Images and candidates while waiting.
     waiting: Option<(Vec<String>, Vec<String>)>,
+    /// Waiting because a node is predicted warm sooner than a cold start:
+    /// decided again on every tick.
+    on_estimate: bool,
     /// After a failed patch: decide again once this has passed.
     retry_at: Option<Instant>,
 }
@@ -165,7 +186,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let now = Utc::now();
-                dirty.extend(g.timed_out(now));
+                dirty.extend(g.due(now));
             }
             Ok(()) = leader.changed() => {
                 full = *leader.borrow_and_update();
@@ -229,6 +250,7 @@ impl Gate {
                             held_noted: false,
                             warned: BTreeSet::new(),
                             waiting: None,
+                            on_estimate: false,
                             retry_at: None,
                         });
                         t.pod = pod;
@@ -271,9 +293,9 @@ impl Gate {
             .set(self.pods.values().filter(|t| !t.releasing).count() as i64);
     }
 
-    /// Pods whose timeout or retry time has passed and that are not being
-    /// released.
-    fn timed_out(&self, now: chrono::DateTime<Utc>) -> Vec<Key> {
+    /// Pods not being released whose timeout or retry time has passed, or
+    /// that wait on an estimate.
+    fn due(&self, now: chrono::DateTime<Utc>) -> Vec<Key> {
         let instant = Instant::now();
         self.pods
             .iter()
@@ -282,7 +304,7 @@ impl Gate {
                 let (timeout, _, _) = gate::effective(&t.pod, &self.opts.cfg);
                 let expired =
                     !t.held_noted && (now - t.pod.created).to_std().unwrap_or_default() >= timeout;
-                expired || t.retry_at.is_some_and(|r| r <= instant)
+                expired || t.on_estimate || t.retry_at.is_some_and(|r| r <= instant)
             })
             .map(|(k, _)| k.clone())
             .collect()
@@ -309,6 +331,7 @@ impl Gate {
                 }
             }
             t.waiting = None;
+            t.on_estimate = false;
             match verdict.decision {
                 Decision::Release { patch, .. } => {
                     t.releasing = true;
@@ -316,7 +339,22 @@ impl Gate {
                         key: key.clone(),
                         patch,
                         note: None,
-                        warm: true,
+                        outcome: OUTCOME_WARM,
+                    });
+                }
+                Decision::ReleaseCold { patch, reason, .. } => {
+                    // No urgent intent: an agent pulling on the node the
+                    // pod lands on would compete with its kubelet.
+                    t.releasing = true;
+                    patches.push(Release {
+                        key: key.clone(),
+                        patch,
+                        note: Some(Note {
+                            reason: COLD_FASTER_REASON,
+                            message: reason,
+                            warning: false,
+                        }),
+                        outcome: OUTCOME_COLD_FASTER,
                     });
                 }
                 Decision::ReleaseUnwarmed {
@@ -332,12 +370,15 @@ impl Gate {
                             .with_label_values(&[TimeoutPolicy::FailOpen.as_str()])
                             .inc();
                     }
-                    let note = ("WarmGateReleasedCold".to_string(), reason);
                     patches.push(Release {
                         key: key.clone(),
                         patch,
-                        note: Some(note),
-                        warm: false,
+                        note: Some(Note {
+                            reason: "WarmGateReleasedCold",
+                            message: reason,
+                            warning: true,
+                        }),
+                        outcome: OUTCOME_UNWARMED,
                     });
                 }
                 Decision::Hold {
@@ -359,8 +400,14 @@ impl Gate {
                     }
                 }
                 Decision::Wait {
-                    candidates, images, ..
-                } => t.waiting = Some((images, candidates)),
+                    candidates,
+                    images,
+                    estimate,
+                    ..
+                } => {
+                    t.on_estimate = estimate.is_some();
+                    t.waiting = Some((images, candidates));
+                }
             }
         }
         drop(view);
@@ -401,7 +448,7 @@ impl Gate {
             key,
             patch,
             note,
-            warm,
+            outcome,
         } = r;
         let Some(t) = self.pods.get(&key) else {
             return;
@@ -416,13 +463,12 @@ impl Gate {
                 metrics
                     .gate_release_seconds
                     .observe(seen.elapsed().as_secs_f64());
-                metrics
-                    .gate_released
-                    .with_label_values(&[if warm { "warm" } else { "unwarmed" }])
-                    .inc();
-                if let Some((reason, message)) = note {
-                    if let Err(e) = events::record(&client, &obj, true, &reason, &message).await {
-                        tracing::warn!(error = %e, "gate Event not recorded");
+                metrics.gate_released.with_label_values(&[outcome]).inc();
+                if let Some(n) = note {
+                    let recorded =
+                        events::record(&client, &obj, n.warning, n.reason, &n.message).await;
+                    if let Err(e) = recorded {
+                        tracing::warn!(error = %e, reason = n.reason, "gate Event not recorded");
                     }
                 }
             }

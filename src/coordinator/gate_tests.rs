@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::plan::gate::{
-    GATE, GATE_LABEL, HOSTNAME_LABEL, INTENT_REASON, POLICY_ANNOTATION, TIMEOUT_ANNOTATION,
+    EstimateConfig, GATE, GATE_LABEL, HOSTNAME_LABEL, INTENT_REASON, POLICY_ANNOTATION,
+    TIMEOUT_ANNOTATION,
 };
 use crate::plan::rollout::images_hash;
 use crate::plan::view::POOL_LABEL;
@@ -29,10 +30,15 @@ const WAIT: Duration = Duration::from_secs(10);
 /// How long "never" is watched: 15 ticks, 30 re-evaluation periods.
 const QUIET: Duration = Duration::from_millis(1500);
 
+/// Pulls never stall here unless a test says so: its clock is real.
 fn opts(timeout: Duration) -> GateOptions {
     GateOptions {
         cfg: GateConfig {
             timeout,
+            estimate: EstimateConfig {
+                stall_after: Duration::from_secs(3600),
+                ..EstimateConfig::default()
+            },
             ..GateConfig::default()
         },
         concurrency: 4,
@@ -400,79 +406,18 @@ impl Harness {
     }
 }
 
-#[tokio::test]
-async fn a_pod_warm_nowhere_waits_with_an_urgent_intent_until_a_node_warms() {
-    let h = Harness::start(
-        opts(Duration::from_secs(600)),
-        true,
-        vec![
-            snap("n1", "apps", &[]),
-            snap("n2", "apps", &[]),
-            snap("n3", "batch", &[APP]),
-            snap("n4", "apps", &[SIDECAR]),
-        ],
-    );
-    let before = Utc::now().timestamp();
-    h.api.put(
-        PODS,
-        gated_pod(
-            "erp",
-            "app-7d9-a",
-            "app-7d9",
-            &[APP],
-            Utc::now(),
-            json!({"nodeSelector": {POOL_LABEL: "apps"}}),
-            json!({}),
-        ),
-    );
-    let intents = h.wait_intents(|i| !i.is_empty()).await;
-    let after = Utc::now().timestamp();
-    assert_eq!(intents.len(), 1, "{intents:#?}");
-    let i = &intents[0];
-    assert_eq!(
-        i.id,
-        format!(
-            "Gate/erp/ReplicaSet/app-7d9@{}",
-            images_hash(&[APP.to_string()])
-        )
-    );
-    assert_eq!(i.images, vec![APP.to_string()]);
-    assert_eq!(i.reason, INTENT_REASON);
-    assert_eq!(i.reason, "gated-pods");
-    assert_eq!(i.priority, 1000);
-    // Eligible candidates by node name: the apps pool, not n3 in batch.
-    assert_eq!(i.nodes, vec!["n1", "n2", "n4"]);
-    assert!(i.node_selector.is_empty());
-    assert!(
-        (before + 900..=after + 900).contains(&i.deadline_unix),
-        "deadline {} not in {}..={}",
-        i.deadline_unix,
-        before + 900,
-        after + 900
-    );
-    h.assert_no_writes().await;
-    assert!(h.pod("erp", "app-7d9-a")["spec"].get("affinity").is_none());
-
-    h.view(|v| v.apply_snapshot(snap("n2", "apps", &[APP]), Utc::now()));
-    let ps = h.wait_patches(1).await;
-    assert_eq!(ps.len(), 1);
-    assert_patch(&ps[0], "erp", "app-7d9-a", &release_ops(0, &["host-n2"]));
-    let pod = h.pod("erp", "app-7d9-a");
-    assert_eq!(pod["spec"]["schedulingGates"], json!([]));
-    assert_eq!(pod["spec"]["affinity"], narrowed_affinity(&["host-n2"]));
-    h.wait_intents(|i| i.is_empty()).await;
-    h.assert_quiet_after(1).await;
-    h.stop().await;
-}
-
-// ---- timeouts ----
+// ---- timeouts (holding for a pull: gate_hold_tests.rs) ----
 
 #[tokio::test]
 async fn fail_open_timeout_releases_with_the_gate_only_patch_and_a_warning_event() {
+    // Held for n1's pull, which does not finish within the timeout.
     let h = Harness::start(
         opts(Duration::from_secs(2)),
         true,
-        vec![snap("n1", "apps", &[]), snap("n2", "apps", &[SIDECAR])],
+        vec![
+            pulling(snap("n1", "apps", &[]), APP),
+            snap("n2", "apps", &[SIDECAR]),
+        ],
     );
     let put = std::time::Instant::now();
     h.api.put(
@@ -612,7 +557,7 @@ async fn a_malformed_timeout_annotation_warns_once_and_the_default_timeout_appli
     let h = Harness::start(
         opts(Duration::from_secs(2)),
         true,
-        vec![snap("n1", "apps", &[])],
+        vec![pulling(snap("n1", "apps", &[]), APP)],
     );
     h.api.put(
         PODS,
@@ -660,7 +605,10 @@ async fn only_the_leader_writes_and_publishes() {
     let h = Harness::start(
         opts(Duration::from_secs(600)),
         false,
-        vec![snap("n1", "apps", &[APP]), snap("n2", "apps", &[])],
+        vec![
+            snap("n1", "apps", &[APP]),
+            pulling(snap("n2", "apps", &[]), SIDECAR),
+        ],
     );
     let now = Utc::now();
     h.api.put(
@@ -746,7 +694,7 @@ async fn leadership_lost_and_regained_withdraws_and_republishes_urgent_intents()
     let h = Harness::start(
         opts(Duration::from_secs(600)),
         true,
-        vec![snap("n1", "apps", &[])],
+        vec![pulling(snap("n1", "apps", &[]), APP)],
     );
     h.api.put(
         PODS,
@@ -841,3 +789,7 @@ async fn the_watch_selects_only_labelled_unbound_pods() {
     }
     h.stop().await;
 }
+
+#[path = "gate_hold_tests.rs"]
+mod hold;
+use hold::pulling;

@@ -165,7 +165,17 @@ pub fn validate_snapshot(s: &Snapshot) -> Result<(), String> {
             i.name.len()
         ));
     }
-    Ok(())
+    validate_throughput("snapshot", s.throughput_bytes_per_second)
+}
+
+/// A reported throughput must be a positive number of bytes per second.
+fn validate_throughput(msg: &str, t: Option<f64>) -> Result<(), String> {
+    match t {
+        Some(t) if !(t.is_finite() && t > 0.0) => Err(format!(
+            "{msg}.throughput_bytes_per_second must be a positive number, got {t}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The intents meant for `node`: those naming it, or naming no node at all.
@@ -313,6 +323,10 @@ fn handle(st: &LinkState, node: &str, m: AgentMessage) -> Result<(), Status> {
                 return Err(Status::invalid_argument(
                     "delta larger than the image limit",
                 ));
+            }
+            if let Err(e) = validate_throughput("delta", d.throughput_bytes_per_second) {
+                st.metrics.rejected.with_label_values(&["invalid"]).inc();
+                return Err(Status::invalid_argument(e));
             }
             st.metrics
                 .updates

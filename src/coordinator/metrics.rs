@@ -66,7 +66,8 @@ impl CoordinatorMetrics {
             gate_released: IntCounterVec::new(
                 Opts::new(
                     "gate_released_pods_total",
-                    "Gated pods released, by outcome",
+                    "Gated pods released, by outcome: warm, unwarmed (timeout or bad image), \
+                     cold_faster (a cold start was predicted sooner than waiting)",
                 ),
                 &["outcome"],
             )

@@ -11,7 +11,17 @@
 //!    `kubernetes.io/hostname` label) and removes the gate.
 //! 3. Waited (since creation) at least the timeout: release without
 //!    narrowing (fail-open) or keep holding (fail-closed).
-//! 4. Otherwise wait, warming the images urgently on the eligible nodes.
+//! 4. Fail-open pods with eligible connected nodes: wait only while some
+//!    node pulling the images is predicted to be warm sooner than a cold
+//!    start would be ([`estimate`]); otherwise release at once, kept off
+//!    nodes already pulling the images (a kubelet there would download them
+//!    again over the same link), so the gate never makes a pod start later
+//!    than no gate.
+//! 5. Otherwise (fail-closed pods, or no eligible node connected yet) wait.
+//!
+//! Waiting pods get their images warmed urgently on the eligible nodes;
+//! pods released cold get no urgent intent, so no agent competes with the
+//! kubelet pulling the same bytes on the node the pod lands on.
 //!
 //! Patches respect KEP-3838 (mutable scheduling directives of gated pods):
 //! existing node affinity is only narrowed, by appending one requirement to
@@ -33,6 +43,10 @@ use crate::plan::eligibility::{eligible, NodeFacts};
 use crate::plan::rollout::images_hash;
 use crate::plan::view::{ClusterView, NodeRecord};
 use crate::wire::v1::Intent;
+
+pub mod estimate;
+
+pub use self::estimate::{Estimate, EstimateConfig};
 
 /// Scheduling gate name.
 pub const GATE: &str = "prewarm.dev/warm";
@@ -106,6 +120,8 @@ pub struct GateConfig {
     pub urgent_priority: i64,
     /// Urgent intents expire this long after they were last computed.
     pub intent_ttl: Duration,
+    /// Hold for a warming node, or release cold at once.
+    pub estimate: EstimateConfig,
 }
 
 impl Default for GateConfig {
@@ -115,6 +131,7 @@ impl Default for GateConfig {
             policy: TimeoutPolicy::FailOpen,
             urgent_priority: 1000,
             intent_ttl: Duration::from_secs(900),
+            estimate: EstimateConfig::default(),
         }
     }
 }
@@ -258,12 +275,26 @@ pub enum Decision {
     /// Release onto these warm nodes with this RFC 6902 JSON Patch.
     Release { nodes: Vec<String>, patch: Value },
     /// Nothing eligible is warm yet: warm `images` on `candidates` urgently.
-    /// Candidates empty means no eligible node is connected.
+    /// Candidates empty means no eligible node is connected. `estimate` is
+    /// set when the pod waits because a node is predicted warm sooner than
+    /// a cold start (fail-open pods); it must then be decided again as time
+    /// passes, since a pull that stalls changes the answer.
     Wait {
         candidates: Vec<String>,
         images: Vec<String>,
         waited: Duration,
         timeout: Duration,
+        estimate: Option<Estimate>,
+    },
+    /// Released before the timeout because a cold start now is predicted
+    /// sooner than waiting for any eligible node. The patch removes the gate
+    /// and keeps the pod off nodes already pulling its images (a kubelet
+    /// there would download them again beside the agent), when any eligible
+    /// node is left.
+    ReleaseCold {
+        patch: Value,
+        reason: String,
+        estimate: Estimate,
     },
     /// Released without narrowing: the patch removes the gate only.
     /// `timed_out`: a fail-open timeout, not an unparsable pod.
@@ -313,16 +344,7 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
     }
     let (eligible_names, warm) = warm_eligible(&pod.spec, &images, view);
     if !warm.is_empty() {
-        let hostnames: Vec<String> = warm
-            .iter()
-            .filter_map(|n| view.node(n))
-            .map(|r| {
-                view.facts(r)
-                    .and_then(|f| f.labels.get(HOSTNAME_LABEL).cloned())
-                    .unwrap_or_else(|| r.node.clone())
-            })
-            .collect();
-        let patch = release_patch(pod, &hostnames);
+        let patch = release_patch(pod, &hostnames(view, &warm));
         return verdict(Decision::Release { nodes: warm, patch });
     }
     // A creation time in the future (clock skew) counts as no wait.
@@ -344,11 +366,42 @@ pub fn decide(pod: &GatedPod, view: &ClusterView, cfg: &GateConfig, now: DateTim
             },
         });
     }
+    let estimate = match policy {
+        // Fail-closed pods only ever go to warm nodes.
+        TimeoutPolicy::FailClosed => None,
+        TimeoutPolicy::FailOpen => {
+            estimate::estimate(&images, &eligible_names, view, &cfg.estimate, now)
+        }
+    };
+    if let Some(e) = estimate.as_ref().filter(|e| !e.hold_wins) {
+        // Kept off nodes already pulling the images, if any node is left.
+        let (patch, whither) = if e.competing.is_empty() || e.cold.is_none() {
+            (ungate_patch(pod), String::new())
+        } else {
+            let away = avoid_patch(pod, &hostnames(view, &e.competing));
+            let list = e.competing.join(", ");
+            (
+                away,
+                format!(", kept off nodes already pulling them: {list}"),
+            )
+        };
+        let reason = format!(
+            "no eligible node warm for images {}: {}; released unwarmed{whither}",
+            images.join(", "),
+            e.why_cold(&cfg.estimate)
+        );
+        return verdict(Decision::ReleaseCold {
+            patch,
+            reason,
+            estimate: e.clone(),
+        });
+    }
     verdict(Decision::Wait {
         candidates: eligible_names,
         images,
         waited,
         timeout,
+        estimate,
     })
 }
 
@@ -376,15 +429,40 @@ pub fn ungate_patch(pod: &GatedPod) -> Value {
     Value::Array(ungate_ops(pod))
 }
 
+/// The `kubernetes.io/hostname` label of each node (its name without one).
+fn hostnames(view: &ClusterView, nodes: &[String]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter_map(|n| view.node(n))
+        .map(|r| {
+            view.facts(r)
+                .and_then(|f| f.labels.get(HOSTNAME_LABEL).cloned())
+                .unwrap_or_else(|| r.node.clone())
+        })
+        .collect()
+}
+
 /// Patch that removes our gate and narrows required node affinity to
 /// `hostnames` (deduplicated and sorted).
 pub fn release_patch(pod: &GatedPod, hostnames: &[String]) -> Value {
+    narrow_patch(pod, "In", hostnames)
+}
+
+/// Patch that removes our gate and keeps the pod off `hostnames`
+/// (deduplicated and sorted); new nodes stay allowed.
+pub fn avoid_patch(pod: &GatedPod, hostnames: &[String]) -> Value {
+    narrow_patch(pod, "NotIn", hostnames)
+}
+
+/// Patch that removes our gate and adds the required node affinity
+/// requirement `kubernetes.io/hostname <operator> <hostnames>`.
+fn narrow_patch(pod: &GatedPod, operator: &str, hostnames: &[String]) -> Value {
     const AFFINITY: &str = "/spec/affinity";
     const NODE: &str = "/spec/affinity/nodeAffinity";
     const REQUIRED: &str =
         "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution";
     let values: BTreeSet<&String> = hostnames.iter().collect();
-    let req = json!({"key": HOSTNAME_LABEL, "operator": "In", "values": values});
+    let req = json!({"key": HOSTNAME_LABEL, "operator": operator, "values": values});
     let terms = json!([{"matchExpressions": [req]}]);
     let required = json!({"nodeSelectorTerms": terms});
     let add = |path: &str, value: Value| json!({"op": "add", "path": path, "value": value});

@@ -415,26 +415,7 @@ fn api_node_facts_override_the_agents_reports() {
     assert!(warm_eligible(&p.spec, &images, &v).0.is_empty());
 }
 
-// ---- waiting and timeouts ----
-
-#[test]
-fn nothing_warm_waits_with_the_eligible_nodes_as_candidates() {
-    let v = view(vec![
-        snap("n1", "apps", &[MIGRATE]),
-        snap("n2", "apps", &[]),
-        snap("n3", "batch", &[APP]),
-    ]);
-    let p = pod_with(&[APP, MIGRATE], json!({"nodeSelector": {"pool": "apps"}}));
-    assert_eq!(
-        decide(&p, &v, &GateConfig::default(), at(30)).decision,
-        Decision::Wait {
-            candidates: strings(&["n1", "n2"]),
-            images: strings(&[APP, MIGRATE]),
-            waited: Duration::from_secs(30),
-            timeout: Duration::from_secs(600),
-        }
-    );
-}
+// ---- waiting and timeouts (waits for a pull: gate/estimate_tests.rs) ----
 
 #[test]
 fn no_connected_eligible_node_waits_without_candidates() {
@@ -446,39 +427,6 @@ fn no_connected_eligible_node_waits_without_candidates() {
         panic!("expected wait");
     };
     assert!(candidates.is_empty());
-}
-
-#[test]
-fn a_creation_time_in_the_future_counts_as_no_wait() {
-    let v = view(vec![snap("n1", "apps", &[])]);
-    let p = pod(json!({}));
-    let Decision::Wait { waited, .. } = decide(&p, &v, &GateConfig::default(), at(-60)).decision
-    else {
-        panic!("expected wait");
-    };
-    assert_eq!(waited, Duration::ZERO);
-}
-
-#[test]
-fn fail_open_releases_unwarmed_exactly_at_the_timeout() {
-    let v = view(vec![snap("n1", "apps", &[])]);
-    let p = pod(json!({}));
-    let cfg = GateConfig::default();
-    let before = decide(&p, &v, &cfg, at(599)).decision;
-    assert!(
-        matches!(before, Decision::Wait { waited, .. } if waited == Duration::from_secs(599)),
-        "{before:?}"
-    );
-    assert_eq!(
-        decide(&p, &v, &cfg, at(600)).decision,
-        Decision::ReleaseUnwarmed {
-            patch: ungate_patch(&p),
-            reason: format!(
-                "no eligible node warm for images {APP} after 10m0s; released unwarmed (fail-open)"
-            ),
-            timed_out: true,
-        }
-    );
 }
 
 #[test]
@@ -612,6 +560,12 @@ fn config_defaults() {
             policy: TimeoutPolicy::FailOpen,
             urgent_priority: 1000,
             intent_ttl: Duration::from_secs(900),
+            estimate: EstimateConfig {
+                default_throughput: 25.0 * 1024.0 * 1024.0,
+                release_overhead: Duration::from_millis(500),
+                hold_margin: 0.2,
+                stall_after: Duration::from_secs(5),
+            },
         }
     );
 }

@@ -28,6 +28,13 @@ pub struct NodeRecord {
     pub seq: u64,
     pub last_report: DateTime<Utc>,
     pub connected: bool,
+    /// Learned pull throughput (bytes/s) the agent reports; None until it
+    /// has measured a pull (or for agents that predate the field).
+    pub throughput_bytes_per_second: Option<f64>,
+    /// For each image being pulled: when its reported progress last changed
+    /// (or the pull was first reported), by the coordinator's clock. A pull
+    /// whose bytes stop moving is told from a running one by this.
+    pub progress_at: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl NodeRecord {
@@ -42,6 +49,39 @@ impl NodeRecord {
         self.images
             .get(image)
             .is_some_and(|i| i.phase == Phase::Warm as i32)
+    }
+
+    /// When `image`'s pull last made progress; None unless it is pulling.
+    pub fn progress_at(&self, image: &str) -> Option<DateTime<Utc>> {
+        self.progress_at.get(image).copied()
+    }
+}
+
+/// A usable throughput: finite and positive, else unknown.
+fn sane_throughput(t: Option<f64>) -> Option<f64> {
+    t.filter(|t| t.is_finite() && *t > 0.0)
+}
+
+/// Progress time of `new` given what was known before: kept while its
+/// bytes stand still, `now` when they moved or the pull is new; None when
+/// it is not pulling.
+fn progress_time(
+    old: Option<&ImageState>,
+    old_at: Option<DateTime<Utc>>,
+    new: &ImageState,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if new.phase != Phase::Pulling as i32 {
+        return None;
+    }
+    let same = old.is_some_and(|o| {
+        o.phase == Phase::Pulling as i32
+            && o.bytes_done == new.bytes_done
+            && o.bytes_total == new.bytes_total
+    });
+    match (same, old_at) {
+        (true, Some(at)) => Some(at),
+        _ => Some(now),
     }
 }
 
@@ -150,8 +190,19 @@ impl ClusterView {
         }
     }
 
-    /// Replaces everything known about the snapshot's node.
+    /// Replaces everything known about the snapshot's node. A pull that
+    /// stood still before a reconnect keeps its progress time.
     pub fn apply_snapshot(&mut self, snap: Snapshot, now: DateTime<Utc>) {
+        let old = self.nodes.get(&snap.node);
+        let progress_at = snap
+            .images
+            .iter()
+            .filter_map(|i| {
+                let prev = old.and_then(|o| o.images.get(&i.name));
+                let prev_at = old.and_then(|o| o.progress_at(&i.name));
+                progress_time(prev, prev_at, i, now).map(|t| (i.name.clone(), t))
+            })
+            .collect();
         let record = NodeRecord {
             node: snap.node.clone(),
             labels: snap.labels.into_iter().collect(),
@@ -171,6 +222,8 @@ impl ClusterView {
             seq: snap.seq,
             last_report: now,
             connected: true,
+            throughput_bytes_per_second: sane_throughput(snap.throughput_bytes_per_second),
+            progress_at,
         };
         self.account_node(&snap.node, -1);
         self.reported
@@ -212,13 +265,23 @@ impl ClusterView {
             rec.last_report = now;
             rec.connected = true;
             for i in delta.upserted {
+                let old_at = rec.progress_at(&i.name);
+                let at = progress_time(rec.images.get(&i.name), old_at, &i, now);
+                match at {
+                    Some(t) => rec.progress_at.insert(i.name.clone(), t),
+                    None => rec.progress_at.remove(&i.name),
+                };
                 let old = rec.images.insert(i.name.clone(), i.clone());
                 changes.push((old, Some(i)));
             }
             for name in delta.removed {
+                rec.progress_at.remove(&name);
                 if let Some(old) = rec.images.remove(&name) {
                     changes.push((Some(old), None));
                 }
+            }
+            if let Some(t) = sane_throughput(delta.throughput_bytes_per_second) {
+                rec.throughput_bytes_per_second = Some(t);
             }
             for w in delta.windows {
                 rec.windows.insert(w.name.clone(), w);
@@ -618,6 +681,69 @@ mod tests {
             v.image_pools(&[intent("y", &["n2"], t(5).timestamp())], t(10)),
             vec![row("p", 1, 1)]
         );
+    }
+
+    #[test]
+    fn progress_times_follow_moving_bytes_and_survive_a_reconnect() {
+        let mut v = ClusterView::default();
+        let pulling = |done| img("r/a:1", Phase::Pulling, done, 100);
+        v.apply_snapshot(snap("n1", "p", vec![pulling(10)]), t(0));
+        let at = |v: &ClusterView| v.node("n1").unwrap().progress_at("r/a:1");
+        assert_eq!(at(&v), Some(t(0)), "first reported");
+        let delta = |seq, images| Delta {
+            seq,
+            upserted: images,
+            ..Default::default()
+        };
+        v.apply_delta("n1", delta(2, vec![pulling(40)]), t(3))
+            .unwrap();
+        assert_eq!(at(&v), Some(t(3)), "bytes moved");
+        v.apply_delta("n1", delta(3, vec![pulling(40)]), t(9))
+            .unwrap();
+        assert_eq!(at(&v), Some(t(3)), "bytes stood still");
+        // Reconnected with the same bytes: still standing since t(3).
+        v.apply_snapshot(snap("n1", "p", vec![pulling(40)]), t(12));
+        assert_eq!(at(&v), Some(t(3)));
+        v.apply_delta("n1", delta(2, vec![img("r/a:1", Phase::Warm, 0, 0)]), t(13))
+            .unwrap();
+        assert_eq!(at(&v), None, "warm: not pulling");
+        v.apply_delta("n1", delta(3, vec![pulling(0)]), t(14))
+            .unwrap();
+        assert_eq!(at(&v), Some(t(14)), "a new pull");
+        let rm = Delta {
+            seq: 4,
+            removed: vec!["r/a:1".into()],
+            ..Default::default()
+        };
+        v.apply_delta("n1", rm, t(15)).unwrap();
+        assert!(v.node("n1").unwrap().progress_at.is_empty());
+    }
+
+    #[test]
+    fn throughput_is_kept_from_snapshots_and_deltas_and_nonsense_is_unknown() {
+        let mut v = ClusterView::default();
+        let tp = |v: &ClusterView| v.node("n1").unwrap().throughput_bytes_per_second;
+        v.apply_snapshot(snap("n1", "p", vec![]), t(0));
+        assert_eq!(tp(&v), None, "not measured yet");
+        let d = |seq, t: Option<f64>| Delta {
+            seq,
+            throughput_bytes_per_second: t,
+            ..Default::default()
+        };
+        v.apply_delta("n1", d(2, Some(30e6)), t(1)).unwrap();
+        assert_eq!(tp(&v), Some(30e6));
+        v.apply_delta("n1", d(3, None), t(2)).unwrap();
+        assert_eq!(tp(&v), Some(30e6), "a delta without it changes nothing");
+        for bad in [f64::NAN, f64::INFINITY, 0.0, -5.0] {
+            let mut s = snap("n2", "p", vec![]);
+            s.throughput_bytes_per_second = Some(bad);
+            v.apply_snapshot(s, t(3));
+            assert_eq!(v.node("n2").unwrap().throughput_bytes_per_second, None);
+        }
+        let mut s = snap("n1", "p", vec![]);
+        s.throughput_bytes_per_second = Some(50e6);
+        v.apply_snapshot(s, t(4));
+        assert_eq!(tp(&v), Some(50e6));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Forwards every request to `upstream` (bodies streamed both ways, status and
 //! headers preserved, `Location`/`WWW-Authenticate` rewritten to point at the
 //! proxy) unless a [`Rule`] matches: the first matching rule with count left
-//! fires its [`Fault`] and is decremented.
+//! fires its [`Fault`] and is decremented. [`FaultProxy::set_bandwidth`]
+//! caps the bytes/s of all response bodies together, like a node's link.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,7 +20,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use super::proxyio::{forward, status_response, BodyFault, KillSwitch, KillableListener, Upstream};
+use super::proxyio::{
+    forward, status_response, BodyFault, KillSwitch, KillableListener, Pacer, Upstream,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -86,9 +89,14 @@ struct Inner {
     requests: AtomicU64,
     fired: AtomicU64,
     log: Mutex<Vec<String>>,
+    pacer: Mutex<Option<Arc<Pacer>>>,
 }
 
 impl Inner {
+    fn pacer(&self) -> Option<Arc<Pacer>> {
+        self.pacer.lock().ok().and_then(|p| p.clone())
+    }
+
     fn take_fault(&self, method: &Method, path: &str) -> Option<Fault> {
         let mut rules = self.rules.lock().ok()?;
         let rule = rules.iter_mut().find(|r| {
@@ -139,6 +147,7 @@ impl FaultProxy {
             requests: AtomicU64::new(0),
             fired: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            pacer: Mutex::new(None),
         });
         let app = Router::new()
             .fallback(handle)
@@ -178,6 +187,14 @@ impl FaultProxy {
     pub fn add(&self, rule: Rule) {
         if let Ok(mut r) = self.inner.rules.lock() {
             r.push(rule);
+        }
+    }
+
+    /// Caps the response bodies of all connections together at this many
+    /// bytes/s (uploads are not paced); None removes the cap.
+    pub fn set_bandwidth(&self, bytes_per_second: Option<u64>) {
+        if let Ok(mut p) = self.inner.pacer.lock() {
+            *p = bytes_per_second.map(|b| Arc::new(Pacer::new(b)));
         }
     }
 
@@ -253,6 +270,7 @@ async fn handle(
         l.push(format!("{method} {path}{query}"));
     }
     let fault = inner.take_fault(&method, &path);
+    let pacer = inner.pacer();
     match fault {
         Some(Fault::Status { code, retry_after }) => status_response(&method, code, retry_after),
         Some(Fault::DropConnection) => {
@@ -262,13 +280,13 @@ async fn handle(
         }
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(d).await;
-            forward(&inner.up, req, BodyFault::None).await
+            forward(&inner.up, req, BodyFault::None, pacer).await
         }
         Some(Fault::TruncateBody { after }) => {
-            forward(&inner.up, req, BodyFault::Truncate(after)).await
+            forward(&inner.up, req, BodyFault::Truncate(after), pacer).await
         }
-        Some(Fault::CorruptBody) => forward(&inner.up, req, BodyFault::Corrupt).await,
-        None => forward(&inner.up, req, BodyFault::None).await,
+        Some(Fault::CorruptBody) => forward(&inner.up, req, BodyFault::Corrupt, pacer).await,
+        None => forward(&inner.up, req, BodyFault::None, pacer).await,
     }
 }
 
@@ -525,6 +543,27 @@ mod tests {
         let t = Instant::now();
         c.head(blob_url(&proxy, &img)).send().await.unwrap();
         assert!(t.elapsed() < Duration::from_millis(300));
+    }
+
+    /// The rate itself is tested with paused time in `proxyio`; here the
+    /// paced path delivers bodies whole and byte-exact.
+    #[tokio::test]
+    async fn paced_bodies_arrive_whole() {
+        let (_reg, proxy, img, c) = setup().await;
+        proxy.set_bandwidth(Some(64 << 20));
+        let body = c
+            .get(blob_url(&proxy, &img))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(sha256_digest(&body), img.layers[0].digest);
+        assert_eq!(proxy.bytes_sent(), img.layers[0].data.len() as u64);
+        proxy.set_bandwidth(None);
+        let again = c.get(blob_url(&proxy, &img)).send().await.unwrap();
+        assert_eq!(again.bytes().await.unwrap(), body);
     }
 
     #[tokio::test]

@@ -1,12 +1,13 @@
 //! Plumbing for [`super::faultproxy`]: a listener whose connections can be
-//! killed from a handler (to drop a request unanswered), header helpers, and
-//! the body transformations behind the body faults.
+//! killed from a handler (to drop a request unanswered), header helpers,
+//! the body transformations behind the body faults, and the bandwidth
+//! pacer.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,8 +41,13 @@ pub(super) enum BodyFault {
 }
 
 /// Forwards `req` upstream and streams the answer back, applying `fault` to
-/// the body and counting body bytes sent.
-pub(super) async fn forward(up_: &Upstream, req: Request, fault: BodyFault) -> Response<Body> {
+/// the body, pacing it with `pacer` and counting body bytes sent.
+pub(super) async fn forward(
+    up_: &Upstream,
+    req: Request,
+    fault: BodyFault,
+    pacer: Option<Arc<Pacer>>,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let pq = parts
         .uri
@@ -91,6 +97,10 @@ pub(super) async fn forward(up_: &Upstream, req: Request, fault: BodyFault) -> R
             BodyFault::Truncate(after) => truncate(up_stream, after),
             BodyFault::Corrupt => corrupt(up_stream).await,
             BodyFault::None => up_stream,
+        };
+        let s = match pacer {
+            Some(p) => paced(s, p),
+            None => s,
         };
         let counter = up_.bytes_sent.clone();
         Body::from_stream(s.inspect_ok(move |b| {
@@ -293,6 +303,67 @@ pub(super) async fn corrupt(
     stream::once(async move { Ok(Bytes::from(buf)) }).boxed()
 }
 
+/// Bytes per pacing step: small enough to keep the rate smooth.
+const PACE_CHUNK: usize = 16 << 10;
+/// Bytes may run ahead of the rate by this much time (absorbs timer slack).
+const PACE_BURST: Duration = Duration::from_millis(10);
+
+/// A bandwidth budget shared by every response body through one proxy,
+/// like a node's link: a GCRA over bytes.
+pub(super) struct Pacer {
+    bytes_per_second: f64,
+    /// When the bytes handed out so far would have finished at the rate.
+    due: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub(super) fn new(bytes_per_second: u64) -> Self {
+        Self {
+            bytes_per_second: bytes_per_second.max(1) as f64,
+            due: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes fit the rate.
+    pub(super) async fn take(&self, n: usize) {
+        let until = {
+            let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            let start = (*due).max(now);
+            *due = start + Duration::from_secs_f64(n as f64 / self.bytes_per_second);
+            *due - PACE_BURST
+        };
+        tokio::time::sleep_until(until).await;
+    }
+}
+
+/// `up` in steps of at most [`PACE_CHUNK`] bytes, each waiting for `pacer`.
+fn paced(
+    up: BoxStream<'static, io::Result<Bytes>>,
+    pacer: Arc<Pacer>,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    up.flat_map(|r| {
+        let parts: Vec<io::Result<Bytes>> = match r {
+            Ok(b) => (0..b.len())
+                .step_by(PACE_CHUNK)
+                .map(|i| Ok(b.slice(i..(i + PACE_CHUNK).min(b.len()))))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        stream::iter(parts)
+    })
+    .then(move |r| {
+        let pacer = pacer.clone();
+        async move {
+            if let Ok(b) = &r {
+                pacer.take(b.len()).await;
+            }
+            r
+        }
+    })
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +396,34 @@ mod tests {
         );
         let out: Vec<io::Result<Bytes>> = corrupt(chunks(&[])).await.collect().await;
         assert!(out[0].as_ref().unwrap().is_empty());
+    }
+
+    /// Paused time: the pacer's waits are exact, whatever the machine.
+    #[tokio::test(start_paused = true)]
+    async fn paced_bodies_share_one_rate_in_small_steps() {
+        let pacer = Arc::new(Pacer::new(1 << 20));
+        let body = |n: usize| -> BoxStream<'static, io::Result<Bytes>> {
+            stream::iter(vec![Ok(Bytes::from(vec![7u8; n]))]).boxed()
+        };
+        let t = tokio::time::Instant::now();
+        // Two bodies at once through one pacer: 1 MiB together.
+        let (a, b) = tokio::join!(
+            paced(body(512 << 10), pacer.clone()).collect::<Vec<_>>(),
+            paced(body(512 << 10), pacer.clone()).collect::<Vec<_>>()
+        );
+        let elapsed = t.elapsed();
+        for parts in [&a, &b] {
+            assert_eq!(parts.len(), 32, "16 KiB steps");
+            let total: usize = parts.iter().map(|p| p.as_ref().unwrap().len()).sum();
+            assert_eq!(total, 512 << 10);
+        }
+        // 1 MiB at 1 MiB/s, less the 10 ms it may run ahead.
+        assert_eq!(elapsed, Duration::from_millis(990));
+        // Errors pass through unpaced.
+        let failing: BoxStream<'static, io::Result<Bytes>> =
+            stream::iter(vec![Err(io::Error::other("cut"))]).boxed();
+        let out: Vec<_> = paced(failing, pacer).collect().await;
+        assert!(out[0].is_err());
     }
 
     #[test]

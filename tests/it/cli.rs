@@ -71,6 +71,23 @@ fn bad_flags_are_explained() {
     let (code, _, err) = prewarm(&["coordinator", "--gate-timeout", "soon"]);
     assert_ne!(code, 0);
     assert!(err.contains("--gate-timeout"), "{err}");
+    let (code, _, err) = prewarm(&["coordinator", "--gate-hold-margin", "1.5"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--gate-hold-margin")
+            && err.contains("\"1.5\" is not a fraction from 0 to 0.9 (e.g. 0.2)"),
+        "{err}"
+    );
+    let (code, _, err) = prewarm(&["coordinator", "--gate-default-throughput", "0"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--gate-default-throughput")
+            && err.contains("must be more than 0 bytes per second"),
+        "{err}"
+    );
+    let (code, _, err) = prewarm(&["coordinator", "--gate-stall-after", "a while"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--gate-stall-after"), "{err}");
 }
 
 #[test]

@@ -44,9 +44,11 @@ fn patches_to(api: &MockApi, path_end: &str) -> Vec<Recorded> {
         .collect()
 }
 
-/// A scaled-from-zero pod is held until the real agent on node-a has
-/// pulled its image (on an urgent intent), then released onto node-a only;
-/// node-b, which never gets warm, is left out of the affinity.
+/// A scaled-from-zero fail-closed pod (only ever released warm) is held
+/// until the real agent on node-a has pulled its image (on an urgent
+/// intent), then released onto node-a only; node-b, which never gets warm,
+/// is left out of the affinity. A fail-open pod would have been released
+/// cold at once: nothing was pulling its image (see `benches/gate_cold.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
     let rig = Rig::start(Version::V2).await;
@@ -64,7 +66,9 @@ async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
     wait_for("both agents attached", 30, || state.view().connected() == 2).await;
 
     let api = MockApi::new();
-    api.put(PODS, gated_pod("orders-sync-0", &image));
+    let mut pod = gated_pod("orders-sync-0", &image);
+    pod["metadata"]["annotations"] = json!({"prewarm.dev/gate-policy": "fail-closed"});
+    api.put(PODS, pod);
     let (_leader_tx, leader) = watch::channel(true);
     let opts = GateOptions {
         tick: Duration::from_millis(200),

@@ -258,6 +258,37 @@ async fn intent_warms_on_the_eligible_node_and_status_shows_it() {
             .is_some_and(|n| n.images.is_empty()),
         "node-c got an intent for node-a"
     );
+    // A pull big enough to measure: node-a then reports its throughput.
+    let big = rig.up.image("shapes/shared-a");
+    let fetched: u64 = rig
+        .up
+        .corpus
+        .iter()
+        .find(|(r, _, _)| r == "shapes/shared-a")
+        .map(|(_, _, b)| b.images()[0].compressed_size())
+        .unwrap();
+    assert!(fetched >= 4 << 20, "too small to be a sample: {fetched}");
+    assert_eq!(
+        state
+            .view()
+            .node("node-a")
+            .unwrap()
+            .throughput_bytes_per_second,
+        None
+    );
+    coord.set_intents(vec![Intent {
+        id: "Deployment/erp/orders-sync@2".into(),
+        images: vec![image.clone(), big.clone()],
+        deadline_unix: chrono::Utc::now().timestamp() + 3600,
+        nodes: vec!["node-a".into()],
+        ..Default::default()
+    }]);
+    wait_for("node-a reported its throughput", 60, || {
+        state.view().node("node-a").is_some_and(|n| {
+            n.is_warm(&big) && n.throughput_bytes_per_second.is_some_and(|t| t > 0.0)
+        })
+    })
+    .await;
 
     // prewarm status shows the image warm on 2 of the pool's nodes.
     let text = status(coord.http_addr);
@@ -346,6 +377,31 @@ async fn foreign_reports_bad_tokens_and_malformed_messages_are_refused() {
     let s = attach(addr, "tok-b", vec![snap("node-b", 1), empty]).await;
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
 
+    // A throughput that is not a positive number is refused, naming the field.
+    let mut nan = snap("node-b", 1);
+    if let Some(agent_message::Body::Snapshot(s)) = nan.body.as_mut() {
+        s.throughput_bytes_per_second = Some(f64::NAN);
+    }
+    let s = attach(addr, "tok-b", vec![nan]).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert_eq!(
+        s.message(),
+        "snapshot.throughput_bytes_per_second must be a positive number, got NaN"
+    );
+    let negative = AgentMessage {
+        body: Some(agent_message::Body::Delta(Delta {
+            seq: 2,
+            throughput_bytes_per_second: Some(-1.0),
+            ..Default::default()
+        })),
+    };
+    let s = attach(addr, "tok-b", vec![snap("node-b", 1), negative]).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert_eq!(
+        s.message(),
+        "delta.throughput_bytes_per_second must be a positive number, got -1"
+    );
+
     // Oversized: refused by the size limit, not buffered.
     let mut huge = Snapshot {
         node: "node-b".into(),
@@ -380,6 +436,7 @@ async fn foreign_reports_bad_tokens_and_malformed_messages_are_refused() {
         ("auth", 2),
         ("protocol", 2),
         ("out_of_order", 1),
+        ("invalid", 2),
     ] {
         let line = format!("prewarm_coordinator_rejected_reports_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "missing {line}:\n{metrics}");
