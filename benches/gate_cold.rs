@@ -196,7 +196,11 @@ async fn prewarm(nodes: &[Node], api: &MockApi, cancel: &CancellationToken) -> R
     })
     .await?;
     let (leader_tx, leader) = watch::channel(true);
-    let (client, state, gate_cancel) = (api.client(), coord.state.clone(), cancel.clone());
+    let (client, state, gate_cancel) = (
+        api.coordinator_client(),
+        coord.state.clone(),
+        cancel.clone(),
+    );
     tokio::spawn(async move {
         let _leader = leader_tx;
         gate::run(client, state, GateOptions::default(), leader, gate_cancel).await
