@@ -33,9 +33,11 @@ if [ -z "$mirror" ]; then
   mirror="$(grep -h -m1 -E '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}')"
 fi
 # Fetches the .deb of PACKAGE from SUITE and unpacks it (not installs it) into
-# .tools/<DEST>; skipped when .tools/<DEST>/<BINARY> already exists.
+# .tools/<DEST>, then prints its version with VERSION_ARG; skipped when
+# .tools/<DEST>/<BINARY> already exists. (containerd takes --version: any
+# other word starts the daemon.)
 fetch_deb() {
-  local suite="$1" package="$2" dest="$TOOLS/$3" binary="$4"
+  local suite="$1" package="$2" dest="$TOOLS/$3" binary="$4" version_arg="$5"
   [ -x "$dest/$binary" ] && return 0
   local work="$TOOLS/apt-$suite"
   mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/etc/preferences.d"
@@ -47,11 +49,11 @@ fetch_deb() {
   (cd "$work" && rm -f "${package}"_*.deb && apt-get "${opts[@]}" download -qq "$package/$suite")
   rm -rf "$dest"; mkdir -p "$dest"
   dpkg-deb -x "$work"/"${package}"_*.deb "$dest"
-  "$dest/$binary" version 2>/dev/null || "$dest/$binary" --version
+  "$dest/$binary" "$version_arg"
 }
-fetch_deb trixie containerd containerd-trixie usr/bin/containerd
-fetch_deb sid containerd containerd-sid usr/bin/containerd
+fetch_deb trixie containerd containerd-trixie usr/bin/containerd --version
+fetch_deb sid containerd containerd-sid usr/bin/containerd --version
 # kustomize renders daemonset/ (and its components) for the manifest
 # validation and the rendering tests; trixie ships 5.6.
-fetch_deb trixie kustomize kustomize-trixie usr/bin/kustomize
+fetch_deb trixie kustomize kustomize-trixie usr/bin/kustomize version
 echo "setup: done (tools in $TOOLS)"
