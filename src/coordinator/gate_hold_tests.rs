@@ -32,18 +32,8 @@ async fn a_pod_held_for_a_pulling_node_waits_with_an_urgent_intent_until_a_node_
         ],
     );
     let before = Utc::now().timestamp();
-    h.api.put(
-        PODS,
-        gated_pod(
-            "erp",
-            "app-7d9-a",
-            "app-7d9",
-            &[APP],
-            Utc::now(),
-            json!({"nodeSelector": {POOL_LABEL: "apps"}}),
-            json!({}),
-        ),
-    );
+    h.api
+        .put(PODS, app_pod(json!({"nodeSelector": {POOL_LABEL: "apps"}})));
     let intents = h.wait_intents(|i| !i.is_empty()).await;
     let after = Utc::now().timestamp();
     assert_eq!(intents.len(), 1, "{intents:#?}");
@@ -115,16 +105,8 @@ async fn a_pod_nothing_is_pulling_for_is_released_cold_at_once_without_an_intent
     let intents = h.state.intents.subscribe();
     h.api.put(
         PODS,
-        gated_pod(
-            "erp",
-            "app-7d9-a",
-            "app-7d9",
-            &[APP],
-            Utc::now(),
-            json!({"nodeSelector": {POOL_LABEL: "apps"},
-                "schedulingGates": [{"name": GATE}, {"name": "example.com/quota"}]}),
-            json!({}),
-        ),
+        app_pod(json!({"nodeSelector": {POOL_LABEL: "apps"},
+                "schedulingGates": [{"name": GATE}, {"name": "example.com/quota"}]})),
     );
     let ps = h.wait_patches(1).await;
     assert_patch(&ps[0], "erp", "app-7d9-a", &Value::Array(ungate_ops(0)));
@@ -160,18 +142,7 @@ async fn a_held_pod_whose_pull_stalls_is_released_cold_without_any_view_change()
     let mut o = opts(Duration::from_secs(600));
     o.cfg.estimate.stall_after = Duration::from_secs(1);
     let h = Harness::start(o, true, vec![pulling(snap("n1", "apps", &[]), APP)]);
-    h.api.put(
-        PODS,
-        gated_pod(
-            "erp",
-            "app-7d9-a",
-            "app-7d9",
-            &[APP],
-            Utc::now(),
-            json!({}),
-            json!({}),
-        ),
-    );
+    h.api.put(PODS, app_pod(json!({})));
     // Held for n1 first, warming it urgently.
     let held = h.wait_intents(|i| !i.is_empty()).await;
     assert_eq!(held[0].nodes, vec!["n1"]);
@@ -211,18 +182,7 @@ async fn a_pod_released_cold_is_kept_off_nodes_already_pulling_its_image() {
     free.throughput_bytes_per_second = Some((10u64 << 20) as f64);
     let h = Harness::start(opts(Duration::from_secs(600)), true, vec![early, free]);
     let intents = h.state.intents.subscribe();
-    h.api.put(
-        PODS,
-        gated_pod(
-            "erp",
-            "app-7d9-a",
-            "app-7d9",
-            &[APP],
-            Utc::now(),
-            json!({}),
-            json!({}),
-        ),
-    );
+    h.api.put(PODS, app_pod(json!({})));
     let ps = h.wait_patches(1).await;
     let not_in = json!({"key": HOSTNAME_LABEL, "operator": "NotIn", "values": ["host-n1"]});
     let mut ops = ungate_ops(0);

@@ -232,6 +232,20 @@ fn gated_pod(
     pod
 }
 
+/// The usual gated pod: `erp/app-7d9-a` of ReplicaSet `app-7d9`, running
+/// APP, created now, with `spec` merged into its pod spec.
+fn app_pod(spec: Value) -> Value {
+    gated_pod(
+        "erp",
+        "app-7d9-a",
+        "app-7d9",
+        &[APP],
+        Utc::now(),
+        spec,
+        json!({}),
+    )
+}
+
 fn hostname_in(values: &[&str]) -> Value {
     json!({"key": HOSTNAME_LABEL, "operator": "In", "values": values})
 }
@@ -422,15 +436,7 @@ async fn fail_open_timeout_releases_with_the_gate_only_patch_and_a_warning_event
     let put = std::time::Instant::now();
     h.api.put(
         PODS,
-        gated_pod(
-            "erp",
-            "app-7d9-a",
-            "app-7d9",
-            &[APP],
-            Utc::now(),
-            json!({"schedulingGates": [{"name": GATE}, {"name": "example.com/quota"}]}),
-            json!({}),
-        ),
+        app_pod(json!({"schedulingGates": [{"name": GATE}, {"name": "example.com/quota"}]})),
     );
     // Creation is stored to the second, so the 2 s run out 1–2 s from now.
     let early = h
@@ -696,18 +702,7 @@ async fn leadership_lost_and_regained_withdraws_and_republishes_urgent_intents()
         true,
         vec![pulling(snap("n1", "apps", &[]), APP)],
     );
-    h.api.put(
-        PODS,
-        gated_pod(
-            "erp",
-            "app-7d9-a",
-            "app-7d9",
-            &[APP],
-            Utc::now(),
-            json!({}),
-            json!({}),
-        ),
-    );
+    h.api.put(PODS, app_pod(json!({})));
     let first = h.wait_intents(|i| !i.is_empty()).await;
     assert_eq!(first.len(), 1);
     h.leader.send(false).unwrap();
