@@ -107,15 +107,7 @@ async fn a_validation_job_left_from_an_earlier_step_is_replaced() {
         api.object(JOBS, NS, &name).unwrap()["metadata"]["labels"][STEP_LABEL],
         step
     );
-    api.update(JOBS, NS, &name, |j| {
-        j["status"] = json!({"succeeded": 1, "conditions": [
-            {"type": "Complete", "status": "True"}]});
-    })
-    .unwrap();
-    let st = wait_status(&api, GROUP_NAME, "succeeded", |s| {
-        result_of(s, "orders")["result"] == "Succeeded"
-    })
-    .await;
+    let st = complete_job(&api, &name).await;
     assert_eq!(st["phase"], "Idle", "{st:#}");
     h.stop().await;
 }
@@ -139,15 +131,7 @@ async fn a_validation_job_is_created_and_its_completion_passes_the_step() {
     assert_eq!(status(&api, GROUP_NAME)["step"]["stage"], "Validating");
     assert!(!member_writes(&api.requests()).contains(&pause("orders")));
 
-    api.update(JOBS, NS, &name, |j| {
-        j["status"] = json!({"succeeded": 1, "conditions": [
-            {"type": "Complete", "status": "True"}]});
-    })
-    .unwrap();
-    let st = wait_status(&api, GROUP_NAME, "succeeded", |s| {
-        result_of(s, "orders")["result"] == "Succeeded"
-    })
-    .await;
+    let st = complete_job(&api, &name).await;
     assert_eq!(st["phase"], "Idle", "{st:#}");
     let r = result_of(&st, "orders");
     assert_eq!(r["reason"], "ready; validation job succeeded");
@@ -250,4 +234,18 @@ async fn a_failed_validation_job_halts_the_group_at_once() {
     let pause_at = writes_to(&api.requests(), &deployment_path("orders"))[1].at;
     assert!(pause_at > post.at);
     h.stop().await;
+}
+
+/// Plays the Job controller: the Job succeeds; returns the group's status
+/// once the member's step has succeeded.
+async fn complete_job(api: &MockApi, name: &str) -> Value {
+    api.update(JOBS, NS, name, |j| {
+        j["status"] = json!({"succeeded": 1, "conditions": [
+            {"type": "Complete", "status": "True"}]});
+    })
+    .unwrap();
+    wait_status(api, GROUP_NAME, "succeeded", |s| {
+        result_of(s, "orders")["result"] == "Succeeded"
+    })
+    .await
 }
