@@ -69,6 +69,18 @@ pub struct BoundToken {
     pub audiences: Vec<String>,
 }
 
+/// An API server outage, as [`MockApi::set_outage`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outage {
+    #[default]
+    None,
+    /// Every request is answered 503 ServiceUnavailable at once.
+    Refuse,
+    /// Requests are held unanswered until the outage ends (then served):
+    /// a stalled server, which only client timeouts get past.
+    Stall,
+}
+
 /// The server's state; clone it freely, every clone is the same server.
 #[derive(Clone)]
 pub struct MockApi {
@@ -76,6 +88,7 @@ pub struct MockApi {
     changed: Arc<Notify>,
     policy: Arc<Policy>,
     tokens: Arc<Mutex<BTreeMap<String, BoundToken>>>,
+    outage: Arc<tokio::sync::watch::Sender<Outage>>,
 }
 
 impl Default for MockApi {
@@ -123,7 +136,14 @@ impl MockApi {
             changed: Arc::default(),
             policy: Arc::new(policy),
             tokens: Arc::default(),
+            outage: Arc::new(tokio::sync::watch::channel(Outage::None).0),
         }
+    }
+
+    /// Starts or ends an outage. Requests already parked as watches keep
+    /// waiting; new ones see the outage.
+    pub fn set_outage(&self, outage: Outage) {
+        self.outage.send_replace(outage);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -270,6 +290,20 @@ impl MockApi {
     }
 
     async fn handle(&self, req: http::Request<Body>, send: Respond, who: &Identity) {
+        let mut outage = self.outage.subscribe();
+        let now = *outage.borrow_and_update();
+        if now == Outage::Stall {
+            // Held until the outage ends; a dropped client just goes away.
+            let _ = outage.wait_for(|o| *o != Outage::Stall).await;
+        }
+        if *outage.borrow() == Outage::Refuse {
+            let (code, body) = status(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request".into(),
+            );
+            return respond(send, code, serde_json::to_vec(&body).unwrap_or_default());
+        }
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or_default().to_string();

@@ -479,3 +479,26 @@ async fn leases_events_and_token_reviews_are_checked() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn outages_refuse_or_stall_requests_until_they_end() {
+    let api = MockApi::new();
+    api.put("api/v1/pods", pod("a", json!({})));
+    let pods: Api<Pod> = Api::namespaced(api.client_as(Identity::admin()), "ns");
+    api.set_outage(Outage::Refuse);
+    let e = err_of(pods.get("a").await);
+    assert_eq!((e.code, e.reason.as_str()), (503, "ServiceUnavailable"));
+    api.set_outage(Outage::Stall);
+    let stalled = tokio::time::timeout(Duration::from_secs(30), pods.get("a")).await;
+    assert!(stalled.is_err(), "a stalled server answered");
+    let p2 = pods.clone();
+    let pending = tokio::spawn(async move { p2.get("a").await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!pending.is_finished());
+    api.set_outage(Outage::None);
+    assert!(
+        pending.await.unwrap().is_ok(),
+        "served once the outage ended"
+    );
+    assert!(pods.get("a").await.is_ok());
+}
