@@ -63,7 +63,7 @@ impl PrioritySlots {
 
     pub async fn acquire(&self, key: SlotKey) -> Slot {
         let rx = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&self.state);
             if st.free > 0 && st.waiters.is_empty() {
                 st.free -= 1;
                 return Slot {
@@ -76,72 +76,163 @@ impl PrioritySlots {
             st.waiters.push(Reverse(Waiter { key, seq, tx }));
             rx
         };
-        // The sender is only dropped after a slot was handed over to us, or
-        // with the whole pool; either way we now own a slot.
-        let _ = rx.await;
+        // Dropped before the slot arrives (cancelled), it gives back a slot
+        // already handed over and leaves the queue.
+        let mut waiting = Waiting {
+            state: self.state.clone(),
+            rx: Some(rx),
+        };
+        if let Some(rx) = waiting.rx.as_mut() {
+            // The sender is only dropped after sending, or with the whole
+            // pool; either way we now own a slot.
+            let _ = rx.await;
+        }
+        waiting.rx = None;
         Slot {
             state: self.state.clone(),
         }
     }
 }
 
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hands a free slot to the best waiter still waiting, or back to the pool.
+fn release(st: &mut State) {
+    // Cancelled waiters (receiver gone) are skipped.
+    while let Some(Reverse(w)) = st.waiters.pop() {
+        if w.tx.send(()).is_ok() {
+            return;
+        }
+    }
+    st.free += 1;
+}
+
+/// A waiter's place in the queue while its acquire future is alive.
+struct Waiting {
+    state: Arc<Mutex<State>>,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let mut st = lock(&self.state);
+        // Under the lock no slot can be sent any more once closed, so a
+        // slot either arrived already (pass it on) or never will.
+        rx.close();
+        if rx.try_recv().is_ok() {
+            release(&mut st);
+        }
+        st.waiters.retain(|Reverse(w)| !w.tx.is_closed());
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // Hand the slot to the best waiter still waiting; cancelled ones
-        // (receiver gone) are skipped.
-        while let Some(Reverse(w)) = st.waiters.pop() {
-            if w.tx.send(()).is_ok() {
-                return;
-            }
-        }
-        st.free += 1;
+        release(&mut lock(&self.state));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use futures::FutureExt;
+    use std::future::Future;
+    use std::pin::Pin;
 
-    #[tokio::test]
-    async fn serves_smallest_key_first() {
-        let pool = Arc::new(PrioritySlots::new(1));
-        let held = pool.acquire((0, 0)).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for key in [(5, 1), (1, 9), (5, 0), (-3, 2)] {
-            let (pool, order) = (pool.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                let _s = pool.acquire(key).await;
-                order.lock().unwrap().push(key);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        drop(held);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(
-            *order.lock().unwrap(),
-            vec![(-3, 2), (1, 9), (5, 0), (5, 1)]
-        );
+    type Acquire = Pin<Box<dyn Future<Output = Slot> + Send>>;
+
+    /// An acquire future polled once, so it waits in the queue.
+    fn queued(pool: &Arc<PrioritySlots>, key: SlotKey) -> Acquire {
+        let pool = pool.clone();
+        let mut fut: Acquire = Box::pin(async move { pool.acquire(key).await });
+        assert!(poll(&mut fut).is_none(), "{key:?} got a slot at once");
+        fut
     }
 
-    #[tokio::test]
-    async fn cancelled_waiters_do_not_leak_slots() {
+    fn poll(fut: &mut Acquire) -> Option<Slot> {
+        fut.as_mut().now_or_never()
+    }
+
+    /// How many slots can be taken right now without waiting.
+    fn free_now(pool: &PrioritySlots) -> usize {
+        let mut held = Vec::new();
+        while let Some(s) = pool.acquire((i64::MAX, 0)).now_or_never() {
+            held.push(s);
+        }
+        held.len()
+    }
+
+    #[test]
+    fn serves_smallest_key_first() {
         let pool = Arc::new(PrioritySlots::new(1));
-        let held = pool.acquire((0, 0)).await;
-        let p2 = pool.clone();
-        let waiter = tokio::spawn(async move { p2.acquire((1, 0)).await });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waiter.abort();
-        let _ = waiter.await;
+        let mut slot = pool.acquire((0, 0)).now_or_never();
+        assert!(slot.is_some(), "a free slot");
+        let mut waiting: Vec<(SlotKey, Acquire)> = [(5, 1), (1, 9), (5, 0), (-3, 2)]
+            .into_iter()
+            .map(|k| (k, queued(&pool, k)))
+            .collect();
+        let mut order = Vec::new();
+        while !waiting.is_empty() {
+            drop(slot.take());
+            // The released slot went to exactly one waiter: the smallest key.
+            let mut ready: Vec<(usize, Slot)> = waiting
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, (_, f))| poll(f).map(|s| (i, s)))
+                .collect();
+            assert_eq!(ready.len(), 1, "after {order:?}");
+            let (i, s) = ready.pop().unwrap();
+            order.push(waiting.remove(i).0);
+            slot = Some(s);
+        }
+        assert_eq!(order, vec![(-3, 2), (1, 9), (5, 0), (5, 1)]);
+        drop(slot);
+        assert_eq!(free_now(&pool), 1);
+    }
+
+    /// A waiter cancelled before any slot was free leaves the queue.
+    #[test]
+    fn cancelled_waiter_does_not_leak_slots() {
+        let pool = Arc::new(PrioritySlots::new(1));
+        let held = pool.acquire((0, 0)).now_or_never().expect("a free slot");
+        drop(queued(&pool, (1, 0)));
         drop(held);
-        // The slot came back to the pool: this must not hang.
-        tokio::time::timeout(Duration::from_secs(1), pool.acquire((2, 0)))
-            .await
-            .expect("slot leaked");
+        assert_eq!(free_now(&pool), 1, "slot leaked");
+    }
+
+    /// The slot was handed to the waiter through its channel, then its
+    /// future was dropped before it ran again: the slot must come back.
+    #[test]
+    fn slot_handed_to_a_dropped_waiter_comes_back() {
+        let pool = Arc::new(PrioritySlots::new(1));
+        let held = pool.acquire((0, 0)).now_or_never().expect("a free slot");
+        let waiter = queued(&pool, (1, 0));
+        drop(held); // handed to `waiter`
+        drop(waiter); // ... which never ran again
+        assert_eq!(free_now(&pool), 1, "the handed-over slot was lost");
+    }
+
+    /// One blob fails for good and all its siblings are cancelled, some of
+    /// them after slots were handed to them: every slot comes back, and a
+    /// waiter still queued behind them gets one.
+    #[test]
+    fn cancelled_sibling_chain_keeps_capacity() {
+        let pool = Arc::new(PrioritySlots::new(3));
+        let mut held: Vec<Slot> = (0..3)
+            .map(|i| pool.acquire((0, i)).now_or_never().expect("free slot"))
+            .collect();
+        let siblings: Vec<Acquire> = (0..5).map(|i| queued(&pool, (1, i))).collect();
+        let mut later = queued(&pool, (2, 0));
+        // Two slots go to the first two siblings, which are then cancelled
+        // with the rest before running.
+        held.truncate(1);
+        drop(siblings);
+        let got = poll(&mut later).expect("the later waiter gets a handed-back slot");
+        assert_eq!(free_now(&pool), 1);
+        drop((got, held));
+        assert_eq!(free_now(&pool), 3, "capacity shrank");
     }
 }
