@@ -1,5 +1,6 @@
 //! Retries with exponential backoff and full jitter, honouring a server's
-//! Retry-After as the minimum wait. Permanent errors return at once.
+//! Retry-After as the minimum wait, up to the policy's maxBackoff.
+//! Permanent errors return at once.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +19,8 @@ pub trait Transient {
 
 pub struct Backoff {
     delays: Box<dyn Iterator<Item = Duration> + Send>,
+    /// The longest a server's Retry-After may make us wait.
+    max_wait: Duration,
 }
 
 impl Backoff {
@@ -29,13 +32,15 @@ impl Backoff {
             .with_jitter();
         Self {
             delays: Box::new(builder.build()),
+            max_wait: policy.max_backoff,
         }
     }
 
-    /// A fixed schedule, for tests.
+    /// A fixed schedule that honours any Retry-After, for tests.
     pub fn fixed(delays: Vec<Duration>) -> Self {
         Self {
             delays: Box::new(delays.into_iter()),
+            max_wait: Duration::MAX,
         }
     }
 }
@@ -63,8 +68,9 @@ where
         let Some(mut delay) = backoff.delays.next() else {
             return Err(err);
         };
+        // A Retry-After far out (a date, a day) must not park the pull.
         if let Some(after) = err.retry_after() {
-            delay = delay.max(after);
+            delay = delay.max(after.min(backoff.max_wait));
         }
         tracing::info!(error = %err, delay_ms = delay.as_millis() as u64, "transient error, retrying");
         tokio::select! {
