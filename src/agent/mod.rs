@@ -29,7 +29,7 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::k8s::{ApiNodeLabels, Labels, NodeLabels, StaticNodeLabels};
 use crate::node::manifest::host_platform;
 use crate::node::pace::DiskProbe;
-use crate::node::pull::PullOptions;
+use crate::node::pull::{PullOptions, WindowBandwidth};
 use crate::node::runtime::ImageStore;
 use crate::node::setup::{self, NodeStack};
 use crate::plan::throughput::Throughput;
@@ -600,14 +600,18 @@ impl Loop {
     }
 }
 
-/// The bandwidth override of the highest-priority window that sets one.
-fn window_overrides(cfg: &AgentConfig, windows: &[String]) -> Option<u64> {
+/// The bandwidth budget of the highest-priority window that sets one: the
+/// pull counts against that window's budget, inside the node's.
+fn window_overrides(cfg: &AgentConfig, windows: &[String]) -> Option<WindowBandwidth> {
     cfg.windows
         .iter()
         .filter(|w| windows.contains(&w.name))
-        .filter_map(|w| Some((w.priority, w.pacing.as_ref()?.bandwidth?)))
-        .max_by_key(|(p, _)| *p)
-        .map(|(_, b)| b.0)
+        .filter_map(|w| Some((w.priority, &w.name, w.pacing.as_ref()?.bandwidth?)))
+        .max_by_key(|(p, _, _)| *p)
+        .map(|(_, name, b)| WindowBandwidth {
+            window: name.clone(),
+            bytes_per_sec: b.0,
+        })
 }
 
 impl NodeState {

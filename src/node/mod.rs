@@ -17,4 +17,6 @@ pub mod setup;
 pub mod slots;
 
 #[cfg(test)]
+mod pull_pace_tests;
+#[cfg(test)]
 mod pull_tests;

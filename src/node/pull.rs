@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::reference::ImageRef;
 use crate::config::{Pacing, Platform};
 use crate::node::manifest::{self, Descriptor, ManifestError, Parsed};
-use crate::node::pace::{disk_check, Bandwidth, DiskProbe, DiskRefusal};
+use crate::node::pace::{disk_check, Bandwidth, Budget, DiskProbe, DiskRefusal};
 use crate::node::pin;
 use crate::node::registry::{FetchedManifest, Registry, RegistryError};
 use crate::node::retry::{retry, Backoff, Transient};
@@ -104,9 +104,16 @@ pub struct PullOptions {
     pub cri_timeout: Duration,
     /// Higher pulls first when download slots are scarce (late windows).
     pub priority: i64,
-    /// A budget of its own in bytes/s instead of the node's (a window's
-    /// pacing override); 0 means unlimited.
-    pub bandwidth: Option<u64>,
+    /// The window whose `pacing.bandwidth` this pull counts against: a
+    /// budget shared by all of that window's pulls, inside the node's.
+    pub bandwidth: Option<WindowBandwidth>,
+}
+
+/// A window's own bytes/s budget (0: no cap beyond the node's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowBandwidth {
+    pub window: String,
+    pub bytes_per_sec: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +139,9 @@ pub struct Engine {
     images: Arc<dyn ImageStore>,
     disk: Arc<dyn DiskProbe>,
     pacing: Pacing,
-    bandwidth: Bandwidth,
+    bandwidth: Arc<Bandwidth>,
+    /// One budget per window, shared by its pulls; nested in `bandwidth`.
+    window_budgets: Mutex<HashMap<String, Arc<Bandwidth>>>,
     pulls: PrioritySlots,
     /// Node-wide download slots, granted to the highest-priority, earliest
     /// started image first: it finishes downloading and unpacks while later
@@ -154,7 +163,8 @@ impl Engine {
         observer: Arc<dyn PullObserver>,
     ) -> Self {
         Self {
-            bandwidth: Bandwidth::new(pacing.bandwidth.0),
+            bandwidth: Arc::new(Bandwidth::new(pacing.bandwidth.0)),
+            window_budgets: Mutex::new(HashMap::new()),
             pulls: PrioritySlots::new(pacing.max_concurrent_pulls.max(1)),
             blob_slots: PrioritySlots::new(pacing.max_concurrent_blobs.max(1)),
             started: std::sync::atomic::AtomicU64::new(0),
@@ -281,7 +291,7 @@ impl Engine {
         self.check_disk(&name, missing)?;
 
         let lease_id = format!("prewarm-{}", random_suffix());
-        let expires = SystemTime::now() + self.lease_lifetime(total);
+        let expires = SystemTime::now() + self.lease_lifetime(total, &self.budget(opts));
         let lease = self
             .content
             .create_lease(&lease_id, expires)
@@ -322,11 +332,10 @@ impl Engine {
             image: name.clone(),
             source,
         };
-        let own_budget = opts.bandwidth.map(Bandwidth::new);
-        let bandwidth = own_budget.as_ref().unwrap_or(&self.bandwidth);
+        let budget = &self.budget(opts);
         let fetched: u64 = futures::stream::iter(plan.blobs.clone())
             .map(|blob| async move {
-                self.ensure_blob(image, &blob, lease, key, bandwidth, cancel)
+                self.ensure_blob(image, &blob, lease, key, budget, cancel)
                     .await
             })
             .buffer_unordered(self.pacing.max_concurrent_blobs.max(1))
@@ -523,10 +532,30 @@ impl Engine {
         })
     }
 
-    fn lease_lifetime(&self, total: u64) -> Duration {
+    /// The node's budget, and the window's one (shared by all its pulls).
+    fn budget(&self, opts: &PullOptions) -> Budget {
+        let window = opts.bandwidth.as_ref().map(|w| {
+            let mut budgets = self.window_budgets.lock().unwrap_or_else(|p| p.into_inner());
+            // A changed rate (config reload) starts a new budget; budgets
+            // no pull uses any more are dropped.
+            budgets.retain(|name, b| name == &w.window || Arc::strong_count(b) > 1);
+            let current = budgets.get(&w.window).filter(|b| b.rate() == w.bytes_per_sec);
+            match current {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(Bandwidth::new(w.bytes_per_sec));
+                    budgets.insert(w.window.clone(), b.clone());
+                    b
+                }
+            }
+        });
+        Budget::new(self.bandwidth.clone(), window)
+    }
+
+    fn lease_lifetime(&self, total: u64, budget: &Budget) -> Duration {
         // Long enough for a paced pull of this size, short enough that
         // content from a dead agent is collected within hours.
-        let paced = match self.pacing.bandwidth.0 {
+        let paced = match budget.effective_rate() {
             0 => Duration::ZERO,
             bps => Duration::from_secs(total / bps * 3),
         };
@@ -540,7 +569,7 @@ impl Engine {
         blob: &Descriptor,
         lease: &LeaseId,
         key: SlotKey,
-        bandwidth: &Bandwidth,
+        budget: &Budget,
         cancel: &CancellationToken,
     ) -> Result<u64, PullError> {
         let name = image.to_string();
@@ -577,7 +606,7 @@ impl Engine {
             // Counts bytes of failed attempts too: they crossed the network.
             let moved = std::sync::atomic::AtomicU64::new(0);
             retry(self.backoff(), cancel, || {
-                self.download(image, blob, lease, labels.clone(), bandwidth, &moved)
+                self.download(image, blob, lease, labels.clone(), budget, &moved)
             })
             .await?;
             Ok(moved.load(std::sync::atomic::Ordering::Relaxed))
@@ -599,7 +628,7 @@ impl Engine {
         blob: &Descriptor,
         lease: &LeaseId,
         labels: BTreeMap<String, String>,
-        bandwidth: &Bandwidth,
+        budget: &Budget,
         moved: &std::sync::atomic::AtomicU64,
     ) -> Result<(), PullError> {
         let name = image.to_string();
@@ -650,7 +679,7 @@ impl Engine {
                         },
                     });
                 }
-                bandwidth.take(chunk.len()).await;
+                budget.take(chunk.len()).await;
                 writer.write(chunk).await.map_err(rt_err)?;
                 got += n;
                 moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
