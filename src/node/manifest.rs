@@ -51,7 +51,7 @@ pub enum ManifestError {
     Malformed(String),
     #[error("no manifest for platform {wanted} in index (available: {available})")]
     NoPlatform { wanted: String, available: String },
-    #[error("unsupported layer media type {0:?}")]
+    #[error("unsupported layer media type at {0}")]
     UnsupportedLayer(String),
 }
 
@@ -84,8 +84,7 @@ pub fn media_type_of(header: Option<&str>, body: &[u8]) -> String {
 pub fn parse(media_type: &str, body: &[u8]) -> Result<Parsed, ManifestError> {
     match media_type {
         OCI_INDEX | DOCKER_LIST => {
-            let index = ImageIndex::from_reader(body)
-                .map_err(|e| ManifestError::Malformed(e.to_string()))?;
+            let index: ImageIndex = decode(body)?;
             let entries = index
                 .manifests()
                 .iter()
@@ -113,18 +112,20 @@ pub fn parse(media_type: &str, body: &[u8]) -> Result<Parsed, ManifestError> {
             Ok(Parsed::Index(entries))
         }
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            let m = ImageManifest::from_reader(body)
-                .map_err(|e| ManifestError::Malformed(e.to_string()))?;
+            let m: ImageManifest = decode(body)?;
             let desc = |d: &oci_spec::image::Descriptor| Descriptor {
                 media_type: d.media_type().to_string(),
                 digest: d.digest().to_string(),
                 size: d.size(),
             };
             let layers: Vec<Descriptor> = m.layers().iter().map(desc).collect();
-            for l in &layers {
-                if !layer_supported(&l.media_type) {
-                    return Err(ManifestError::UnsupportedLayer(l.media_type.clone()));
-                }
+            if let Some((i, l)) = layers
+                .iter()
+                .enumerate()
+                .find(|(_, l)| !layer_supported(&l.media_type))
+            {
+                let what = format!("layers[{i}].mediaType: {:?}", l.media_type);
+                return Err(ManifestError::UnsupportedLayer(what));
             }
             Ok(Parsed::Image {
                 config: desc(m.config()),
@@ -133,6 +134,40 @@ pub fn parse(media_type: &str, body: &[u8]) -> Result<Parsed, ManifestError> {
         }
         other => Err(ManifestError::UnsupportedMediaType(other.to_string())),
     }
+}
+
+/// Deserializes a whole JSON document; errors name the field (as a JSON
+/// path) and the byte offset where parsing stopped.
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ManifestError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let named = !matches!(path.as_str(), "." | "?");
+        malformed(body, named.then_some(path), e.inner())
+    })?;
+    de.end().map_err(|e| malformed(body, None, &e))?;
+    Ok(value)
+}
+
+fn malformed(body: &[u8], path: Option<String>, e: &serde_json::Error) -> ManifestError {
+    // serde_json's message ends in " at line L column C"; a byte offset
+    // is easier to find in a one-line document.
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let text = text.strip_suffix(&suffix).unwrap_or(&text);
+    let field = path.map(|p| format!("{p}: ")).unwrap_or_default();
+    let at = byte_offset(body, e.line(), e.column());
+    ManifestError::Malformed(format!("{field}{text} (at byte {at})"))
+}
+
+/// The offset of 1-based `line` and `column` in `body`, within its bounds.
+fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
+    let line_start: usize = body
+        .split(|b| *b == b'\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    (line_start + column.saturating_sub(1)).min(body.len())
 }
 
 fn layer_supported(media_type: &str) -> bool {
@@ -295,6 +330,23 @@ mod tests {
         ));
     }
 
+    /// oci-spec's own errors said only "serde failed".
+    #[test]
+    fn malformed_errors_name_the_field_and_offset() {
+        let err = parse(OCI_MANIFEST, b"{not json").unwrap_err().to_string();
+        assert_eq!(err, "malformed manifest: key must be a string (at byte 1)");
+        let body = br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":"7"},"layers":[]}"#;
+        let err = parse(OCI_MANIFEST, body).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            r#"malformed manifest: config.size: invalid type: string "7", expected u64 (at byte 137)"#
+        );
+        let err = parse(OCI_INDEX, br#"{"schemaVersion":2,"manifests":[]} x"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "malformed manifest: trailing characters (at byte 35)");
+    }
+
     #[test]
     fn parses_docker_v2_manifest() {
         let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
@@ -307,6 +359,158 @@ mod tests {
                 assert_eq!(layers[0].size, 9);
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+        fn digest(seed: u8) -> String {
+            format!("sha256:{}", format!("{seed:02x}").repeat(32))
+        }
+
+        fn descriptor(media_type: &str, seed: u8, size: u64) -> String {
+            format!(
+                r#"{{"mediaType":"{media_type}","digest":"{}","size":{size}}}"#,
+                digest(seed)
+            )
+        }
+
+        /// A valid OCI image manifest with these layer sizes.
+        fn manifest(sizes: &[u64]) -> String {
+            let layers: Vec<String> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| descriptor(LAYER_GZIP, i as u8 + 1, *s))
+                .collect();
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[{}]}}"#,
+                descriptor("application/vnd.oci.image.config.v1+json", 0, 7),
+                layers.join(",")
+            )
+        }
+
+        /// A valid OCI index with one entry per architecture.
+        fn index(archs: &[&str]) -> String {
+            let entries: Vec<String> = archs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let d = descriptor(OCI_MANIFEST, i as u8, 100);
+                    format!(
+                        r#"{},"platform":{{"os":"linux","architecture":"{a}"}}}}"#,
+                        &d[..d.len() - 1]
+                    )
+                })
+                .collect();
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+                entries.join(",")
+            )
+        }
+
+        const MEDIA_TYPES: [&str; 5] =
+            [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST, "text/html"];
+
+        /// Never a panic; a malformed document's error names the field
+        /// (a JSON path) or the byte offset where parsing stopped.
+        fn check(media_type: &str, body: &[u8]) -> Result<(), TestCaseError> {
+            match parse(media_type, body) {
+                Ok(_) | Err(ManifestError::UnsupportedMediaType(_)) => {}
+                Err(ManifestError::Malformed(msg)) => {
+                    prop_assert!(msg.contains("at byte "), "no byte offset: {msg}");
+                }
+                Err(ManifestError::UnsupportedLayer(msg)) => {
+                    prop_assert!(msg.starts_with("layers["), "no field: {msg}");
+                }
+                Err(e @ ManifestError::NoPlatform { .. }) => {
+                    prop_assert!(false, "parse never selects: {e}");
+                }
+            }
+            Ok(())
+        }
+
+        /// A mutation of a document: overwrite, insert or delete one byte,
+        /// or cut it short.
+        fn mutate(doc: &str, at: usize, byte: u8, how: u8) -> Vec<u8> {
+            let mut b = doc.as_bytes().to_vec();
+            let at = at % (b.len() + 1);
+            match how % 4 {
+                0 if at < b.len() => b[at] = byte,
+                1 => b.insert(at, byte),
+                2 if at < b.len() => {
+                    b.remove(at);
+                }
+                _ => b.truncate(at),
+            }
+            b
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..400), mt in 0..5usize) {
+                check(MEDIA_TYPES[mt], &body)?;
+            }
+
+            #[test]
+            fn arbitrary_json_text(body in r#"[\[\]{}",:0-9a-zA-Z ]{0,200}"#, mt in 0..4usize) {
+                check(MEDIA_TYPES[mt], body.as_bytes())?;
+            }
+
+            #[test]
+            fn valid_manifests_parse(sizes in prop::collection::vec(0u64..u64::MAX / 2, 0..8)) {
+                match parse(OCI_MANIFEST, manifest(&sizes).as_bytes()) {
+                    Ok(Parsed::Image { config, layers }) => {
+                        prop_assert_eq!(config.size, 7);
+                        let got: Vec<u64> = layers.iter().map(|l| l.size).collect();
+                        prop_assert_eq!(got, sizes);
+                    }
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            #[test]
+            fn mutated_manifests(
+                sizes in prop::collection::vec(0u64..1 << 40, 1..5),
+                at in any::<usize>(), byte in any::<u8>(), how in any::<u8>(), mt in 0..4usize,
+            ) {
+                check(MEDIA_TYPES[mt], &mutate(&manifest(&sizes), at, byte, how))?;
+            }
+
+            #[test]
+            fn mutated_indexes(
+                n in 1usize..4, at in any::<usize>(), byte in any::<u8>(), how in any::<u8>(),
+            ) {
+                let doc = index(&["amd64", "arm64", "s390x"][..n]);
+                check(OCI_INDEX, &mutate(&doc, at, byte, how))?;
+            }
+
+            /// A wrong type for a layer's size names that field.
+            #[test]
+            fn wrong_field_type_is_named(sizes in prop::collection::vec(0u64..1000, 1..5), pick in any::<usize>()) {
+                let i = pick % sizes.len();
+                let doc = manifest(&sizes);
+                let needle = format!(r#""digest":"{}","size":{}"#, digest(i as u8 + 1), sizes[i]);
+                let bad = format!(r#""digest":"{}","size":"big""#, digest(i as u8 + 1));
+                let doc = doc.replacen(&needle, &bad, 1);
+                let err = parse(OCI_MANIFEST, doc.as_bytes()).unwrap_err().to_string();
+                let field = format!("layers[{i}].size");
+                prop_assert!(err.contains(&field), "{err} does not name {field}");
+            }
+
+            #[test]
+            fn unsupported_layer_is_named(pick in 0usize..3) {
+                let doc = manifest(&[1, 2, 3]).replacen(LAYER_GZIP, "x/y", pick + 1)
+                    .replacen("x/y", LAYER_GZIP, pick);
+                let err = parse(OCI_MANIFEST, doc.as_bytes()).unwrap_err().to_string();
+                let field = format!("layers[{pick}].mediaType");
+                prop_assert!(err.contains(&field), "{err} does not name {field}");
+            }
         }
     }
 }
