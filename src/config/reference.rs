@@ -38,7 +38,7 @@ pub enum ReferenceErrorKind {
     InvalidComponent(String),
     #[error("repository name is {0} characters long, at most 255 are allowed")]
     NameTooLong(usize),
-    #[error("cannot specify 64-byte hexadecimal strings")]
+    #[error("reference is a 64-character hexadecimal image id, not a repository name")]
     HexIdentifier,
     #[error("invalid registry host {0:?}")]
     InvalidRegistry(String),
@@ -576,5 +576,108 @@ mod tests {
             .to_string();
         assert!(err.starts_with(r#"invalid image reference "A/B": repository must be lowercase"#));
         assert!(serde_json::from_str::<ImageRef>("42").is_err());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Each error names the part of the reference it is about.
+        const PARTS: [&str; 5] = ["reference", "repository", "tag", "digest", "registry"];
+
+        fn check(input: &str) -> Result<(), TestCaseError> {
+            match input.parse::<ImageRef>() {
+                Ok(r) => {
+                    let again = r.to_string().parse::<ImageRef>();
+                    prop_assert_eq!(again.as_ref(), Ok(&r), "round trip of {:?}", input);
+                }
+                Err(e) => {
+                    let kind = e.kind.to_string();
+                    prop_assert!(
+                        PARTS.iter().any(|p| kind.contains(p)),
+                        "{:?}: error names no part: {}", input, kind
+                    );
+                    let quoted = format!("{input:?}");
+                    prop_assert!(e.to_string().contains(&quoted), "{} lacks the input", e);
+                }
+            }
+            Ok(())
+        }
+
+        fn component() -> impl Strategy<Value = String> {
+            "[a-z0-9]{1,6}(([._]|__|-{1,2})[a-z0-9]{1,4})?"
+        }
+
+        /// References the grammar accepts, in every shape.
+        fn valid() -> impl Strategy<Value = String> {
+            let registry = prop_oneof![
+                Just(String::new()),
+                Just("localhost:5000/".to_string()),
+                Just("[::1]:5000/".to_string()),
+                "[a-z][a-z0-9-]{0,6}[a-z0-9]\\.(io|com)(:[1-9][0-9]{0,3})?/",
+            ];
+            let path = prop::collection::vec(component(), 1..4).prop_map(|c| c.join("/"));
+            let tag = prop::option::of("[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}");
+            let digest = prop::option::of("[0-9a-f]{64}");
+            (registry, path, tag, digest).prop_map(|(r, p, t, d)| {
+                let mut s = format!("{r}{p}");
+                if let Some(t) = t {
+                    s += &format!(":{t}");
+                }
+                if let Some(d) = d {
+                    s += &format!("@sha256:{d}");
+                }
+                s
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_strings(input in any::<String>()) {
+                check(&input)?;
+            }
+
+            #[test]
+            fn reference_alphabet(input in "[a-zA-Z0-9./:@_\\[\\]-]{0,80}") {
+                check(&input)?;
+            }
+
+            #[test]
+            fn valid_references_parse(input in valid()) {
+                let parsed = input.parse::<ImageRef>();
+                prop_assert!(parsed.is_ok(), "{:?}: {:?}", input, parsed);
+                check(&input)?;
+            }
+
+            #[test]
+            fn mutated_references(input in valid(), at in any::<usize>(), c in any::<char>(), how in 0u8..3) {
+                let mut chars: Vec<char> = input.chars().collect();
+                let at = at % (chars.len() + 1);
+                match how {
+                    0 if at < chars.len() => chars[at] = c,
+                    1 => chars.insert(at, c),
+                    _ if at < chars.len() => {
+                        chars.remove(at);
+                    }
+                    _ => chars.truncate(at),
+                }
+                check(&chars.into_iter().collect::<String>())?;
+            }
+
+            #[test]
+            fn bare_image_ids(input in "[0-9a-f]{64}") {
+                check(&input)?;
+            }
+
+            #[test]
+            fn arbitrary_digests(input in "(sha256|sha512|md5|)[:]?[0-9a-fA-F]{0,130}") {
+                match input.parse::<Digest>() {
+                    Ok(d) => prop_assert_eq!(d.to_string(), input),
+                    Err(e) => prop_assert!(e.to_string().contains("digest"), "{}", e),
+                }
+            }
+        }
     }
 }
