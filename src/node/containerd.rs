@@ -11,8 +11,8 @@ use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, snapshots::StatSnapshotRequest,
     version_client::VersionClient, AddResourceRequest, CreateRequest, DeleteRequest,
-    GetImageRequest, InfoRequest, ListImagesRequest, Resource, UpdateImageRequest, WriteAction,
-    WriteContentRequest, WriteContentResponse,
+    GetImageRequest, InfoRequest, ListImagesRequest, ListStatusesRequest, Resource,
+    UpdateImageRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
@@ -117,6 +117,37 @@ impl Containerd {
             .await
             .map_err(|s| self.map_err("leases.List", s))?;
         Ok(resp.into_inner().leases.into_iter().map(|l| l.id).collect())
+    }
+
+    /// Ingests in progress as (ref, bytes written so far) (tests wait on
+    /// and assert these).
+    pub async fn ingests(&self) -> Result<Vec<(String, u64)>> {
+        let mut client = ContentClient::new(self.channel.clone());
+        let resp = client
+            .list_statuses(self.req(ListStatusesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| self.map_err("content.ListStatuses", s))?;
+        Ok(resp
+            .into_inner()
+            .statuses
+            .into_iter()
+            .map(|s| (s.r#ref, s.offset.max(0) as u64))
+            .collect())
+    }
+
+    /// Names of every image record in the namespace.
+    pub async fn image_names(&self) -> Result<Vec<String>> {
+        let mut client = ImagesClient::new(self.channel.clone());
+        let resp = client
+            .list(self.req(ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| self.map_err("images.List", s))?;
+        Ok(resp
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|i| i.name)
+            .collect())
     }
 
     /// Labels of a committed blob (e.g. `containerd.io/gc.ref.snapshot.*`).
