@@ -14,7 +14,7 @@ use crate::node::fake::{BlobFault, FakeDisk, FakeRegistry, FakeRuntime};
 use crate::node::manifest::host_platform;
 use crate::node::pace::DiskUsage;
 use crate::node::pin;
-use crate::node::pull::{Engine, NoopObserver, PullError, PullOptions};
+use crate::node::pull::{Engine, NoopObserver, PullError, PullObserver, PullOptions};
 use crate::node::runtime::{ImageStore, CRI_PINNED_LABEL, PREWARM_PINNED_LABEL};
 
 fn layer(seed: u8, len: usize) -> Bytes {
@@ -45,6 +45,10 @@ struct Rig {
 }
 
 fn rig_with(version: &str, pacing: Pacing) -> Rig {
+    rig_observed(version, pacing, Arc::new(NoopObserver))
+}
+
+fn rig_observed(version: &str, pacing: Pacing, observer: Arc<dyn PullObserver>) -> Rig {
     let reg = FakeRegistry::default();
     let rt = FakeRuntime::new(version);
     let disk = Arc::new(FakeDisk(Mutex::new(DiskUsage {
@@ -57,7 +61,7 @@ fn rig_with(version: &str, pacing: Pacing) -> Rig {
         Arc::new(rt.clone()),
         disk.clone(),
         pacing,
-        Arc::new(NoopObserver),
+        observer,
     );
     Rig {
         reg,
@@ -282,24 +286,38 @@ async fn cri_restart_is_retried() {
     assert_eq!(r.rt.lock().cri_pulls.len(), 1);
 }
 
+/// Cancels the moment blob bytes first arrive: lands mid-download
+/// whatever the machine's speed.
+struct CancelOnBytes(CancellationToken);
+
+impl PullObserver for CancelOnBytes {
+    fn bytes(&self, _image: &str, _n: u64) {
+        self.0.cancel();
+    }
+}
+
 #[tokio::test]
 async fn cancellation_stops_and_releases() {
     let mut p = pacing();
     p.bandwidth = ByteSize(50_000);
-    let r = rig_with("1.7.24", p);
-    let img = r.image("reg.test/x:1", &[layer(9, 2_000_000)]);
     let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        c2.cancel();
-    });
+    let r = rig_observed("1.7.24", p, Arc::new(CancelOnBytes(cancel.clone())));
+    let img = r.image("reg.test/x:1", &[layer(9, 2_000_000)]);
     let err = r
         .engine
         .warm(&img, &opts(false), &cancel)
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "cancelled");
+    let st = r.rt.lock();
+    assert_eq!(
+        st.deleted_leases.len(),
+        1,
+        "the pull's one lease is released: {:?}",
+        st.deleted_leases
+    );
+    assert!(st.leases.is_empty(), "lease left behind: {:?}", st.leases);
+    assert!(st.cri_pulls.is_empty(), "{:?}", st.cri_pulls);
 }
 
 #[tokio::test]
