@@ -11,8 +11,8 @@ use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, snapshots::StatSnapshotRequest,
     version_client::VersionClient, AddResourceRequest, CreateRequest, DeleteRequest,
-    GetImageRequest, InfoRequest, ListImagesRequest, ListStatusesRequest, Resource,
-    UpdateImageRequest, WriteAction, WriteContentRequest, WriteContentResponse,
+    GetImageRequest, InfoRequest, ListImagesRequest, ListResourcesRequest, ListStatusesRequest,
+    Resource, UpdateImageRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 
 use crate::node::auth::Credential;
+use crate::node::leases::{self, LeaseInfo, LeaseResource};
 use crate::node::runtime::{
     BlobWriter, ContentStore, CriImage, ImageRecord, ImageStore, LeaseId, Result, RuntimeError,
 };
@@ -177,7 +178,14 @@ impl ContentStore for Containerd {
         let expire = humantime::format_rfc3339_seconds(expires).to_string();
         let mut labels = std::collections::HashMap::new();
         labels.insert("containerd.io/gc.expire".to_string(), expire);
-        labels.insert("prewarm.dev/owner".to_string(), "agent".to_string());
+        labels.insert(
+            leases::OWNER_LABEL.to_string(),
+            leases::OWNER_AGENT.to_string(),
+        );
+        labels.insert(
+            leases::INSTANCE_LABEL.to_string(),
+            leases::instance().to_string(),
+        );
         let req = self.req(CreateRequest {
             id: id.to_string(),
             labels,
@@ -200,6 +208,59 @@ impl ContentStore for Containerd {
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(self.map_err("leases.Delete", s)),
         }
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let resp = client
+            .list(self.req(containerd_client::services::v1::ListRequest { filters: vec![] }))
+            .await
+            .map_err(|s| self.map_err("leases.List", s))?;
+        Ok(resp
+            .into_inner()
+            .leases
+            .into_iter()
+            .map(|l| LeaseInfo {
+                id: l.id,
+                labels: l.labels.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn lease_resources(&self, lease: &LeaseId) -> Result<Vec<LeaseResource>> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let req = self.req(ListResourcesRequest {
+            id: lease.0.clone(),
+        });
+        match client.list_resources(req).await {
+            Ok(r) => Ok(r
+                .into_inner()
+                .resources
+                .into_iter()
+                .map(|r| LeaseResource {
+                    id: r.id,
+                    kind: r.r#type,
+                })
+                .collect()),
+            Err(s) if s.code() == Code::NotFound => Ok(Vec::new()),
+            Err(s) => Err(self.map_err("leases.ListResources", s)),
+        }
+    }
+
+    async fn add_lease_resource(&self, lease: &LeaseId, resource: &LeaseResource) -> Result<()> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let req = self.req(AddResourceRequest {
+            id: lease.0.clone(),
+            resource: Some(Resource {
+                id: resource.id.clone(),
+                r#type: resource.kind.clone(),
+            }),
+        });
+        client
+            .add_resource(req)
+            .await
+            .map_err(|s| self.map_err("leases.AddResource", s))?;
+        Ok(())
     }
 
     async fn lease_content(&self, lease: &LeaseId, digest: &str) -> Result<()> {

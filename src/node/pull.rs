@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::reference::ImageRef;
 use crate::config::{Pacing, Platform};
+use crate::node::leases::Leftovers;
 use crate::node::manifest::{self, Descriptor, ManifestError, Parsed};
 use crate::node::pace::{disk_check, Bandwidth, DiskProbe, DiskRefusal};
 use crate::node::pin;
@@ -142,6 +143,8 @@ pub struct Engine {
     started: std::sync::atomic::AtomicU64,
     blob_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     observer: Arc<dyn PullObserver>,
+    /// What a previous agent process left, released once pulls settle.
+    leftovers: Leftovers,
 }
 
 impl Engine {
@@ -165,7 +168,12 @@ impl Engine {
             pacing,
             blob_locks: Mutex::new(HashMap::new()),
             observer,
+            leftovers: Leftovers::default(),
         }
+    }
+
+    pub fn leftovers(&self) -> &Leftovers {
+        &self.leftovers
     }
 
     fn backoff(&self) -> Backoff {
@@ -186,11 +194,13 @@ impl Engine {
             self.started
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         );
+        let busy = self.leftovers.enter();
         let _slot = tokio::select! {
             slot = self.pulls.acquire(key) => slot,
             _ = cancel.cancelled() => return Err(PullError::Cancelled { image: name }),
         };
         let result = self.warm_inner(image, opts, key, cancel).await;
+        self.leftovers.leave(busy, self.content.as_ref()).await;
         self.observer.finished(&name, &result);
         result
     }

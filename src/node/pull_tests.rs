@@ -2,7 +2,7 @@
 //! classes, the disk floor, pinning and cancellation.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +11,7 @@ use crate::config::reference::ImageRef;
 use crate::config::units::{ByteSize, DiskFloor};
 use crate::config::{Pacing, RetryPolicy};
 use crate::node::fake::{BlobFault, FakeDisk, FakeRegistry, FakeRuntime};
+use crate::node::leases;
 use crate::node::manifest::host_platform;
 use crate::node::pace::DiskUsage;
 use crate::node::pin;
@@ -318,6 +319,45 @@ async fn cancellation_stops_and_releases() {
     );
     assert!(st.leases.is_empty(), "lease left behind: {:?}", st.leases);
     assert!(st.cri_pulls.is_empty(), "{:?}", st.cri_pulls);
+}
+
+/// A dead agent's lease is handed over at start and released by the first
+/// pull to settle, not kept for its hour.
+#[tokio::test]
+async fn leases_a_dead_agent_left_go_once_pulls_settle() {
+    let r = rig();
+    let img = r.image("reg.test/h:1", &[layer(12, 300_000)]);
+    {
+        let mut st = r.rt.lock();
+        st.leases.insert("prewarm-dead".into(), vec![]);
+        st.lease_labels.insert(
+            "prewarm-dead".into(),
+            [
+                (
+                    leases::OWNER_LABEL.to_string(),
+                    leases::OWNER_AGENT.to_string(),
+                ),
+                (leases::INSTANCE_LABEL.to_string(), "dead".to_string()),
+            ]
+            .into(),
+        );
+    }
+    let n = leases::adopt_leftovers(&r.rt, r.engine.leftovers(), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let handover = r.engine.leftovers().handover().expect("handover lease");
+    r.engine
+        .warm(&img, &opts(false), &CancellationToken::new())
+        .await
+        .unwrap();
+    let st = r.rt.lock();
+    assert!(st.leases.is_empty(), "leases left: {:?}", st.leases);
+    assert!(
+        st.deleted_leases.contains(&handover.0),
+        "{:?}",
+        st.deleted_leases
+    );
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 mod agent;
 mod cli;
 mod common;
+mod crash;
 mod faults;
 mod gates;
 mod link;
