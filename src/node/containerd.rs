@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, snapshots::StatSnapshotRequest,
-    version_client::VersionClient, AddResourceRequest, CreateRequest, DeleteRequest,
+    version_client::VersionClient, AbortRequest, AddResourceRequest, CreateRequest, DeleteRequest,
     GetImageRequest, InfoRequest, ListImagesRequest, ListResourcesRequest, ListStatusesRequest,
     Resource, UpdateImageRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
@@ -435,6 +435,29 @@ impl BlobWriter for ContainerdWriter {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        let ContainerdWriter {
+            owner,
+            tx,
+            responses,
+            ingest_ref,
+            ..
+        } = *self;
+        // End the write stream first so containerd closes its side.
+        drop((tx, responses));
+        let mut client = ContentClient::new(owner.channel.clone());
+        match client
+            .abort(owner.req(AbortRequest {
+                r#ref: ingest_ref.clone(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(owner.map_err("content.Abort", s)),
+        }
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {

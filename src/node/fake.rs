@@ -105,6 +105,11 @@ impl BlobWriter for FakeWriter {
             .insert(self.digest.clone(), Bytes::from(self.buf));
         Ok(())
     }
+    async fn abort(self: Box<Self>) -> Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.ingests.remove(&self.digest);
+        Ok(())
+    }
 }
 
 #[async_trait]

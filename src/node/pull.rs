@@ -94,6 +94,10 @@ pub trait PullObserver: Send + Sync {
     fn finished(&self, _image: &str, _result: &Result<PullOutcome, PullError>) {}
 }
 
+/// Bytes written between re-checks of the disk floor during a download
+/// (one statvfs each).
+const DISK_RECHECK: u64 = 4 << 20;
+
 pub struct NoopObserver;
 impl PullObserver for NoopObserver {}
 
@@ -666,9 +670,15 @@ impl Engine {
                 moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 self.observer.bytes(&name, n);
                 since_disk_check += n;
-                if since_disk_check >= 64 << 20 {
+                if since_disk_check >= DISK_RECHECK {
                     since_disk_check = 0;
-                    self.check_disk(&name, blob.size - got)?;
+                    if let Err(e) = self.check_disk(&name, blob.size - got) {
+                        // Another writer took the space: free ours at once.
+                        if let Err(a) = writer.abort().await {
+                            tracing::warn!(digest = %blob.digest, error = %a, "could not abort the ingest");
+                        }
+                        return Err(e);
+                    }
                 }
             }
         }

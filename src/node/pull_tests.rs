@@ -263,6 +263,37 @@ async fn disk_floor_refuses_before_fetching() {
     assert!(r.reg.blob_requests.lock().unwrap().is_empty());
 }
 
+/// Another writer: fills the disk once the download has begun.
+struct FillDiskOnBytes(Mutex<Option<Arc<FakeDisk>>>);
+
+impl PullObserver for FillDiskOnBytes {
+    fn bytes(&self, _image: &str, _n: u64) {
+        if let Some(disk) = self.0.lock().unwrap().as_ref() {
+            disk.0.lock().unwrap().free = 1_000;
+        }
+    }
+}
+
+#[tokio::test]
+async fn disk_filling_up_mid_download_stops_and_frees_the_ingest() {
+    let mut p = pacing();
+    p.disk_floor = DiskFloor::Bytes(1_000_000);
+    let filler = Arc::new(FillDiskOnBytes(Mutex::new(None)));
+    let r = rig_observed("1.7.24", p, filler.clone());
+    *filler.0.lock().unwrap() = Some(r.disk.clone());
+    let img = r.image("reg.test/f:1", &[layer(13, 12 << 20)]);
+    let err = r
+        .engine
+        .warm(&img, &opts(false), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "disk_floor", "{err}");
+    let st = r.rt.lock();
+    assert!(st.ingests.is_empty(), "partial blob kept");
+    assert!(st.leases.is_empty(), "{:?}", st.leases);
+    assert!(st.cri_pulls.is_empty(), "{:?}", st.cri_pulls);
+}
+
 #[tokio::test]
 async fn runtime_without_pin_support_reports_unpinned() {
     let r = rig_with("1.6.20", pacing());

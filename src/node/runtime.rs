@@ -91,6 +91,8 @@ pub trait BlobWriter: Send {
     fn offset(&self) -> u64;
     async fn write(&mut self, data: Bytes) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
+    /// Gives up: the partial blob is deleted (its space freed) at once.
+    async fn abort(self: Box<Self>) -> Result<()>;
 }
 
 /// containerd's content store and lease manager.

@@ -119,6 +119,11 @@ impl Node {
             .collect()
     }
 
+    /// Ingests in progress: (ref, bytes written).
+    pub async fn ingests(&self) -> Vec<(String, u64)> {
+        self.stack.containerd.ingests().await.expect("list ingests")
+    }
+
     pub async fn status(&self, name: &str) -> Option<prewarm::node::runtime::CriImage> {
         self.stack
             .containerd

@@ -6,6 +6,7 @@ mod agent;
 mod cli;
 mod common;
 mod crash;
+mod disk;
 mod faults;
 mod gates;
 mod link;
