@@ -10,6 +10,7 @@ mod disk;
 mod faults;
 mod gates;
 mod link;
+mod outage;
 mod pins;
 mod pull;
 mod rbac;
