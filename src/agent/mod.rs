@@ -367,6 +367,7 @@ impl Loop {
             .is_none_or(|(_, old)| stack_inputs_changed(old, cfg))
         {
             let stack = setup::connect(cfg, self.observer.clone()).await?;
+            crate::node::leases::release_predecessors(&stack).await;
             tracing::info!(version = %stack.runtime_version, pin_supported = stack.pin_supported, "connected to containerd");
             if !stack.pin_supported {
                 tracing::warn!(version = %stack.runtime_version, "this containerd ignores the CRI pinned label: warm images are not protected from kubelet image GC");

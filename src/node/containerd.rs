@@ -10,9 +10,9 @@ use bytes::{Bytes, BytesMut};
 use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, snapshots::StatSnapshotRequest,
-    version_client::VersionClient, AddResourceRequest, CreateRequest, DeleteRequest,
-    GetImageRequest, InfoRequest, ListImagesRequest, Resource, UpdateImageRequest, WriteAction,
-    WriteContentRequest, WriteContentResponse,
+    version_client::VersionClient, AbortRequest, AddResourceRequest, CreateRequest, DeleteRequest,
+    GetImageRequest, InfoRequest, ListImagesRequest, ListResourcesRequest, ListStatusesRequest,
+    Resource, UpdateImageRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 
 use crate::node::auth::Credential;
+use crate::node::leases::{self, LeaseInfo, LeaseResource};
 use crate::node::runtime::{
     BlobWriter, ContentStore, CriImage, ImageRecord, ImageStore, LeaseId, Result, RuntimeError,
 };
@@ -119,6 +120,37 @@ impl Containerd {
         Ok(resp.into_inner().leases.into_iter().map(|l| l.id).collect())
     }
 
+    /// Ingests in progress as (ref, bytes written so far) (tests wait on
+    /// and assert these).
+    pub async fn ingests(&self) -> Result<Vec<(String, u64)>> {
+        let mut client = ContentClient::new(self.channel.clone());
+        let resp = client
+            .list_statuses(self.req(ListStatusesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| self.map_err("content.ListStatuses", s))?;
+        Ok(resp
+            .into_inner()
+            .statuses
+            .into_iter()
+            .map(|s| (s.r#ref, s.offset.max(0) as u64))
+            .collect())
+    }
+
+    /// Names of every image record in the namespace.
+    pub async fn image_names(&self) -> Result<Vec<String>> {
+        let mut client = ImagesClient::new(self.channel.clone());
+        let resp = client
+            .list(self.req(ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| self.map_err("images.List", s))?;
+        Ok(resp
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|i| i.name)
+            .collect())
+    }
+
     /// Labels of a committed blob (e.g. `containerd.io/gc.ref.snapshot.*`).
     pub async fn content_labels(&self, digest: &str) -> Result<Option<BTreeMap<String, String>>> {
         let mut client = ContentClient::new(self.channel.clone());
@@ -146,7 +178,14 @@ impl ContentStore for Containerd {
         let expire = humantime::format_rfc3339_seconds(expires).to_string();
         let mut labels = std::collections::HashMap::new();
         labels.insert("containerd.io/gc.expire".to_string(), expire);
-        labels.insert("prewarm.dev/owner".to_string(), "agent".to_string());
+        labels.insert(
+            leases::OWNER_LABEL.to_string(),
+            leases::OWNER_AGENT.to_string(),
+        );
+        labels.insert(
+            leases::INSTANCE_LABEL.to_string(),
+            leases::instance().to_string(),
+        );
         let req = self.req(CreateRequest {
             id: id.to_string(),
             labels,
@@ -169,6 +208,59 @@ impl ContentStore for Containerd {
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(self.map_err("leases.Delete", s)),
         }
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let resp = client
+            .list(self.req(containerd_client::services::v1::ListRequest { filters: vec![] }))
+            .await
+            .map_err(|s| self.map_err("leases.List", s))?;
+        Ok(resp
+            .into_inner()
+            .leases
+            .into_iter()
+            .map(|l| LeaseInfo {
+                id: l.id,
+                labels: l.labels.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn lease_resources(&self, lease: &LeaseId) -> Result<Vec<LeaseResource>> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let req = self.req(ListResourcesRequest {
+            id: lease.0.clone(),
+        });
+        match client.list_resources(req).await {
+            Ok(r) => Ok(r
+                .into_inner()
+                .resources
+                .into_iter()
+                .map(|r| LeaseResource {
+                    id: r.id,
+                    kind: r.r#type,
+                })
+                .collect()),
+            Err(s) if s.code() == Code::NotFound => Ok(Vec::new()),
+            Err(s) => Err(self.map_err("leases.ListResources", s)),
+        }
+    }
+
+    async fn add_lease_resource(&self, lease: &LeaseId, resource: &LeaseResource) -> Result<()> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let req = self.req(AddResourceRequest {
+            id: lease.0.clone(),
+            resource: Some(Resource {
+                id: resource.id.clone(),
+                r#type: resource.kind.clone(),
+            }),
+        });
+        client
+            .add_resource(req)
+            .await
+            .map_err(|s| self.map_err("leases.AddResource", s))?;
+        Ok(())
     }
 
     async fn lease_content(&self, lease: &LeaseId, digest: &str) -> Result<()> {
@@ -343,6 +435,29 @@ impl BlobWriter for ContainerdWriter {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        let ContainerdWriter {
+            owner,
+            tx,
+            responses,
+            ingest_ref,
+            ..
+        } = *self;
+        // End the write stream first so containerd closes its side.
+        drop((tx, responses));
+        let mut client = ContentClient::new(owner.channel.clone());
+        match client
+            .abort(owner.req(AbortRequest {
+                r#ref: ingest_ref.clone(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(owner.map_err("content.Abort", s)),
+        }
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {

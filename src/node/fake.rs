@@ -14,6 +14,7 @@ use futures::StreamExt;
 
 use crate::config::reference::ImageRef;
 use crate::node::auth::Credential;
+use crate::node::leases::{self, LeaseInfo, LeaseResource};
 use crate::node::manifest;
 use crate::node::pace::{DiskProbe, DiskUsage};
 use crate::node::registry::{sha256_hex, FetchedManifest, Registry, RegistryError};
@@ -30,6 +31,8 @@ pub struct FakeState {
     pub content: HashMap<String, Bytes>,
     pub ingests: HashMap<String, Vec<u8>>,
     pub leases: HashMap<String, Vec<String>>,
+    /// Labels of the leases that have any.
+    pub lease_labels: HashMap<String, BTreeMap<String, String>>,
     pub deleted_leases: Vec<String>,
     pub records: BTreeMap<String, ImageRecord>,
     pub cri_pulls: Vec<String>,
@@ -105,19 +108,80 @@ impl BlobWriter for FakeWriter {
             .insert(self.digest.clone(), Bytes::from(self.buf));
         Ok(())
     }
+    async fn abort(self: Box<Self>) -> Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.ingests.remove(&self.digest);
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl ContentStore for FakeRuntime {
     async fn create_lease(&self, id: &str, _expires: SystemTime) -> Result<LeaseId> {
-        self.lock().leases.insert(id.to_string(), Vec::new());
+        let mut st = self.lock();
+        st.leases.insert(id.to_string(), Vec::new());
+        let labels = BTreeMap::from([
+            (
+                leases::OWNER_LABEL.to_string(),
+                leases::OWNER_AGENT.to_string(),
+            ),
+            (
+                leases::INSTANCE_LABEL.to_string(),
+                leases::instance().to_string(),
+            ),
+        ]);
+        st.lease_labels.insert(id.to_string(), labels);
         Ok(LeaseId(id.to_string()))
     }
     async fn delete_lease(&self, lease: &LeaseId) -> Result<()> {
         let mut st = self.lock();
         st.leases.remove(&lease.0);
+        st.lease_labels.remove(&lease.0);
         st.deleted_leases.push(lease.0.clone());
         Ok(())
+    }
+    async fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        let st = self.lock();
+        Ok(st
+            .leases
+            .keys()
+            .map(|id| LeaseInfo {
+                id: id.clone(),
+                labels: st.lease_labels.get(id).cloned().unwrap_or_default(),
+            })
+            .collect())
+    }
+    /// Digests of committed blobs are `content`; the rest are ingests,
+    /// named as the real writer names them.
+    async fn lease_resources(&self, lease: &LeaseId) -> Result<Vec<LeaseResource>> {
+        let st = self.lock();
+        let held = st.leases.get(&lease.0).cloned().unwrap_or_default();
+        Ok(held
+            .into_iter()
+            .map(|d| match st.content.contains_key(&d) {
+                true => LeaseResource {
+                    id: d,
+                    kind: "content".into(),
+                },
+                false => LeaseResource {
+                    id: format!("prewarm-{d}"),
+                    kind: "ingests".into(),
+                },
+            })
+            .collect())
+    }
+    async fn add_lease_resource(&self, lease: &LeaseId, resource: &LeaseResource) -> Result<()> {
+        let digest = resource.id.trim_start_matches("prewarm-").to_string();
+        match self.lock().leases.get_mut(&lease.0) {
+            Some(l) => {
+                l.push(digest);
+                Ok(())
+            }
+            None => Err(RuntimeError::rpc(
+                "leases.AddResource",
+                tonic::Status::not_found(lease.0.clone()),
+            )),
+        }
     }
     async fn lease_content(&self, lease: &LeaseId, digest: &str) -> Result<()> {
         if let Some(l) = self.lock().leases.get_mut(&lease.0) {

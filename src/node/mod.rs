@@ -6,6 +6,7 @@ pub mod auth;
 pub mod containerd;
 pub mod fake;
 pub mod hosts;
+pub mod leases;
 pub mod manifest;
 pub mod pace;
 pub mod pin;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::reference::ImageRef;
 use crate::config::{Pacing, Platform};
+use crate::node::leases::Leftovers;
 use crate::node::manifest::{self, Descriptor, ManifestError, Parsed};
 use crate::node::pace::{disk_check, Bandwidth, Budget, DiskProbe, DiskRefusal};
 use crate::node::pin;
@@ -93,6 +94,10 @@ pub trait PullObserver: Send + Sync {
     fn finished(&self, _image: &str, _result: &Result<PullOutcome, PullError>) {}
 }
 
+/// Bytes written between re-checks of the disk floor during a download
+/// (one statvfs each).
+const DISK_RECHECK: u64 = 4 << 20;
+
 pub struct NoopObserver;
 impl PullObserver for NoopObserver {}
 
@@ -151,6 +156,8 @@ pub struct Engine {
     started: std::sync::atomic::AtomicU64,
     blob_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     observer: Arc<dyn PullObserver>,
+    /// What a previous agent process left, released once pulls settle.
+    leftovers: Leftovers,
 }
 
 impl Engine {
@@ -175,7 +182,12 @@ impl Engine {
             pacing,
             blob_locks: Mutex::new(HashMap::new()),
             observer,
+            leftovers: Leftovers::default(),
         }
+    }
+
+    pub fn leftovers(&self) -> &Leftovers {
+        &self.leftovers
     }
 
     fn backoff(&self) -> Backoff {
@@ -196,11 +208,13 @@ impl Engine {
             self.started
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         );
+        let busy = self.leftovers.enter();
         let _slot = tokio::select! {
             slot = self.pulls.acquire(key) => slot,
             _ = cancel.cancelled() => return Err(PullError::Cancelled { image: name }),
         };
         let result = self.warm_inner(image, opts, key, cancel).await;
+        self.leftovers.leave(busy, self.content.as_ref()).await;
         self.observer.finished(&name, &result);
         result
     }
@@ -685,9 +699,15 @@ impl Engine {
                 moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 self.observer.bytes(&name, n);
                 since_disk_check += n;
-                if since_disk_check >= 64 << 20 {
+                if since_disk_check >= DISK_RECHECK {
                     since_disk_check = 0;
-                    self.check_disk(&name, blob.size - got)?;
+                    if let Err(e) = self.check_disk(&name, blob.size - got) {
+                        // Another writer took the space: free ours at once.
+                        if let Err(a) = writer.abort().await {
+                            tracing::warn!(digest = %blob.digest, error = %a, "could not abort the ingest");
+                        }
+                        return Err(e);
+                    }
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! classes, the disk floor, pinning and cancellation.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -11,10 +11,11 @@ use crate::config::reference::ImageRef;
 use crate::config::units::{ByteSize, DiskFloor};
 use crate::config::{Pacing, RetryPolicy};
 use crate::node::fake::{BlobFault, FakeDisk, FakeRegistry, FakeRuntime};
+use crate::node::leases;
 use crate::node::manifest::host_platform;
 use crate::node::pace::DiskUsage;
 use crate::node::pin;
-use crate::node::pull::{Engine, NoopObserver, PullError, PullOptions};
+use crate::node::pull::{Engine, NoopObserver, PullError, PullObserver, PullOptions};
 use crate::node::runtime::{ImageStore, CRI_PINNED_LABEL, PREWARM_PINNED_LABEL};
 
 fn layer(seed: u8, len: usize) -> Bytes {
@@ -45,6 +46,10 @@ struct Rig {
 }
 
 fn rig_with(version: &str, pacing: Pacing) -> Rig {
+    rig_observed(version, pacing, Arc::new(NoopObserver))
+}
+
+fn rig_observed(version: &str, pacing: Pacing, observer: Arc<dyn PullObserver>) -> Rig {
     let reg = FakeRegistry::default();
     let rt = FakeRuntime::new(version);
     let disk = Arc::new(FakeDisk(Mutex::new(DiskUsage {
@@ -57,7 +62,7 @@ fn rig_with(version: &str, pacing: Pacing) -> Rig {
         Arc::new(rt.clone()),
         disk.clone(),
         pacing,
-        Arc::new(NoopObserver),
+        observer,
     );
     Rig {
         reg,
@@ -258,6 +263,37 @@ async fn disk_floor_refuses_before_fetching() {
     assert!(r.reg.blob_requests.lock().unwrap().is_empty());
 }
 
+/// Another writer: fills the disk once the download has begun.
+struct FillDiskOnBytes(Mutex<Option<Arc<FakeDisk>>>);
+
+impl PullObserver for FillDiskOnBytes {
+    fn bytes(&self, _image: &str, _n: u64) {
+        if let Some(disk) = self.0.lock().unwrap().as_ref() {
+            disk.0.lock().unwrap().free = 1_000;
+        }
+    }
+}
+
+#[tokio::test]
+async fn disk_filling_up_mid_download_stops_and_frees_the_ingest() {
+    let mut p = pacing();
+    p.disk_floor = DiskFloor::Bytes(1_000_000);
+    let filler = Arc::new(FillDiskOnBytes(Mutex::new(None)));
+    let r = rig_observed("1.7.24", p, filler.clone());
+    *filler.0.lock().unwrap() = Some(r.disk.clone());
+    let img = r.image("reg.test/f:1", &[layer(13, 12 << 20)]);
+    let err = r
+        .engine
+        .warm(&img, &opts(false), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "disk_floor", "{err}");
+    let st = r.rt.lock();
+    assert!(st.ingests.is_empty(), "partial blob kept");
+    assert!(st.leases.is_empty(), "{:?}", st.leases);
+    assert!(st.cri_pulls.is_empty(), "{:?}", st.cri_pulls);
+}
+
 #[tokio::test]
 async fn runtime_without_pin_support_reports_unpinned() {
     let r = rig_with("1.6.20", pacing());
@@ -282,24 +318,77 @@ async fn cri_restart_is_retried() {
     assert_eq!(r.rt.lock().cri_pulls.len(), 1);
 }
 
+/// Cancels the moment blob bytes first arrive: lands mid-download
+/// whatever the machine's speed.
+struct CancelOnBytes(CancellationToken);
+
+impl PullObserver for CancelOnBytes {
+    fn bytes(&self, _image: &str, _n: u64) {
+        self.0.cancel();
+    }
+}
+
 #[tokio::test]
 async fn cancellation_stops_and_releases() {
     let mut p = pacing();
     p.bandwidth = ByteSize(50_000);
-    let r = rig_with("1.7.24", p);
-    let img = r.image("reg.test/x:1", &[layer(9, 2_000_000)]);
     let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        c2.cancel();
-    });
+    let r = rig_observed("1.7.24", p, Arc::new(CancelOnBytes(cancel.clone())));
+    let img = r.image("reg.test/x:1", &[layer(9, 2_000_000)]);
     let err = r
         .engine
         .warm(&img, &opts(false), &cancel)
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "cancelled");
+    let st = r.rt.lock();
+    assert_eq!(
+        st.deleted_leases.len(),
+        1,
+        "the pull's one lease is released: {:?}",
+        st.deleted_leases
+    );
+    assert!(st.leases.is_empty(), "lease left behind: {:?}", st.leases);
+    assert!(st.cri_pulls.is_empty(), "{:?}", st.cri_pulls);
+}
+
+/// A dead agent's lease is handed over at start and released by the first
+/// pull to settle, not kept for its hour.
+#[tokio::test]
+async fn leases_a_dead_agent_left_go_once_pulls_settle() {
+    let r = rig();
+    let img = r.image("reg.test/h:1", &[layer(12, 300_000)]);
+    {
+        let mut st = r.rt.lock();
+        st.leases.insert("prewarm-dead".into(), vec![]);
+        st.lease_labels.insert(
+            "prewarm-dead".into(),
+            [
+                (
+                    leases::OWNER_LABEL.to_string(),
+                    leases::OWNER_AGENT.to_string(),
+                ),
+                (leases::INSTANCE_LABEL.to_string(), "dead".to_string()),
+            ]
+            .into(),
+        );
+    }
+    let n = leases::adopt_leftovers(&r.rt, r.engine.leftovers(), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let handover = r.engine.leftovers().handover().expect("handover lease");
+    r.engine
+        .warm(&img, &opts(false), &CancellationToken::new())
+        .await
+        .unwrap();
+    let st = r.rt.lock();
+    assert!(st.leases.is_empty(), "leases left: {:?}", st.leases);
+    assert!(
+        st.deleted_leases.contains(&handover.0),
+        "{:?}",
+        st.deleted_leases
+    );
 }
 
 #[tokio::test]

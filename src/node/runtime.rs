@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::node::auth::Credential;
+use crate::node::leases::{LeaseInfo, LeaseResource};
 
 /// CRI label that kubelet image GC honours (containerd >= 1.7).
 pub const CRI_PINNED_LABEL: &str = "io.cri-containerd.pinned";
@@ -90,13 +91,22 @@ pub trait BlobWriter: Send {
     fn offset(&self) -> u64;
     async fn write(&mut self, data: Bytes) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
+    /// Gives up: the partial blob is deleted (its space freed) at once.
+    async fn abort(self: Box<Self>) -> Result<()>;
 }
 
 /// containerd's content store and lease manager.
 #[async_trait]
 pub trait ContentStore: Send + Sync {
+    /// A lease labelled as prewarm's and this process's
+    /// ([`crate::node::leases::instance`]).
     async fn create_lease(&self, id: &str, expires: SystemTime) -> Result<LeaseId>;
     async fn delete_lease(&self, lease: &LeaseId) -> Result<()>;
+    /// Every lease in the namespace, with its labels.
+    async fn leases(&self) -> Result<Vec<LeaseInfo>>;
+    /// What `lease` protects.
+    async fn lease_resources(&self, lease: &LeaseId) -> Result<Vec<LeaseResource>>;
+    async fn add_lease_resource(&self, lease: &LeaseId, resource: &LeaseResource) -> Result<()>;
     /// Protects existing content with the lease.
     async fn lease_content(&self, lease: &LeaseId, digest: &str) -> Result<()>;
     /// Size of committed content, None if absent.

@@ -5,10 +5,13 @@
 //! proxy) unless a [`Rule`] matches: the first matching rule with count left
 //! fires its [`Fault`] and is decremented. [`FaultProxy::set_bandwidth`]
 //! caps the bytes/s of all response bodies together, like a node's link.
+//! [`Fault::Hold`] is a hand-shake: the body stops after N bytes until the
+//! test lets it go. [`FaultProxy::refuse_connections`] plays a registry that
+//! is down.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +23,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub use super::proxyio::Hold;
 use super::proxyio::{
     forward, status_response, BodyFault, KillSwitch, KillableListener, Pacer, Upstream,
 };
@@ -48,6 +52,9 @@ pub enum Fault {
     DropConnection,
     /// Wait, then forward normally.
     Delay(Duration),
+    /// Forward, but stop the body after [`Hold::after`] bytes until the
+    /// test calls [`Hold::release`] (a hand-shake for "mid-pull").
+    Hold(Hold),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +96,11 @@ struct Inner {
     requests: AtomicU64,
     fired: AtomicU64,
     log: Mutex<Vec<String>>,
+    /// (path, Range header) of requests that asked for a range.
+    ranges: Mutex<Vec<(String, String)>>,
     pacer: Mutex<Option<Arc<Pacer>>>,
+    refuse: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
 }
 
 impl Inner {
@@ -147,13 +158,20 @@ impl FaultProxy {
             requests: AtomicU64::new(0),
             fired: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            ranges: Mutex::new(Vec::new()),
             pacer: Mutex::new(None),
+            refuse: Arc::new(AtomicBool::new(false)),
+            refused: Arc::new(AtomicU64::new(0)),
         });
         let app = Router::new()
             .fallback(handle)
             .with_state(inner.clone())
             .into_make_service_with_connect_info::<KillSwitch>();
-        let listener = KillableListener(listener);
+        let listener = KillableListener {
+            inner: listener,
+            refuse: inner.refuse.clone(),
+            refused: inner.refused.clone(),
+        };
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -198,6 +216,32 @@ impl FaultProxy {
         }
     }
 
+    /// While on, every new connection is reset as soon as it is accepted
+    /// (a registry that is down); connections already open are not touched.
+    pub fn refuse_connections(&self, on: bool) {
+        self.inner.refuse.store(on, Ordering::SeqCst);
+    }
+
+    /// Connections reset by [`FaultProxy::refuse_connections`].
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::SeqCst)
+    }
+
+    /// Range headers of the requests whose path contains `substr`, in
+    /// arrival order (resumed downloads ask for `bytes=N-`).
+    pub fn ranges(&self, substr: &str) -> Vec<String> {
+        self.inner
+            .ranges
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(p, _)| p.contains(substr))
+                    .map(|(_, r)| r.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Removes all rules (counters are kept).
     pub fn clear(&self) {
         if let Ok(mut r) = self.inner.rules.lock() {
@@ -234,12 +278,17 @@ impl FaultProxy {
         self.inner.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Zeroes requests, bytes_sent, faults_fired and the request log.
+    /// Zeroes requests, bytes_sent, faults_fired, refused and the request
+    /// and range logs.
     pub fn reset_counters(&self) {
         self.inner.requests.store(0, Ordering::Relaxed);
         self.inner.up.bytes_sent.store(0, Ordering::Relaxed);
         self.inner.fired.store(0, Ordering::Relaxed);
+        self.inner.refused.store(0, Ordering::SeqCst);
         if let Ok(mut l) = self.inner.log.lock() {
+            l.clear();
+        }
+        if let Ok(mut l) = self.inner.ranges.lock() {
             l.clear();
         }
     }
@@ -269,6 +318,11 @@ async fn handle(
             .unwrap_or_default();
         l.push(format!("{method} {path}{query}"));
     }
+    if let Some(range) = req.headers().get(axum::http::header::RANGE) {
+        if let Ok(mut l) = inner.ranges.lock() {
+            l.push((path.clone(), range.to_str().unwrap_or_default().to_string()));
+        }
+    }
     let fault = inner.take_fault(&method, &path);
     let pacer = inner.pacer();
     match fault {
@@ -286,6 +340,7 @@ async fn handle(
             forward(&inner.up, req, BodyFault::Truncate(after), pacer).await
         }
         Some(Fault::CorruptBody) => forward(&inner.up, req, BodyFault::Corrupt, pacer).await,
+        Some(Fault::Hold(hold)) => forward(&inner.up, req, BodyFault::Hold(hold), pacer).await,
         None => forward(&inner.up, req, BodyFault::None, pacer).await,
     }
 }
@@ -530,6 +585,64 @@ mod tests {
             200
         );
         assert_eq!(proxy.hits("/blobs/"), 3);
+    }
+
+    #[tokio::test]
+    async fn hold_stops_the_body_until_released_and_ranges_are_logged() {
+        let (_reg, proxy, img, c) = setup().await;
+        let layer = &img.layers[0];
+        let h = Hold::new(100_000);
+        proxy.add(
+            Rule::new("/blobs/sha256", Fault::Hold(h.clone()))
+                .method("GET")
+                .times(1),
+        );
+        let r = c.get(blob_url(&proxy, &img)).send().await.unwrap();
+        let mut s = r.bytes_stream();
+        let mut got = 0;
+        while got < 100_000 {
+            got += s.next().await.unwrap().unwrap().len();
+        }
+        h.reached().await;
+        assert_eq!((got, proxy.bytes_sent()), (100_000, 100_000));
+        h.release();
+        while let Some(chunk) = s.next().await {
+            got += chunk.unwrap().len();
+        }
+        assert_eq!(got, layer.data.len());
+        assert!(proxy.ranges("/blobs/").is_empty());
+
+        let r = c
+            .get(blob_url(&proxy, &img))
+            .header("range", "bytes=1000-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.bytes().await.unwrap(), layer.data.slice(1000..));
+        assert_eq!(proxy.ranges(&layer.digest), vec!["bytes=1000-"]);
+    }
+
+    #[tokio::test]
+    async fn refusing_resets_new_connections_until_let_through() {
+        let (_reg, proxy, _img, _c) = setup().await;
+        let fresh = || reqwest::Client::builder().no_proxy().build().unwrap();
+        proxy.refuse_connections(true);
+        let err = fresh()
+            .get(format!("{}/v2/", proxy.url()))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_connect() || err.is_request(), "{err}");
+        assert!(proxy.refused() >= 1);
+        assert_eq!(proxy.requests(), 0, "no request got through");
+        proxy.refuse_connections(false);
+        let r = fresh()
+            .get(format!("{}/v2/", proxy.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
     }
 
     #[tokio::test]

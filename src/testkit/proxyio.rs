@@ -21,6 +21,7 @@ use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// Where and how to forward.
 pub(super) struct Upstream {
@@ -38,6 +39,7 @@ pub(super) enum BodyFault {
     None,
     Truncate(usize),
     Corrupt,
+    Hold(Hold),
 }
 
 /// Forwards `req` upstream and streams the answer back, applying `fault` to
@@ -96,6 +98,7 @@ pub(super) async fn forward(
         let s = match fault {
             BodyFault::Truncate(after) => truncate(up_stream, after),
             BodyFault::Corrupt => corrupt(up_stream).await,
+            BodyFault::Hold(h) => hold(up_stream, h),
             BodyFault::None => up_stream,
         };
         let s = match pacer {
@@ -176,7 +179,13 @@ pub(super) fn bad_gateway(msg: String) -> Response<Body> {
 #[derive(Clone, Debug)]
 pub(super) struct KillSwitch(pub(super) Arc<AtomicBool>);
 
-pub(super) struct KillableListener(pub(super) TcpListener);
+/// Accepts connections whose I/O can be killed; while `refuse` is set it
+/// resets each new connection at once instead (counted in `refused`).
+pub(super) struct KillableListener {
+    pub(super) inner: TcpListener,
+    pub(super) refuse: Arc<AtomicBool>,
+    pub(super) refused: Arc<std::sync::atomic::AtomicU64>,
+}
 
 pub(super) struct KillableIo {
     inner: TcpStream,
@@ -189,7 +198,13 @@ impl Listener for KillableListener {
 
     async fn accept(&mut self) -> (KillableIo, SocketAddr) {
         loop {
-            match self.0.accept().await {
+            match self.inner.accept().await {
+                Ok((inner, _)) if self.refuse.load(Ordering::SeqCst) => {
+                    // SO_LINGER 0: the close sends RST, as from a host that is down.
+                    let _ = inner.set_zero_linger();
+                    drop(inner);
+                    self.refused.fetch_add(1, Ordering::SeqCst);
+                }
                 Ok((inner, addr)) => {
                     let _ = inner.set_nodelay(true);
                     let kill = Arc::new(AtomicBool::new(false));
@@ -202,7 +217,7 @@ impl Listener for KillableListener {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 }
 
@@ -281,6 +296,115 @@ pub(super) fn truncate(
             }
         },
     )
+    .boxed()
+}
+
+/// A hand-shake point in a response body: once `after` bytes have passed,
+/// [`Hold::reached`] resolves and the rest waits for [`Hold::release`].
+#[derive(Clone)]
+pub struct Hold(Arc<HoldState>);
+
+struct HoldState {
+    after: usize,
+    reached: watch::Sender<bool>,
+    released: watch::Sender<bool>,
+}
+
+impl Hold {
+    pub fn new(after: usize) -> Self {
+        Self(Arc::new(HoldState {
+            after,
+            reached: watch::Sender::new(false),
+            released: watch::Sender::new(false),
+        }))
+    }
+
+    /// Bytes let through before the body stops.
+    pub fn after(&self) -> usize {
+        self.0.after
+    }
+
+    /// Resolves once a body has passed `after` bytes and is held.
+    pub async fn reached(&self) {
+        let mut rx = self.0.reached.subscribe();
+        // The sender lives in `self`: the channel cannot close.
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    pub fn is_reached(&self) -> bool {
+        *self.0.reached.borrow()
+    }
+
+    /// Lets held (and later) bodies go on.
+    pub fn release(&self) {
+        self.0.released.send_replace(true);
+    }
+
+    pub(super) fn arrive(&self) {
+        self.0.reached.send_replace(true);
+    }
+
+    pub(super) async fn wait_released(&self) {
+        let mut rx = self.0.released.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hold(after {} bytes)", self.0.after)
+    }
+}
+
+/// The same hand-shake (not an equal one).
+impl PartialEq for Hold {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for Hold {}
+
+/// Passes `hold.after()` bytes, signals the hold and waits for its release,
+/// then passes the rest.
+pub(super) fn hold(
+    up: BoxStream<'static, io::Result<Bytes>>,
+    hold: Hold,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    struct Held {
+        up: BoxStream<'static, io::Result<Bytes>>,
+        sent: usize,
+        hold: Option<Hold>,
+        /// The part of a chunk beyond the hold point.
+        carry: Option<Bytes>,
+    }
+    let after = hold.after();
+    let start = Held {
+        up,
+        sent: 0,
+        hold: Some(hold),
+        carry: None,
+    };
+    stream::unfold(start, move |mut s| async move {
+        if s.sent >= after {
+            if let Some(h) = s.hold.take() {
+                h.arrive();
+                h.wait_released().await;
+            }
+        }
+        let next = match s.carry.take() {
+            Some(b) => Ok(b),
+            None => s.up.next().await?,
+        };
+        let mut b = match next {
+            Ok(b) => b,
+            Err(e) => return Some((Err(e), s)),
+        };
+        if s.hold.is_some() && s.sent + b.len() > after {
+            s.carry = Some(b.split_off(after - s.sent));
+        }
+        s.sent += b.len();
+        Some((Ok(b), s))
+    })
     .boxed()
 }
 
@@ -384,6 +508,28 @@ mod tests {
         let out: Vec<io::Result<Bytes>> = truncate(chunks(&[b"ab"]), 6).collect().await;
         assert_eq!(out.len(), 1);
         assert!(out[0].is_ok());
+    }
+
+    #[tokio::test]
+    async fn hold_stops_at_the_point_until_released() {
+        let h = Hold::new(6);
+        let mut s = hold(chunks(&[b"abcd", b"efgh", b"ij"]), h.clone());
+        assert_eq!(s.next().await.unwrap().unwrap(), &b"abcd"[..]);
+        assert_eq!(s.next().await.unwrap().unwrap(), &b"ef"[..]);
+        assert!(!h.is_reached());
+        let mut next = Box::pin(s.next());
+        // Held: the next chunk does not come until the release.
+        assert!(futures::poll!(next.as_mut()).is_pending());
+        h.reached().await;
+        h.release();
+        assert_eq!(next.await.unwrap().unwrap(), &b"gh"[..]);
+        assert_eq!(s.next().await.unwrap().unwrap(), &b"ij"[..]);
+        assert!(s.next().await.is_none());
+        // Shorter than the hold point: passes whole, never held.
+        let h = Hold::new(100);
+        let out: Vec<_> = hold(chunks(&[b"ab"]), h.clone()).collect().await;
+        assert_eq!(out.len(), 1);
+        assert!(!h.is_reached());
     }
 
     #[tokio::test]

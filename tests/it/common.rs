@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use prewarm::config::units::DiskFloor;
 use prewarm::config::AgentConfig;
+use prewarm::node::containerd::Containerd;
 use prewarm::node::manifest::host_platform;
 use prewarm::node::pull::{NoopObserver, PullOptions};
 use prewarm::node::runtime::ImageStore;
@@ -92,6 +93,11 @@ pub fn config_for(ctd: &TestContainerd) -> AgentConfig {
 impl Node {
     pub async fn start(v: Version, tweak: impl FnOnce(&mut AgentConfig)) -> Node {
         let ctd = TestContainerd::start(v).await.expect("start containerd");
+        Node::on(ctd, tweak).await
+    }
+
+    /// A node stack on a containerd the test started itself.
+    pub async fn on(ctd: TestContainerd, tweak: impl FnOnce(&mut AgentConfig)) -> Node {
         let mut cfg = config_for(&ctd);
         tweak(&mut cfg);
         let stack = setup::connect(&cfg, Arc::new(NoopObserver))
@@ -113,6 +119,11 @@ impl Node {
             .collect()
     }
 
+    /// Ingests in progress: (ref, bytes written).
+    pub async fn ingests(&self) -> Vec<(String, u64)> {
+        self.stack.containerd.ingests().await.expect("list ingests")
+    }
+
     pub async fn status(&self, name: &str) -> Option<prewarm::node::runtime::CriImage> {
         self.stack
             .containerd
@@ -130,6 +141,58 @@ pub fn opts(pin: bool) -> PullOptions {
         priority: 0,
         bandwidth: None,
     }
+}
+
+/// Digest and size of the big layer of `shapes/large`.
+pub fn large_layer(up: &Upstream) -> (String, u64) {
+    let (_, _, built) = up
+        .corpus
+        .iter()
+        .find(|(r, _, _)| r.ends_with("shapes/large"))
+        .expect("shapes/large in the corpus");
+    let layer = &built.images()[0].layers[0];
+    (layer.digest.clone(), layer.data.len() as u64)
+}
+
+/// Polls `check` until it holds; panics naming `what` after `limit` (a
+/// safety net only: every wait is on observable state).
+pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Bytes containerd holds of the ingest of `digest` once it has some.
+pub async fn ingest_offset(store: &Containerd, digest: &str) -> u64 {
+    let mut offset = 0;
+    wait_until(
+        &format!("containerd to have part of {digest}"),
+        Duration::from_secs(60),
+        async || {
+            let ingests = store.ingests().await.expect("list ingests");
+            offset = ingests
+                .iter()
+                .find(|(r, _)| r.ends_with(digest))
+                .map_or(0, |(_, o)| *o);
+            offset > 0
+        },
+    )
+    .await;
+    offset
+}
+
+/// The start of a `bytes=N-` Range header.
+pub fn range_start(range: &str) -> Option<u64> {
+    range
+        .strip_prefix("bytes=")?
+        .strip_suffix('-')?
+        .parse()
+        .ok()
 }
 
 /// Chain id of the top layer, as containerd names unpacked snapshots.

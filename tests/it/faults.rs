@@ -4,22 +4,16 @@
 use std::time::{Duration, Instant};
 
 use prewarm::config::reference::ImageRef;
-use prewarm::config::units::{ByteSize, DiskFloor};
+use prewarm::config::units::DiskFloor;
 use prewarm::node::setup;
 use prewarm::testkit::containerd::Version;
-use prewarm::testkit::faultproxy::{Fault, Rule};
+use prewarm::testkit::faultproxy::{Fault, Hold, Rule};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{opts, Node, Upstream, MIB};
+use crate::common::{ingest_offset, large_layer, opts, range_start, Node, Upstream, MIB};
 
 fn large_layer_path(up: &Upstream) -> String {
-    let (_, _, built) = up
-        .corpus
-        .iter()
-        .find(|(r, _, _)| r.ends_with("shapes/large"))
-        .unwrap();
-    let digest = built.images()[0].layers[0].digest.clone();
-    format!("/blobs/{digest}")
+    format!("/blobs/{}", large_layer(up).0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,14 +175,20 @@ async fn missing_socket_is_a_clear_error() {
     );
 }
 
+/// containerd restarted while the big blob is half in its content store:
+/// the pull resumes from what containerd kept (a Range request) and ends
+/// with the image. The hold makes "mid-pull" a hand-shake, not a guess.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_restart_mid_pull_is_survived() {
     let up = Upstream::start(None, 24 * MIB).await;
-    let mut node = Node::start(Version::V2, |c| {
-        c.pacing.bandwidth = ByteSize(8 * MIB as u64);
-        c.pacing.retry.attempts = 20;
-    })
-    .await;
+    let mut node = Node::start(Version::V2, |c| c.pacing.retry.attempts = 20).await;
+    let (digest, size) = large_layer(&up);
+    let hold = Hold::new(8 * MIB);
+    up.proxy.add(
+        Rule::new(digest.clone(), Fault::Hold(hold.clone()))
+            .method("GET")
+            .times(1),
+    );
     let image: ImageRef = up.image("shapes/large").parse().unwrap();
     let engine = node.stack.engine.clone();
     let img2 = image.clone();
@@ -197,14 +197,35 @@ async fn containerd_restart_mid_pull_is_survived() {
             .warm(&img2, &opts(false), &CancellationToken::new())
             .await
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::timeout(Duration::from_secs(60), hold.reached())
+        .await
+        .expect("the pull never got 8 MiB into the big blob");
+    let written = ingest_offset(&node.stack.containerd, &digest).await;
     node.ctd.restart().await.unwrap();
+    hold.release();
     let out = pull
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("pull did not survive the restart: {e}"));
     assert!(out.fetched_bytes > 0);
     assert!(node.status(&image.to_string()).await.is_some());
+    // Resumed from containerd's offset, not from the start.
+    let starts: Vec<u64> = up
+        .proxy
+        .ranges(&digest)
+        .iter()
+        .filter_map(|r| range_start(r))
+        .collect();
+    assert!(
+        starts
+            .iter()
+            .any(|s| *s >= written && *s <= hold.after() as u64 && *s < size),
+        "no resume from {written}..={} bytes: ranges {:?}, requests {:?}",
+        hold.after(),
+        up.proxy.ranges(&digest),
+        up.proxy.request_log()
+    );
+    assert!(node.our_leases().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,27 +248,38 @@ async fn disk_below_floor_refuses_before_fetching() {
     assert_eq!(up.proxy.hits("/blobs/"), 0);
 }
 
+/// Cancelled while its lease holds half a blob (a hand-shake, not a
+/// timer): the pull says so and its lease is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_pull_releases_its_lease() {
     let up = Upstream::start(None, 16 * MIB).await;
-    let node = Node::start(Version::V17, |c| {
-        c.pacing.bandwidth = ByteSize(2 * MIB as u64)
-    })
-    .await;
+    let node = Node::start(Version::V17, |_| {}).await;
+    let (digest, _) = large_layer(&up);
+    let hold = Hold::new(4 * MIB);
+    up.proxy.add(
+        Rule::new(digest, Fault::Hold(hold.clone()))
+            .method("GET")
+            .times(1),
+    );
     let image: ImageRef = up.image("shapes/large").parse().unwrap();
     let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        c2.cancel();
-    });
-    let err = node
-        .stack
-        .engine
-        .warm(&image, &opts(false), &cancel)
-        .await
-        .unwrap_err();
-    assert_eq!(err.reason(), "cancelled");
+    let o = opts(false);
+    let pull = node.stack.engine.warm(&image, &o, &cancel);
+    let mid_pull = async {
+        hold.reached().await;
+        let leases = node.our_leases().await;
+        cancel.cancel();
+        leases
+    };
+    let (result, during) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(pull, mid_pull)
+    })
+    .await
+    .expect("the pull never reached the hold point");
+    hold.release();
+    let err = result.unwrap_err();
+    assert_eq!(during.len(), 1, "one lease while mid-blob: {during:?}");
+    assert_eq!(err.reason(), "cancelled", "{err}");
     assert!(
         node.our_leases().await.is_empty(),
         "lease leaked after cancel"

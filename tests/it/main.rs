@@ -5,9 +5,12 @@
 mod agent;
 mod cli;
 mod common;
+mod crash;
+mod disk;
 mod faults;
 mod gates;
 mod link;
+mod outage;
 mod pins;
 mod pull;
 mod rbac;
