@@ -1,0 +1,155 @@
+//! The link server on loopback: streams of one node replacing each other.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use super::*;
+use crate::coordinator::auth::StaticAuth;
+use crate::wire::v1::link_client::LinkClient;
+use crate::wire::v1::{image_state::Phase, Delta, ImageState};
+
+/// A link server with tokens `tok-<node>` for nodes n0..n99.
+pub(crate) async fn serve(
+    cancel: &tokio_util::sync::CancellationToken,
+) -> (Arc<LinkState>, SocketAddr) {
+    let tokens: HashMap<String, String> = (0..100)
+        .map(|i| (format!("tok-n{i}"), format!("n{i}")))
+        .collect();
+    let state = LinkState::new(
+        Arc::new(StaticAuth(tokens)),
+        Arc::new(CoordinatorMetrics::new()),
+        cancel.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = LinkService::new(state.clone()).into_server();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.cancelled_owned(),
+            )
+            .await
+            .unwrap();
+    });
+    (state, addr)
+}
+
+pub(crate) fn snapshot(node: &str, seq: u64, images: &[&str]) -> AgentMessage {
+    AgentMessage {
+        body: Some(agent_message::Body::Snapshot(Snapshot {
+            node: node.into(),
+            seq,
+            images: images
+                .iter()
+                .map(|i| ImageState {
+                    name: i.to_string(),
+                    phase: Phase::Warm as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An attached stream: the agent's sender and the coordinator's replies,
+/// after the first intent set arrived (the coordinator holds the stream).
+pub(crate) struct Open {
+    pub tx: mpsc::Sender<AgentMessage>,
+    pub rx: Streaming<CoordinatorMessage>,
+}
+
+pub(crate) async fn open(
+    addr: SocketAddr,
+    node: &str,
+    first: AgentMessage,
+) -> Result<Open, Status> {
+    open_as(addr, &format!("tok-{node}"), first).await
+}
+
+pub(crate) async fn open_as(
+    addr: SocketAddr,
+    token: &str,
+    first: AgentMessage,
+) -> Result<Open, Status> {
+    let mut client = LinkClient::connect(format!("http://{addr}")).await.unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(first).await.unwrap();
+    let mut req = Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut rx = client.attach(req).await?.into_inner();
+    let m = rx.message().await?.expect("the first intent set");
+    assert!(matches!(
+        m.body,
+        Some(coordinator_message::Body::Intents(_))
+    ));
+    Ok(Open { tx, rx })
+}
+
+/// Waits until the coordinator has finished with the stream: its replies
+/// end (the server's task is done, including its clean-up).
+pub(crate) async fn ended(mut s: Streaming<CoordinatorMessage>) -> Option<Status> {
+    loop {
+        match s.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return None,
+            Err(status) => return Some(status),
+        }
+    }
+}
+
+/// A reconnecting agent's old stream ends after its new one attached: the
+/// node stays connected, and the new stream's reports still count.
+#[tokio::test]
+async fn the_end_of_a_replaced_stream_leaves_the_new_one_connected() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (state, addr) = serve(&cancel).await;
+    let a = open(addr, "n1", snapshot("n1", 1, &["r/a:1"]))
+        .await
+        .unwrap();
+    let b = open(addr, "n1", snapshot("n1", 1, &["r/b:1"]))
+        .await
+        .unwrap();
+    drop(a.tx);
+    ended(a.rx).await;
+    let connected = |s: &LinkState| s.view().node("n1").map(|n| n.connected);
+    assert_eq!(
+        connected(&state),
+        Some(true),
+        "the live stream's node was marked disconnected"
+    );
+    assert_eq!(state.view().connected(), 1);
+    assert_eq!(state.metrics.connected.get(), 1, "connected_agents");
+    // B's deltas still apply; its snapshot is the record.
+    let delta = AgentMessage {
+        body: Some(agent_message::Body::Delta(Delta {
+            seq: 2,
+            upserted: vec![ImageState {
+                name: "r/c:1".into(),
+                phase: Phase::Warm as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    };
+    let mut changes = state.view_changes.subscribe();
+    b.tx.send(delta).await.unwrap();
+    while !state.view().node("n1").unwrap().is_warm("r/c:1") {
+        changes.changed().await.unwrap();
+    }
+    assert!(state.view().node("n1").unwrap().is_warm("r/b:1"));
+    assert!(!state.view().node("n1").unwrap().is_warm("r/a:1"));
+    drop(b.tx);
+    ended(b.rx).await;
+    assert_eq!(connected(&state), Some(false));
+    assert_eq!(state.metrics.connected.get(), 0, "connected_agents");
+    cancel.cancel();
+}
