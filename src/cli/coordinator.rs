@@ -88,6 +88,11 @@ pub struct CoordinatorArgs {
     /// pods labelled prewarm.dev/gate=true (uses --tls-cert/--tls-key).
     #[arg(long, env = "PREWARM_WEBHOOK_LISTEN", requires = "tls_cert")]
     pub webhook_listen: Option<SocketAddr>,
+    /// A node whose agent has been disconnected and silent this long is
+    /// forgotten (view, metrics, intents); nodes deleted from the API
+    /// server are forgotten once their agent disconnects.
+    #[arg(long, env = "PREWARM_FORGET_NODES_AFTER", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub forget_nodes_after: std::time::Duration,
 }
 
 fn positive_bytes(s: &str) -> Result<ByteSize, String> {
@@ -157,6 +162,9 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         grpc_listen: args.grpc_listen,
         http_listen: args.http_listen,
         tls: args.tls_cert.zip(args.tls_key),
+        retention: prewarm::plan::forget::Retention {
+            silent_ttl: args.forget_nodes_after,
+        },
     };
     let webhook = args.webhook_listen.zip(opts.tls.clone());
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Authenticator;
 use super::metrics::CoordinatorMetrics;
+use crate::plan::forget::Retention;
 use crate::plan::view::{ClusterView, ViewError};
 use crate::wire::limits;
 use crate::wire::v1::link_server::Link;
@@ -49,6 +50,8 @@ pub struct LinkState {
     /// then no longer touch the record.
     streams: std::sync::Mutex<HashMap<String, Owner>>,
     next_stream: AtomicU64,
+    /// How long disconnected node records are kept.
+    pub retention: Retention,
 }
 
 /// The stream a node's record belongs to.
@@ -63,6 +66,15 @@ impl LinkState {
         auth: Arc<dyn Authenticator>,
         metrics: Arc<CoordinatorMetrics>,
         shutdown: tokio_util::sync::CancellationToken,
+    ) -> Arc<Self> {
+        Self::with_retention(auth, metrics, shutdown, Retention::default())
+    }
+
+    pub fn with_retention(
+        auth: Arc<dyn Authenticator>,
+        metrics: Arc<CoordinatorMetrics>,
+        shutdown: tokio_util::sync::CancellationToken,
+        retention: Retention,
     ) -> Arc<Self> {
         let (intents, _) = watch::channel(Arc::new(Vec::new()));
         let (view_changes, _) = watch::channel(0);
@@ -79,7 +91,30 @@ impl LinkState {
             sources: Default::default(),
             streams: Default::default(),
             next_stream: AtomicU64::new(1),
+            retention,
         })
+    }
+
+    /// Forgets the node records [`crate::plan::forget`] picks (all, or only
+    /// `node`'s): they leave the view, and so the metrics and the intents
+    /// derived from it. Returns how many went.
+    pub fn forget_stale(&self, node: Option<&str>) -> usize {
+        let gone = {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            view.forget(&self.retention, Utc::now(), node)
+        };
+        if gone.is_empty() {
+            return 0;
+        }
+        self.view_changes.send_modify(|v| *v = v.wrapping_add(1));
+        for (n, why) in &gone {
+            self.metrics
+                .forgotten_nodes
+                .with_label_values(&[why.as_str()])
+                .inc();
+            tracing::info!(node = %n, reason = why.as_str(), "node forgotten");
+        }
+        gone.len()
     }
 
     /// Makes a new stream the owner of `node`'s record and applies its
@@ -115,6 +150,8 @@ impl LinkState {
         if streams.get(node).is_some_and(|o| o.id == id) {
             streams.remove(node);
             self.update_view(|v| v.disconnect(node));
+            // A node already deleted from the API goes at once.
+            self.forget_stale(Some(node));
         }
         self.metrics.connected.set(streams.len() as i64);
     }

@@ -17,6 +17,10 @@ pub mod nodes;
 pub mod rollouts;
 pub mod webhook;
 
+#[cfg(test)]
+#[path = "churn_tests.rs"]
+mod churn_tests;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +31,27 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use self::auth::Authenticator;
 use self::link::{LinkService, LinkState};
 use self::metrics::CoordinatorMetrics;
+use crate::plan::forget::Retention;
 use crate::wire::v1::Intent;
+
+/// Forgets silent nodes every quarter of the TTL (at most a minute apart);
+/// deleted nodes go as soon as the Node watch or their stream's end says so.
+async fn forget_loop(state: Arc<LinkState>, cancel: CancellationToken) {
+    let every = (state.retention.silent_ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                state.forget_stale(None);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorOptions {
@@ -35,6 +59,8 @@ pub struct CoordinatorOptions {
     pub http_listen: SocketAddr,
     /// Serving certificate and key (PEM), e.g. from a cert-manager Secret.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How long disconnected nodes are remembered.
+    pub retention: Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +88,8 @@ impl Coordinator {
         cancel: CancellationToken,
     ) -> Result<Self, CoordinatorError> {
         let metrics = Arc::new(CoordinatorMetrics::new());
-        let state = LinkState::new(auth, metrics, cancel.clone());
+        let state = LinkState::with_retention(auth, metrics, cancel.clone(), opts.retention);
+        tokio::spawn(forget_loop(state.clone(), cancel.clone()));
         let listener = tokio::net::TcpListener::bind(opts.grpc_listen)
             .await
             .map_err(|source| CoordinatorError::Listen {
