@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::Authenticator;
+use super::auth::{AuthError, Authenticator};
 use super::metrics::CoordinatorMetrics;
 use crate::plan::forget::Retention;
 use crate::plan::view::{ClusterView, ViewError};
@@ -300,9 +300,18 @@ impl Link for LinkService {
         let node = match st.auth.node_of(&bearer(&req)).await {
             Ok(n) => n,
             Err(e) => {
-                st.metrics.rejected.with_label_values(&["auth"]).inc();
+                let (reason, status) = match &e {
+                    AuthError::RateLimited => {
+                        ("rate_limited", Status::resource_exhausted(e.to_string()))
+                    }
+                    AuthError::Unavailable(_) => {
+                        ("auth_unavailable", Status::unavailable(e.to_string()))
+                    }
+                    _ => ("auth", Status::unauthenticated(e.to_string())),
+                };
+                st.metrics.rejected.with_label_values(&[reason]).inc();
                 tracing::warn!(error = %e, "agent stream refused");
-                return Err(Status::unauthenticated(e.to_string()));
+                return Err(status);
             }
         };
         let mut inbound = req.into_inner();

@@ -19,11 +19,15 @@ pub(crate) async fn serve(
     let tokens: HashMap<String, String> = (0..100)
         .map(|i| (format!("tok-n{i}"), format!("n{i}")))
         .collect();
-    let state = LinkState::new(
-        Arc::new(StaticAuth(tokens)),
-        Arc::new(CoordinatorMetrics::new()),
-        cancel.clone(),
-    );
+    serve_with(Arc::new(StaticAuth(tokens)), cancel).await
+}
+
+/// A link server authenticating with `auth`.
+pub(crate) async fn serve_with(
+    auth: Arc<dyn Authenticator>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> (Arc<LinkState>, SocketAddr) {
+    let state = LinkState::new(auth, Arc::new(CoordinatorMetrics::new()), cancel.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = LinkService::new(state.clone()).into_server();
@@ -151,5 +155,67 @@ async fn the_end_of_a_replaced_stream_leaves_the_new_one_connected() {
     ended(b.rx).await;
     assert_eq!(connected(&state), Some(false));
     assert_eq!(state.metrics.connected.get(), 0, "connected_agents");
+    cancel.cancel();
+}
+
+/// The real TokenReview path, behind its cache, end to end: a token binds
+/// the stream to its pod's node, a report for another node is refused, an
+/// unknown token is unauthenticated, and an attach over the review rate is
+/// told to back off.
+#[tokio::test]
+async fn streams_are_bound_by_token_review() {
+    use crate::coordinator::auth::{TokenReviewAuth, AUDIENCE};
+    use crate::coordinator::auth_cache::{CacheConfig, CachedAuth};
+    use crate::testkit::apiserver::{BoundToken, MockApi};
+    let api = MockApi::new();
+    for n in ["n1", "n2"] {
+        api.issue_token(
+            &format!("sa-{n}"),
+            BoundToken {
+                namespace: "prewarm-system".into(),
+                service_account: "prewarm-agent".into(),
+                pod: Some(format!("prewarm-agent-{n}")),
+                node: Some(n.into()),
+                audiences: vec![AUDIENCE.into()],
+            },
+        );
+    }
+    let reviews = TokenReviewAuth::new(
+        api.coordinator_client(),
+        AUDIENCE,
+        "prewarm-system",
+        "prewarm-agent",
+    );
+    let cfg = CacheConfig {
+        reviews_per_second: 0.001,
+        burst: 3,
+        ..CacheConfig::default()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (state, addr) = serve_with(Arc::new(CachedAuth::new(reviews, cfg)), &cancel).await;
+    let code = |r: Result<Open, Status>| r.err().map(|s| (s.code(), s.message().to_string()));
+    let ok = open_as(addr, "sa-n1", snapshot("n1", 1, &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(open_as(addr, "sa-n1", snapshot("n2", 1, &[])).await),
+        Some((
+            tonic::Code::PermissionDenied,
+            "this stream is bound to node n1; a report for n2 is not accepted".into()
+        ))
+    );
+    let (c, m) = code(open_as(addr, "forged", snapshot("n1", 1, &[])).await).unwrap();
+    assert_eq!(c, tonic::Code::Unauthenticated, "{m}");
+    // Three reviews made (sa-n1 once, forged once... and sa-n2 now); the
+    // next new token is over the rate.
+    let _n2 = open_as(addr, "sa-n2", snapshot("n2", 1, &[]))
+        .await
+        .unwrap();
+    let (c, m) = code(open_as(addr, "other", snapshot("n1", 1, &[])).await).unwrap();
+    assert_eq!(c, tonic::Code::ResourceExhausted, "{m}");
+    assert!(m.contains("too many token reviews"), "{m}");
+    assert_eq!(state.view().connected(), 2);
+    assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
+    drop(ok);
     cancel.cancel();
 }

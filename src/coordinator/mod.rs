@@ -4,6 +4,7 @@
 
 pub mod announce;
 pub mod auth;
+pub mod auth_cache;
 pub mod ca;
 pub mod deploys;
 pub mod events;
