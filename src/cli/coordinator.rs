@@ -187,10 +187,9 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             silent_ttl: args.forget_nodes_after,
         },
     };
-    let webhook = args.webhook_listen.zip(opts.tls.clone());
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
-    if let Some((addr, (cert, key))) = webhook {
-        prewarm::coordinator::webhook::serve(addr, &cert, &key, cancel.clone()).await?;
+    if let Some((addr, cert)) = args.webhook_listen.zip(coordinator.tls.clone()) {
+        prewarm::coordinator::webhook::serve(addr, cert, cancel.clone()).await?;
     }
     if !args.no_watch {
         let client = kube::Client::try_default()

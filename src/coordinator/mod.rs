@@ -16,6 +16,7 @@ pub mod link;
 pub mod metrics;
 pub mod nodes;
 pub mod rollouts;
+pub mod tls;
 pub mod webhook;
 
 #[cfg(test)]
@@ -26,12 +27,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use self::auth::Authenticator;
 use self::link::{LinkService, LinkState};
 use self::metrics::CoordinatorMetrics;
+use self::tls::CertReloader;
 use crate::plan::forget::Retention;
 use crate::wire::v1::Intent;
 
@@ -71,15 +74,42 @@ pub enum CoordinatorError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS {path}: {message}")]
-    Tls { path: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 pub struct Coordinator {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub state: Arc<LinkState>,
+    /// The serving certificate, reloaded on change (shared with the
+    /// webhook).
+    pub tls: Option<Arc<CertReloader>>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the link's gRPC server on `incoming` until `shutdown`.
+async fn serve_link<IO, E>(
+    mut builder: Server,
+    service: crate::wire::v1::link_server::LinkServer<LinkService>,
+    incoming: impl futures::Stream<Item = Result<IO, E>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    IO: tonic::transport::server::Connected
+        + tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + Unpin
+        + Send
+        + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Err(e) = builder
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "gRPC server stopped");
+    }
 }
 
 impl Coordinator {
@@ -103,36 +133,28 @@ impl Coordinator {
                 addr: opts.grpc_listen,
                 source,
             })?;
-        let mut builder = Server::builder()
+        let builder = Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
-        if let Some((cert, key)) = &opts.tls {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| CoordinatorError::Tls {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })
-            };
-            let identity = Identity::from_pem(read(cert)?, read(key)?);
-            builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity))
-                .map_err(|e| CoordinatorError::Tls {
-                    path: cert.display().to_string(),
-                    message: e.to_string(),
-                })?;
-        }
         let service = LinkService::new(state.clone()).into_server();
-        let shutdown = cancel.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = tokio::spawn(async move {
-            if let Err(e) = builder
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %e, "gRPC server stopped");
+        let shutdown = cancel.clone().cancelled_owned();
+        let (tls, server) = match &opts.tls {
+            Some((cert, key)) => {
+                let reloader = CertReloader::load(cert, key)?;
+                tokio::spawn(reloader.clone().watch(tls::POLL, cancel.clone()));
+                let config = reloader.server_config(&[b"h2"])?;
+                let rx = tls::accept(listener, config, "link", cancel.clone());
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
+                    .map(|(s, _)| Ok::<_, std::io::Error>(s));
+                let server = tokio::spawn(serve_link(builder, service, incoming, shutdown));
+                (Some(reloader), server)
             }
-        });
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let server = serve_link(builder, service, incoming, shutdown);
+                (None, tokio::spawn(server))
+            }
+        };
         let http_addr = http::serve(opts.http_listen, state.clone(), cancel)
             .await
             .map_err(|source| CoordinatorError::Listen {
@@ -144,6 +166,7 @@ impl Coordinator {
             grpc_addr,
             http_addr,
             state,
+            tls,
             server,
         })
     }
