@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use prewarm::config::units::ByteSize;
 use prewarm::coordinator::auth::{Authenticator, StaticAuth, TokenReviewAuth, AUDIENCE};
+use prewarm::coordinator::auth_cache::{CacheConfig, CachedAuth};
 use prewarm::coordinator::http::{DeployGroupRow, ImageRow, NodeSummary};
 use prewarm::coordinator::{Coordinator, CoordinatorOptions};
 use prewarm::plan::gate::TimeoutPolicy;
@@ -88,6 +89,25 @@ pub struct CoordinatorArgs {
     /// pods labelled prewarm.dev/gate=true (uses --tls-cert/--tls-key).
     #[arg(long, env = "PREWARM_WEBHOOK_LISTEN", requires = "tls_cert")]
     pub webhook_listen: Option<SocketAddr>,
+    /// A node whose agent has been disconnected and silent this long is
+    /// forgotten (view, metrics, intents); nodes deleted from the API
+    /// server are forgotten once their agent disconnects.
+    #[arg(long, env = "PREWARM_FORGET_NODES_AFTER", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub forget_nodes_after: std::time::Duration,
+    /// TokenReviews per second at most (agents' attaches; twice as many at
+    /// once after a quiet spell). Attaches beyond it are told to back off;
+    /// reviewed tokens are cached for a minute.
+    #[arg(long, env = "PREWARM_TOKEN_REVIEWS_PER_SECOND", default_value = "50", value_parser = review_rate)]
+    pub token_reviews_per_second: f64,
+}
+
+fn review_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.1..=10_000.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a rate from 0.1 to 10000 reviews per second"
+        )),
+    }
 }
 
 fn positive_bytes(s: &str) -> Result<ByteSize, String> {
@@ -127,12 +147,18 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             let client = kube::Client::try_default()
                 .await
                 .context("Kubernetes client (TokenReview)")?;
-            Arc::new(TokenReviewAuth::new(
+            let reviews = TokenReviewAuth::new(
                 client,
                 AUDIENCE,
                 &args.namespace,
                 &args.agent_service_account,
-            ))
+            );
+            let cfg = CacheConfig {
+                reviews_per_second: args.token_reviews_per_second,
+                burst: (args.token_reviews_per_second * 2.0).ceil().max(1.0) as u32,
+                ..CacheConfig::default()
+            };
+            Arc::new(CachedAuth::new(reviews, cfg))
         }
     };
     let cancel = CancellationToken::new();
@@ -157,11 +183,13 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         grpc_listen: args.grpc_listen,
         http_listen: args.http_listen,
         tls: args.tls_cert.zip(args.tls_key),
+        retention: prewarm::plan::forget::Retention {
+            silent_ttl: args.forget_nodes_after,
+        },
     };
-    let webhook = args.webhook_listen.zip(opts.tls.clone());
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
-    if let Some((addr, (cert, key))) = webhook {
-        prewarm::coordinator::webhook::serve(addr, &cert, &key, cancel.clone()).await?;
+    if let Some((addr, cert)) = args.webhook_listen.zip(coordinator.tls.clone()) {
+        prewarm::coordinator::webhook::serve(addr, cert, cancel.clone()).await?;
     }
     if !args.no_watch {
         let client = kube::Client::try_default()

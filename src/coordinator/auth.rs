@@ -15,7 +15,7 @@ pub const AUDIENCE: &str = "prewarm.dev/coordinator";
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("no bearer token")]
     Missing,
@@ -27,6 +27,8 @@ pub enum AuthError {
     Unbound,
     #[error("cannot review token: {0}")]
     Unavailable(String),
+    #[error("too many token reviews right now; retry later")]
+    RateLimited,
 }
 
 /// Validates a bearer token and returns the node it is bound to.

@@ -160,22 +160,25 @@ async fn windows(State(s): State<Arc<LinkState>>) -> Json<Vec<WindowRow>> {
 }
 
 async fn metrics(State(s): State<Arc<LinkState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        refresh_metrics(&s),
+    )
+}
+
+/// Brings the view-derived metrics up to date and renders them all.
+fn refresh_metrics(s: &LinkState) -> String {
     let now = Utc::now();
     let lag = s.view().report_lag(now).into_iter().fold(0.0, f64::max);
     s.metrics.report_lag.set(lag);
-    for r in image_rows(&s) {
-        let frac = if r.nodes == 0 {
-            0.0
-        } else {
-            r.warm_nodes as f64 / r.nodes as f64
-        };
-        s.metrics
-            .warm_fraction
-            .with_label_values(&[&r.image, &r.pool])
-            .set(frac);
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
+    s.metrics
+        .set_warm_fractions(image_rows(s).into_iter().map(|r| {
+            let frac = if r.nodes == 0 {
+                0.0
+            } else {
+                r.warm_nodes as f64 / r.nodes as f64
+            };
+            (r.image, r.pool, frac)
+        }));
+    s.metrics.render()
 }

@@ -3,16 +3,20 @@
 //! the node's intents. Bad messages end the stream with a clear status;
 //! nothing a client sends can crash or grow the coordinator unboundedly.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
 use futures::Stream;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::Authenticator;
+use super::auth::{AuthError, Authenticator};
 use super::metrics::CoordinatorMetrics;
+use crate::plan::forget::Retention;
 use crate::plan::view::{ClusterView, ViewError};
 use crate::wire::limits;
 use crate::wire::v1::link_server::Link;
@@ -41,6 +45,20 @@ pub struct LinkState {
     /// Intents by the source that published them (rollouts, gate, deploys);
     /// `intents` is their union.
     sources: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Intent>>>,
+    /// The stream that owns each connected node's record: a reconnecting
+    /// agent's new stream replaces the old one, whose end or late messages
+    /// then no longer touch the record.
+    streams: std::sync::Mutex<HashMap<String, Owner>>,
+    next_stream: AtomicU64,
+    /// How long disconnected node records are kept.
+    pub retention: Retention,
+}
+
+/// The stream a node's record belongs to.
+struct Owner {
+    id: u64,
+    /// Cancelled when a newer stream for the node replaces this one.
+    replaced: CancellationToken,
 }
 
 impl LinkState {
@@ -48,6 +66,15 @@ impl LinkState {
         auth: Arc<dyn Authenticator>,
         metrics: Arc<CoordinatorMetrics>,
         shutdown: tokio_util::sync::CancellationToken,
+    ) -> Arc<Self> {
+        Self::with_retention(auth, metrics, shutdown, Retention::default())
+    }
+
+    pub fn with_retention(
+        auth: Arc<dyn Authenticator>,
+        metrics: Arc<CoordinatorMetrics>,
+        shutdown: tokio_util::sync::CancellationToken,
+        retention: Retention,
     ) -> Arc<Self> {
         let (intents, _) = watch::channel(Arc::new(Vec::new()));
         let (view_changes, _) = watch::channel(0);
@@ -62,7 +89,71 @@ impl LinkState {
             serving,
             deploys: Default::default(),
             sources: Default::default(),
+            streams: Default::default(),
+            next_stream: AtomicU64::new(1),
+            retention,
         })
+    }
+
+    /// Forgets the node records [`crate::plan::forget`] picks (all, or only
+    /// `node`'s): they leave the view, and so the metrics and the intents
+    /// derived from it. Returns how many went.
+    pub fn forget_stale(&self, node: Option<&str>) -> usize {
+        let gone = {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            view.forget(&self.retention, Utc::now(), node)
+        };
+        if gone.is_empty() {
+            return 0;
+        }
+        self.view_changes.send_modify(|v| *v = v.wrapping_add(1));
+        for (n, why) in &gone {
+            self.metrics
+                .forgotten_nodes
+                .with_label_values(&[why.as_str()])
+                .inc();
+            tracing::info!(node = %n, reason = why.as_str(), "node forgotten");
+        }
+        gone.len()
+    }
+
+    /// Makes a new stream the owner of `node`'s record and applies its
+    /// snapshot; the stream it replaces (if any) is told to end. Returns
+    /// the stream's id and the token cancelled when it is replaced in turn.
+    fn claim(&self, node: &str, snap: Snapshot) -> (u64, CancellationToken) {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let replaced = CancellationToken::new();
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = Owner {
+            id,
+            replaced: replaced.clone(),
+        };
+        if let Some(old) = streams.insert(node.to_string(), owner) {
+            old.replaced.cancel();
+        }
+        self.update_view(|v| v.apply_snapshot(snap, Utc::now()));
+        self.metrics.connected.set(streams.len() as i64);
+        (id, replaced)
+    }
+
+    /// Applies `f` to the view if stream `id` still owns `node`'s record.
+    fn as_owner<R>(&self, node: &str, id: u64, f: impl FnOnce(&mut ClusterView) -> R) -> Option<R> {
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let owns = streams.get(node).is_some_and(|o| o.id == id);
+        owns.then(|| self.update_view(f))
+    }
+
+    /// Stream `id` ended: the node is marked disconnected unless a newer
+    /// stream owns it.
+    fn release(&self, node: &str, id: u64) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if streams.get(node).is_some_and(|o| o.id == id) {
+            streams.remove(node);
+            self.update_view(|v| v.disconnect(node));
+            // A node already deleted from the API goes at once.
+            self.forget_stale(Some(node));
+        }
+        self.metrics.connected.set(streams.len() as i64);
     }
 
     /// Replaces the intents of one `source` and republishes the union
@@ -209,9 +300,18 @@ impl Link for LinkService {
         let node = match st.auth.node_of(&bearer(&req)).await {
             Ok(n) => n,
             Err(e) => {
-                st.metrics.rejected.with_label_values(&["auth"]).inc();
+                let (reason, status) = match &e {
+                    AuthError::RateLimited => {
+                        ("rate_limited", Status::resource_exhausted(e.to_string()))
+                    }
+                    AuthError::Unavailable(_) => {
+                        ("auth_unavailable", Status::unavailable(e.to_string()))
+                    }
+                    _ => ("auth", Status::unauthenticated(e.to_string())),
+                };
+                st.metrics.rejected.with_label_values(&[reason]).inc();
                 tracing::warn!(error = %e, "agent stream refused");
-                return Err(Status::unauthenticated(e.to_string()));
+                return Err(status);
             }
         };
         let mut inbound = req.into_inner();
@@ -229,12 +329,12 @@ impl Link for LinkService {
                 ));
             }
         };
-        admit_snapshot(&st, &node, snap)?;
-        st.metrics.connected.inc();
-        tracing::info!(node = %node, "agent connected");
+        check_snapshot(&st, &node, &snap)?;
+        let stream = st.claim(&node, snap);
+        tracing::info!(node = %node, stream = stream.0, "agent connected");
 
         let mut intents = st.intents.subscribe();
-        let outbound = async_stream_of(st.clone(), node.clone(), inbound, move || {
+        let outbound = async_stream_of(st.clone(), node.clone(), stream, inbound, move || {
             let all = intents.borrow_and_update().clone();
             (intents_for(&all, &node), intents.clone())
         });
@@ -242,7 +342,8 @@ impl Link for LinkService {
     }
 }
 
-fn admit_snapshot(st: &LinkState, node: &str, snap: Snapshot) -> Result<(), Status> {
+/// A snapshot must be for the stream's node and well-formed.
+fn check_snapshot(st: &LinkState, node: &str, snap: &Snapshot) -> Result<(), Status> {
     if snap.node != node {
         st.metrics
             .rejected
@@ -254,12 +355,16 @@ fn admit_snapshot(st: &LinkState, node: &str, snap: Snapshot) -> Result<(), Stat
             snap.node
         )));
     }
-    if let Err(e) = validate_snapshot(&snap) {
+    if let Err(e) = validate_snapshot(snap) {
         st.metrics.rejected.with_label_values(&["invalid"]).inc();
         return Err(Status::invalid_argument(e));
     }
-    st.update_view(|v| v.apply_snapshot(snap, Utc::now()));
     Ok(())
+}
+
+/// A stream that was replaced by a newer one for its node.
+fn replaced(node: &str) -> Status {
+    Status::aborted(format!("a newer stream for node {node} replaced this one"))
 }
 
 /// Drives one stream: applies the agent's messages, sends intent updates,
@@ -267,6 +372,7 @@ fn admit_snapshot(st: &LinkState, node: &str, snap: Snapshot) -> Result<(), Stat
 fn async_stream_of(
     st: Arc<LinkState>,
     node: String,
+    (id, replaced_by): (u64, CancellationToken),
     mut inbound: Streaming<AgentMessage>,
     first: impl FnOnce() -> (IntentSet, watch::Receiver<Arc<Vec<Intent>>>) + Send + 'static,
 ) -> Outbound {
@@ -278,14 +384,13 @@ fn async_stream_of(
             body: Some(coordinator_message::Body::Intents(set)),
         };
         if tx.send(Ok(msg(initial))).await.is_err() {
-            st.update_view(|v| v.disconnect(&node));
-            st.metrics.connected.dec();
+            st.release(&node, id);
             return;
         }
         let end = loop {
             tokio::select! {
                 m = inbound.message() => match m {
-                    Ok(Some(m)) => if let Err(status) = handle(&st, &node, m) { break Some(status) },
+                    Ok(Some(m)) => if let Err(status) = handle(&st, &node, id, m) { break Some(status) },
                     Ok(None) => break None,
                     Err(status) => {
                         tracing::debug!(node = %node, %status, "agent stream error");
@@ -299,6 +404,7 @@ fn async_stream_of(
                 }
                 _ = tx.closed() => break None,
                 _ = st.shutdown.cancelled() => break Some(Status::unavailable("coordinator shutting down; reconnect")),
+                _ = replaced_by.cancelled() => break Some(replaced(&node)),
                 Ok(()) = serving.changed() => if !*serving.borrow_and_update() {
                     break Some(Status::unavailable("this coordinator replica is no longer the leader; reconnect"));
                 },
@@ -307,16 +413,19 @@ fn async_stream_of(
         if let Some(status) = end {
             let _ = tx.send(Err(status)).await;
         }
-        st.update_view(|v| v.disconnect(&node));
-        st.metrics.connected.dec();
-        tracing::info!(node = %node, "agent disconnected");
+        st.release(&node, id);
+        tracing::info!(node = %node, stream = id, "agent disconnected");
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-fn handle(st: &LinkState, node: &str, m: AgentMessage) -> Result<(), Status> {
+fn handle(st: &LinkState, node: &str, id: u64, m: AgentMessage) -> Result<(), Status> {
     match m.body {
-        Some(agent_message::Body::Snapshot(s)) => admit_snapshot(st, node, s),
+        Some(agent_message::Body::Snapshot(s)) => {
+            check_snapshot(st, node, &s)?;
+            st.as_owner(node, id, |v| v.apply_snapshot(s, Utc::now()))
+                .ok_or_else(|| replaced(node))
+        }
         Some(agent_message::Body::Delta(d)) => {
             if d.upserted.len() > limits::MAX_IMAGES || d.removed.len() > limits::MAX_IMAGES {
                 st.metrics.rejected.with_label_values(&["invalid"]).inc();
@@ -331,9 +440,11 @@ fn handle(st: &LinkState, node: &str, m: AgentMessage) -> Result<(), Status> {
             st.metrics
                 .updates
                 .inc_by((d.upserted.len() + d.removed.len()) as u64);
-            match st.update_view(|v| v.apply_delta(node, d, Utc::now())) {
-                Ok(()) => Ok(()),
-                Err(e @ ViewError::OutOfOrder { .. }) | Err(e @ ViewError::NoSnapshot(_)) => {
+            match st.as_owner(node, id, |v| v.apply_delta(node, d, Utc::now())) {
+                None => Err(replaced(node)),
+                Some(Ok(())) => Ok(()),
+                Some(Err(e @ ViewError::OutOfOrder { .. }))
+                | Some(Err(e @ ViewError::NoSnapshot(_))) => {
                     st.metrics
                         .rejected
                         .with_label_values(&["out_of_order"])
@@ -350,3 +461,7 @@ fn handle(st: &LinkState, node: &str, m: AgentMessage) -> Result<(), Status> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "link_tests.rs"]
+pub(crate) mod tests;

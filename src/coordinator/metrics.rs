@@ -1,5 +1,8 @@
 //! Coordinator metrics on an explicit registry, `prewarm_coordinator_` prefix.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -27,6 +30,11 @@ pub struct CoordinatorMetrics {
     /// 1 for the group's current phase (`Idle`, `Stepping`, `Halted`,
     /// `Invalid`), 0 for the others.
     pub deploy_phase: IntGaugeVec,
+    /// Node records forgotten, by reason (`deleted`, `silent`).
+    pub forgotten_nodes: IntCounterVec,
+    /// The (image, pool) series of `warm_fraction` exported last, so the
+    /// ones whose row is gone are deleted instead of kept forever.
+    warm_series: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl CoordinatorMetrics {
@@ -103,6 +111,15 @@ impl CoordinatorMetrics {
                 &["namespace", "group", "phase"],
             )
             .expect("valid metric"),
+            forgotten_nodes: IntCounterVec::new(
+                Opts::new(
+                    "forgotten_nodes_total",
+                    "Node records dropped: deleted from the API server, or disconnected and silent past the TTL",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            warm_series: Mutex::default(),
             registry: r,
         };
         for c in [
@@ -118,10 +135,28 @@ impl CoordinatorMetrics {
             Box::new(m.gate_timeouts.clone()),
             Box::new(m.deploy_steps.clone()),
             Box::new(m.deploy_phase.clone()),
+            Box::new(m.forgotten_nodes.clone()),
         ] {
             m.registry.register(c).expect("metric registered twice");
         }
         m
+    }
+
+    /// Sets `warm_fraction` to exactly these (image, pool, fraction) rows:
+    /// series of rows that are gone are deleted.
+    pub fn set_warm_fractions(&self, rows: impl IntoIterator<Item = (String, String, f64)>) {
+        let mut exported = self.warm_series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut now = BTreeSet::new();
+        for (image, pool, frac) in rows {
+            self.warm_fraction
+                .with_label_values(&[&image, &pool])
+                .set(frac);
+            now.insert((image, pool));
+        }
+        for (image, pool) in exported.difference(&now) {
+            let _ = self.warm_fraction.remove_label_values(&[image, pool]);
+        }
+        *exported = now;
     }
 
     pub fn render(&self) -> String {
@@ -134,5 +169,36 @@ impl CoordinatorMetrics {
 impl Default for CoordinatorMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(m: &CoordinatorMetrics) -> Vec<String> {
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with("prewarm_coordinator_warm_fraction{"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn warm_fraction_series_of_gone_rows_are_deleted() {
+        let m = CoordinatorMetrics::new();
+        let row = |i: &str, p: &str, f| (i.to_string(), p.to_string(), f);
+        m.set_warm_fractions([row("r/a:1", "p1", 1.0), row("r/a:1", "p2", 0.5)]);
+        assert_eq!(series(&m).len(), 2);
+        m.set_warm_fractions([row("r/a:1", "p2", 1.0), row("r/b:1", "p3", 0.0)]);
+        assert_eq!(
+            series(&m),
+            [
+                r#"prewarm_coordinator_warm_fraction{image="r/a:1",pool="p2"} 1"#,
+                r#"prewarm_coordinator_warm_fraction{image="r/b:1",pool="p3"} 0"#,
+            ]
+        );
+        m.set_warm_fractions([]);
+        assert!(series(&m).is_empty());
     }
 }

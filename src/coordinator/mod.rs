@@ -4,6 +4,7 @@
 
 pub mod announce;
 pub mod auth;
+pub mod auth_cache;
 pub mod ca;
 pub mod deploys;
 pub mod events;
@@ -15,19 +16,46 @@ pub mod link;
 pub mod metrics;
 pub mod nodes;
 pub mod rollouts;
+pub mod tls;
 pub mod webhook;
+
+#[cfg(test)]
+#[path = "churn_tests.rs"]
+mod churn_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use self::auth::Authenticator;
 use self::link::{LinkService, LinkState};
 use self::metrics::CoordinatorMetrics;
+use self::tls::CertReloader;
+use crate::plan::forget::Retention;
 use crate::wire::v1::Intent;
+
+/// Forgets silent nodes every quarter of the TTL (at most a minute apart);
+/// deleted nodes go as soon as the Node watch or their stream's end says so.
+async fn forget_loop(state: Arc<LinkState>, cancel: CancellationToken) {
+    let every = (state.retention.silent_ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                state.forget_stale(None);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorOptions {
@@ -35,6 +63,8 @@ pub struct CoordinatorOptions {
     pub http_listen: SocketAddr,
     /// Serving certificate and key (PEM), e.g. from a cert-manager Secret.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How long disconnected nodes are remembered.
+    pub retention: Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,15 +74,42 @@ pub enum CoordinatorError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS {path}: {message}")]
-    Tls { path: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 pub struct Coordinator {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub state: Arc<LinkState>,
+    /// The serving certificate, reloaded on change (shared with the
+    /// webhook).
+    pub tls: Option<Arc<CertReloader>>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the link's gRPC server on `incoming` until `shutdown`.
+async fn serve_link<IO, E>(
+    mut builder: Server,
+    service: crate::wire::v1::link_server::LinkServer<LinkService>,
+    incoming: impl futures::Stream<Item = Result<IO, E>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    IO: tonic::transport::server::Connected
+        + tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + Unpin
+        + Send
+        + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Err(e) = builder
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "gRPC server stopped");
+    }
 }
 
 impl Coordinator {
@@ -62,7 +119,8 @@ impl Coordinator {
         cancel: CancellationToken,
     ) -> Result<Self, CoordinatorError> {
         let metrics = Arc::new(CoordinatorMetrics::new());
-        let state = LinkState::new(auth, metrics, cancel.clone());
+        let state = LinkState::with_retention(auth, metrics, cancel.clone(), opts.retention);
+        tokio::spawn(forget_loop(state.clone(), cancel.clone()));
         let listener = tokio::net::TcpListener::bind(opts.grpc_listen)
             .await
             .map_err(|source| CoordinatorError::Listen {
@@ -75,36 +133,28 @@ impl Coordinator {
                 addr: opts.grpc_listen,
                 source,
             })?;
-        let mut builder = Server::builder()
+        let builder = Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
-        if let Some((cert, key)) = &opts.tls {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| CoordinatorError::Tls {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })
-            };
-            let identity = Identity::from_pem(read(cert)?, read(key)?);
-            builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity))
-                .map_err(|e| CoordinatorError::Tls {
-                    path: cert.display().to_string(),
-                    message: e.to_string(),
-                })?;
-        }
         let service = LinkService::new(state.clone()).into_server();
-        let shutdown = cancel.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = tokio::spawn(async move {
-            if let Err(e) = builder
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %e, "gRPC server stopped");
+        let shutdown = cancel.clone().cancelled_owned();
+        let (tls, server) = match &opts.tls {
+            Some((cert, key)) => {
+                let reloader = CertReloader::load(cert, key)?;
+                tokio::spawn(reloader.clone().watch(tls::POLL, cancel.clone()));
+                let config = reloader.server_config(&[b"h2"])?;
+                let rx = tls::accept(listener, config, "link", cancel.clone());
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
+                    .map(|(s, _)| Ok::<_, std::io::Error>(s));
+                let server = tokio::spawn(serve_link(builder, service, incoming, shutdown));
+                (Some(reloader), server)
             }
-        });
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let server = serve_link(builder, service, incoming, shutdown);
+                (None, tokio::spawn(server))
+            }
+        };
         let http_addr = http::serve(opts.http_listen, state.clone(), cancel)
             .await
             .map_err(|source| CoordinatorError::Listen {
@@ -116,6 +166,7 @@ impl Coordinator {
             grpc_addr,
             http_addr,
             state,
+            tls,
             server,
         })
     }

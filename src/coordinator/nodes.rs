@@ -42,6 +42,7 @@ pub async fn run(client: kube::Client, state: Arc<LinkState>, cancel: Cancellati
                 let all = relist.take().unwrap_or_default();
                 tracing::debug!(nodes = all.len(), "nodes listed");
                 state.update_view(|v| v.set_api_nodes(all.into_values()));
+                state.forget_stale(None);
             }
             Some(Ok(Event::Apply(n))) => {
                 if let Some(f) = NodeFacts::from_node(&n) {
@@ -51,6 +52,7 @@ pub async fn run(client: kube::Client, state: Arc<LinkState>, cancel: Cancellati
             Some(Ok(Event::Delete(n))) => {
                 if let Some(name) = n.metadata.name {
                     state.update_view(|v| v.remove_api_node(&name));
+                    state.forget_stale(Some(&name));
                 }
             }
         }

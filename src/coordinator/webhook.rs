@@ -9,22 +9,19 @@
 //! is its HTTPS endpoint with the coordinator's serving certificate.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use super::tls::CertReloader;
 
 use crate::plan::gate::{GATE, GATE_LABEL};
 
@@ -33,8 +30,8 @@ pub const PATH: &str = "/mutate-pods";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("{path}: {message}")]
-    Tls { path: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -92,32 +89,6 @@ async fn mutate(Json(body): Json<Value>) -> Result<Json<Value>, (StatusCode, Str
         .map_err(|e| (StatusCode::BAD_REQUEST, e))
 }
 
-fn tls_config(
-    cert: &Path,
-    key: &Path,
-) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, WebhookError> {
-    let err = |p: &Path, m: String| WebhookError::Tls {
-        path: p.display().to_string(),
-        message: m,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| err(cert, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err(cert, "no certificate in the file".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err(key, e.to_string()))?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(cert, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| err(cert, e.to_string()))?;
-    Ok(Arc::new(config))
-}
-
 /// TLS connections whose handshake completed, accepted on their own tasks
 /// so one slow client does not hold up the others.
 struct TlsListener {
@@ -142,50 +113,22 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Serves [`PATH`] over HTTPS on `addr` until cancelled; returns the bound
+/// Serves [`PATH`] over HTTPS on `addr` until cancelled, with the serving
+/// certificate `cert` holds now (reloaded on change); returns the bound
 /// address.
 pub async fn serve(
     addr: SocketAddr,
-    cert: &Path,
-    key: &Path,
+    cert: Arc<CertReloader>,
     cancel: CancellationToken,
 ) -> Result<SocketAddr, WebhookError> {
-    let acceptor = TlsAcceptor::from(tls_config(cert, key)?);
+    let config = cert.server_config(&[])?;
     let tcp = TcpListener::bind(addr)
         .await
         .map_err(|source| WebhookError::Listen { addr, source })?;
     let local = tcp
         .local_addr()
         .map_err(|source| WebhookError::Listen { addr, source })?;
-    let (tx, rx) = mpsc::channel(64);
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tcp.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhook accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send((tls, peer)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "webhook TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(%peer, "webhook TLS handshake timed out"),
-                }
-            });
-        }
-    });
+    let rx = super::tls::accept(tcp, config, "webhook", cancel.clone());
     let app = Router::new().route(PATH, post(mutate));
     let listener = TlsListener { rx, local };
     tokio::spawn(async move {

@@ -3,6 +3,7 @@
 
 pub mod deploy;
 pub mod eligibility;
+pub mod forget;
 pub mod gate;
 pub mod rollout;
 pub mod throughput;

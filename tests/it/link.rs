@@ -38,6 +38,7 @@ pub(crate) async fn coordinator(grpc: &str, cancel: &CancellationToken) -> Coord
         grpc_listen: grpc.parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
+        retention: Default::default(),
     };
     Coordinator::start(opts, tokens(), cancel.clone())
         .await
@@ -669,6 +670,7 @@ async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: Some((d.join("tls.crt"), d.join("tls.key"))),
+        retention: Default::default(),
     };
     let coord = Coordinator::start(opts, tokens(), cancel.clone())
         .await
