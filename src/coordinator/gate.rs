@@ -513,3 +513,6 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 #[path = "gate_tests.rs"]
 mod tests;
 
+#[cfg(test)]
+#[path = "gate_restart_tests.rs"]
+mod restart_tests;

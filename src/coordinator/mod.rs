@@ -19,6 +19,8 @@ pub mod webhook;
 
 #[cfg(test)]
 mod outage_tests;
+#[cfg(test)]
+pub(crate) mod process_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
