@@ -294,9 +294,9 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
                 cancel.clone(),
             ));
         }
-        tokio::spawn(follow_leadership(
+        tokio::spawn(prewarm::coordinator::leader::mirror(
             coordinator.state.clone(),
-            leadership.is_leader,
+            leadership,
         ));
     }
     coordinator.join().await;
@@ -316,22 +316,6 @@ fn lease_identity(pod_name: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "prewarm-coordinator".to_string());
     format!("{host}_{:016x}", rand::random::<u64>())
-}
-
-/// Mirrors leadership into the metric and whether this replica takes
-/// agents (the leader label follows it in `leader_label::run`).
-async fn follow_leadership(
-    state: Arc<prewarm::coordinator::link::LinkState>,
-    mut is_leader: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let leader = *is_leader.borrow_and_update();
-        state.metrics.is_leader.set(leader as i64);
-        state.serving.send_replace(leader);
-        if is_leader.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -23,11 +23,13 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::events;
 use super::link::LinkState;
 use super::rollouts::keep_deadlines;
+use super::WallClock;
 use crate::plan::gate::{self, Decision, GateConfig, GatedPod, TimeoutPolicy};
 use crate::wire::v1::Intent;
 
@@ -45,6 +47,8 @@ pub struct GateOptions {
     pub tick: Duration,
     /// View changes re-decide waiting pods at most this often.
     pub reevaluate: Duration,
+    /// The wall clock pods' ages and timeouts are measured on.
+    pub clock: WallClock,
 }
 
 impl Default for GateOptions {
@@ -54,6 +58,7 @@ impl Default for GateOptions {
             concurrency: 32,
             tick: Duration::from_secs(1),
             reevaluate: Duration::from_millis(200),
+            clock: WallClock::default(),
         }
     }
 }
@@ -185,7 +190,7 @@ pub async fn run(
                 full = true;
             }
             _ = tick.tick() => {
-                let now = Utc::now();
+                let now = opts.clock.now();
                 dirty.extend(g.due(now));
             }
             Ok(()) = leader.changed() => {
@@ -311,7 +316,7 @@ impl Gate {
     }
 
     fn pass(&mut self, keys: &BTreeSet<Key>) {
-        let now = Utc::now();
+        let now = self.opts.clock.now();
         let state = self.state.clone();
         let view = state.view();
         let mut patches: Vec<Release> = Vec::new();
@@ -507,3 +512,7 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 #[cfg(test)]
 #[path = "gate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "gate_restart_tests.rs"]
+mod restart_tests;

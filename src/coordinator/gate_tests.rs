@@ -44,6 +44,7 @@ fn opts(timeout: Duration) -> GateOptions {
         concurrency: 4,
         tick: Duration::from_millis(100),
         reevaluate: Duration::from_millis(50),
+        clock: crate::coordinator::WallClock::default(),
     }
 }
 

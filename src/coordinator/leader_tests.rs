@@ -28,49 +28,93 @@ fn lease(holder: Option<&str>, renewed: DateTime<Utc>, duration: i32, rv: &str) 
     l
 }
 
+/// A [`Leadership`] for a loop started with [`run`] (no agents to keep).
+fn observer(is_leader: watch::Receiver<bool>) -> Leadership {
+    Leadership {
+        is_leader,
+        takes_agents: watch::channel(false).1,
+    }
+}
+
 // ---- decide ----
+
+/// Local instants `secs` after a fixed start.
+fn at(secs: u64) -> tokio::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    tokio::time::Instant::from_std(start) + Duration::from_secs(secs)
+}
 
 #[test]
 fn no_lease_is_created() {
-    assert_eq!(decide(None, "a", t(0)), Action::Create);
+    assert_eq!(decide(None, "a", at(0), at(0)), Action::Create);
 }
 
 #[test]
 fn our_own_lease_is_renewed() {
     let l = lease(Some("a"), t(0), 15, "1");
-    assert_eq!(decide(Some(&l), "a", t(5)), Action::Renew);
+    assert_eq!(decide(Some(&l), "a", at(0), at(5)), Action::Renew);
     // Even past expiry: nobody took it yet.
-    assert_eq!(decide(Some(&l), "a", t(60)), Action::Renew);
+    assert_eq!(decide(Some(&l), "a", at(0), at(60)), Action::Renew);
 }
 
 #[test]
-fn anothers_live_lease_is_waited_for_until_it_expires() {
+fn anothers_lease_is_waited_for_a_duration_from_when_it_was_seen_to_change() {
     let l = lease(Some("b"), t(0), 15, "1");
-    assert_eq!(decide(Some(&l), "a", t(5)), Action::Wait(t(15)));
+    assert_eq!(decide(Some(&l), "a", at(10), at(15)), Action::Wait(at(25)));
     // At the expiry instant it is still held; a microsecond later it is not.
-    assert_eq!(decide(Some(&l), "a", t(15)), Action::Wait(t(15)));
-    let later = t(15) + chrono::Duration::microseconds(1);
-    assert_eq!(decide(Some(&l), "a", later), Action::Acquire);
+    assert_eq!(decide(Some(&l), "a", at(10), at(25)), Action::Wait(at(25)));
+    let later = at(25) + Duration::from_micros(1);
+    assert_eq!(decide(Some(&l), "a", at(10), later), Action::Acquire);
+}
+
+/// The holder's renewTime says nothing about expiry here: an hour-old
+/// renewTime (a clock behind ours) seen changing just now is live, a
+/// renewTime in the future (a clock ahead) seen unchanged for a duration
+/// is expired.
+#[test]
+fn the_holders_clock_does_not_matter() {
+    let behind = lease(Some("b"), t(-3600), 15, "1");
+    assert_eq!(
+        decide(Some(&behind), "a", at(100), at(101)),
+        Action::Wait(at(115))
+    );
+    let ahead = lease(Some("b"), t(3600), 15, "1");
+    assert_eq!(decide(Some(&ahead), "a", at(100), at(116)), Action::Acquire);
+}
+
+#[test]
+fn a_record_change_restarts_the_wait_and_a_reread_does_not() {
+    let l = lease(Some("b"), t(0), 15, "1");
+    let first = observe(None, Some(&l), at(0));
+    assert_eq!(first.changed, at(0));
+    let same = observe(Some(first.clone()), Some(&l), at(7));
+    assert_eq!(same.changed, at(0), "the same record read again");
+    let renewed = renewed(&l, Duration::from_secs(15), t(5));
+    let moved = observe(Some(same), Some(&renewed), at(9));
+    assert_eq!(moved.changed, at(9));
+    let gone = observe(Some(moved), None, at(11));
+    assert_eq!((gone.spec, gone.changed), (None, at(11)));
 }
 
 #[test]
 fn released_or_incomplete_leases_are_acquired() {
-    assert_eq!(
-        decide(Some(&lease(None, t(0), 15, "1")), "a", t(1)),
-        Action::Acquire
-    );
-    assert_eq!(
-        decide(Some(&lease(Some(""), t(0), 15, "1")), "a", t(1)),
-        Action::Acquire
-    );
+    let d = |l: &Lease| decide(Some(l), "a", at(0), at(1));
+    assert_eq!(d(&lease(None, t(0), 15, "1")), Action::Acquire);
+    assert_eq!(d(&lease(Some(""), t(0), 15, "1")), Action::Acquire);
     let mut l = lease(Some("b"), t(0), 15, "1");
     l.spec.as_mut().unwrap().renew_time = None;
-    assert_eq!(decide(Some(&l), "a", t(1)), Action::Acquire);
+    assert_eq!(d(&l), Action::Acquire);
     let mut l = lease(Some("b"), t(0), 15, "1");
     l.spec.as_mut().unwrap().lease_duration_seconds = None;
-    assert_eq!(decide(Some(&l), "a", t(1)), Action::Acquire);
-    let l = Lease::default();
-    assert_eq!(decide(Some(&l), "a", t(1)), Action::Acquire);
+    assert_eq!(d(&l), Action::Acquire);
+    assert_eq!(d(&Lease::default()), Action::Acquire);
+}
+
+#[test]
+fn the_renew_deadline_falls_well_inside_the_lease() {
+    assert_eq!(renew_period(LEASE_DURATION), Duration::from_secs(5));
+    assert_eq!(renew_deadline(LEASE_DURATION), Duration::from_secs(10));
 }
 
 #[test]
@@ -81,13 +125,19 @@ fn writes_keep_the_resource_version_and_count_transitions() {
     let spec = taken.spec.as_ref().unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("a"));
     assert_eq!(spec.lease_transitions, Some(1));
-    assert_eq!(expiry(&taken), Some(t(35)));
+    assert_eq!(spec.renew_time, Some(micro(t(20))));
+    assert_eq!(spec.lease_duration_seconds, Some(15));
     let renewed = renewed(&taken, Duration::from_secs(15), t(25));
-    assert_eq!(expiry(&renewed), Some(t(40)));
+    let spec = renewed.spec.as_ref().unwrap();
+    assert_eq!(spec.renew_time, Some(micro(t(25))));
+    assert_eq!(spec.acquire_time, Some(micro(t(20))));
     assert_eq!(renewed.metadata.resource_version.as_deref(), Some("42"));
     let released = released(&renewed, t(26));
     assert_eq!(released.spec.as_ref().unwrap().holder_identity, None);
-    assert_eq!(decide(Some(&released), "b", t(26)), Action::Acquire);
+    assert_eq!(
+        decide(Some(&released), "b", at(26), at(26)),
+        Action::Acquire
+    );
     // Taking over a released Lease is not a transition from another holder.
     let again = taken_over(&released, "b", Duration::from_secs(15), t(27));
     assert_eq!(again.spec.as_ref().unwrap().lease_transitions, Some(1));
@@ -191,12 +241,7 @@ fn start(
         tx,
         cancel.clone(),
     ));
-    (
-        Server { handle },
-        Leadership { is_leader: rx },
-        cancel,
-        task,
-    )
+    (Server { handle }, observer(rx), cancel, task)
 }
 
 async fn becomes(l: &mut Leadership, want: bool) {
@@ -253,26 +298,43 @@ async fn acquires_by_creating_renews_with_the_resource_version_and_releases() {
     assert!(!leadership.is_leader());
 }
 
+/// Another's Lease, however old its renewTime, is taken only after it has
+/// stayed unchanged for a Lease duration since this replica first saw it;
+/// losing the race for it (409) means follower.
 #[tokio::test(start_paused = true)]
 async fn losing_the_race_for_an_expired_lease_on_409_means_follower() {
     let (mut server, leadership, cancel, task) = start("coordinator-a");
-    let (_, send) = server.expect(Method::GET, PATH).await;
-    let expired = lease(
+    let first = tokio::time::Instant::now();
+    let stale = lease(
         Some("coordinator-b"),
         Utc::now() - chrono::Duration::seconds(60),
         15,
         "7",
     );
-    respond(send, 200, &serde_json::to_value(&expired).unwrap());
-    let (body, send) = server.expect(Method::PUT, PATH).await;
+    let body = loop {
+        let (m, p, body, send) = server.next().await;
+        match m {
+            Method::GET => respond(send, 200, &serde_json::to_value(&stale).unwrap()),
+            Method::PUT => {
+                assert_eq!(p, PATH);
+                respond(send, 409, &status(409, "Conflict"));
+                break body;
+            }
+            m => panic!("unexpected {m} {p}"),
+        }
+    };
+    let waited = first.elapsed();
+    assert!(
+        waited >= Duration::from_secs(15) && waited <= Duration::from_secs(20),
+        "took over {waited:?} after first seeing the Lease"
+    );
     assert_eq!(body["metadata"]["resourceVersion"], "7");
     assert_eq!(body["spec"]["holderIdentity"], "coordinator-a");
     assert_eq!(body["spec"]["leaseTransitions"], 1);
-    respond(send, 409, &status(409, "Conflict"));
+    assert!(!leadership.is_leader());
 
     // The winner's fresh Lease: wait, no write.
     let (_, send) = server.expect(Method::GET, PATH).await;
-    assert!(!leadership.is_leader());
     let won = lease(Some("coordinator-b"), Utc::now(), 15, "8");
     respond(send, 200, &serde_json::to_value(&won).unwrap());
     let (m, p, _, send) = server.next().await;
@@ -313,20 +375,34 @@ async fn a_leader_steps_down_when_a_renewal_fails() {
     task.await.unwrap();
 }
 
+/// Failed renewals are retried; the leader keeps leading until the renew
+/// deadline (10 s after its last successful renewal began), then steps
+/// down, before the Lease expires for anyone else.
 #[tokio::test(start_paused = true)]
-async fn a_leader_steps_down_when_the_api_server_is_unreachable() {
+async fn a_leader_steps_down_at_the_renew_deadline_when_the_api_server_refuses() {
     let (mut server, mut leadership, cancel, task) = start("coordinator-a");
+    let began = tokio::time::Instant::now();
     let (_, send) = server.expect(Method::GET, PATH).await;
     respond(send, 404, &status(404, "NotFound"));
     let (body, send) = server.expect(Method::POST, COLLECTION).await;
     respond(send, 201, &stored(body, "1"));
     becomes(&mut leadership, true).await;
-    let (_, send) = server.expect(Method::GET, PATH).await;
-    respond(send, 503, &status(503, "ServiceUnavailable"));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = refused.clone();
+    let responder = tokio::spawn(async move {
+        loop {
+            let (_, send) = server.expect(Method::GET, PATH).await;
+            respond(send, 503, &status(503, "ServiceUnavailable"));
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
     becomes(&mut leadership, false).await;
+    assert_eq!(began.elapsed(), Duration::from_secs(10));
+    let refused = refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(refused >= 3, "retried {refused} times");
+    responder.abort();
     cancel.cancel();
     // No release: the Lease as last seen is unknown.
-    drop(server);
     task.await.unwrap();
 }
 
@@ -348,7 +424,7 @@ fn replica(
         tx,
         cancel.clone(),
     ));
-    (Leadership { is_leader: rx }, cancel, task)
+    (observer(rx), cancel, task)
 }
 
 /// Two replicas racing for an absent Lease: the server's conflicts leave
@@ -433,4 +509,190 @@ async fn a_leader_steps_down_when_a_renewal_gets_no_answer_within_a_period() {
     let other = lease(Some("coordinator-b"), Utc::now(), 15, "2");
     respond(send, 200, &serde_json::to_value(&other).unwrap());
     task.await.unwrap();
+}
+
+// ---- skewed clocks and a stalled API server ----
+
+/// A wall clock that follows tokio's (paused) time, `skew` off the real one.
+fn skewed(skew: chrono::Duration) -> Clock {
+    let wall = Utc::now() + skew;
+    let start = tokio::time::Instant::now();
+    std::sync::Arc::new(move || {
+        wall + chrono::Duration::from_std(start.elapsed()).unwrap_or_default()
+    })
+}
+
+fn replica_with_clock(
+    api: &crate::testkit::apiserver::MockApi,
+    identity: &str,
+    clock: Clock,
+) -> (Leadership, CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(run_with_clock(
+        api.coordinator_client(),
+        NS.into(),
+        identity.into(),
+        LEASE_DURATION,
+        clock,
+        tx,
+        cancel.clone(),
+    ));
+    (observer(rx), cancel, task)
+}
+
+/// Whether leadership becomes `want` within `limit`.
+async fn within(l: &mut Leadership, want: bool, limit: Duration) -> bool {
+    tokio::time::timeout(limit, l.is_leader.wait_for(|v| *v == want))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// `b`, whose clock is `skew` off `a`'s, joins while `a` leads: it never
+/// leads while `a` keeps renewing, and takes over once `a` is killed (no
+/// release) after one Lease duration of its own observation, not earlier
+/// and not `skew` later.
+async fn skewed_candidate(skew: chrono::Duration) {
+    let api = crate::testkit::apiserver::MockApi::new();
+    let (mut a, _cancel_a, task_a) =
+        replica_with_clock(&api, "coordinator-a", skewed(chrono::Duration::zero()));
+    becomes(&mut a, true).await;
+    let (mut b, cancel_b, task_b) = replica_with_clock(&api, "coordinator-b", skewed(skew));
+    let split = within(&mut b, true, LEASE_DURATION * 4).await;
+    assert!(!split, "skew {skew}: b took the Lease while a renewed it");
+    assert!(a.is_leader(), "skew {skew}: a lost the Lease it renews");
+
+    // kill -9 of the leader: no release, its last renewal stands.
+    task_a.abort();
+    let killed = tokio::time::Instant::now();
+    let period = renew_period(LEASE_DURATION);
+    let took = within(&mut b, true, LEASE_DURATION + period * 2).await;
+    assert!(
+        took,
+        "skew {skew}: b did not take over within a Lease duration of a's last renewal"
+    );
+    let after = killed.elapsed();
+    // a renewed at most a period before it was killed.
+    assert!(
+        after >= LEASE_DURATION - period && after <= LEASE_DURATION + period,
+        "skew {skew}: took over {after:?} after the kill"
+    );
+    let lease = api
+        .object("apis/coordination.k8s.io/v1/leases", NS, LEASE_NAME)
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "coordinator-b");
+    cancel_b.cancel();
+    task_b.await.unwrap();
+    let refused = api.forbidden();
+    assert!(refused.is_empty(), "{refused:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_candidate_an_hour_ahead_does_not_take_a_renewed_lease() {
+    skewed_candidate(chrono::Duration::hours(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_candidate_an_hour_behind_takes_over_one_lease_duration_after_renewals_stop() {
+    skewed_candidate(chrono::Duration::hours(-1)).await;
+}
+
+/// Records every leadership change of two replicas and fails on an instant
+/// where both lead.
+fn never_two_leaders(
+    a: &Leadership,
+    b: &Leadership,
+) -> tokio::task::JoinHandle<Vec<(Duration, bool, bool)>> {
+    let (mut a, mut b) = (a.is_leader.clone(), b.is_leader.clone());
+    let start = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            let (la, lb) = (*a.borrow_and_update(), *b.borrow_and_update());
+            seen.push((start.elapsed(), la, lb));
+            assert!(!(la && lb), "two leaders: {seen:?}");
+            tokio::select! {
+                r = a.changed() => if r.is_err() { return seen },
+                r = b.changed() => if r.is_err() { return seen },
+            }
+        }
+    })
+}
+
+/// A stalled API server (requests held unanswered for 30 s): the leader
+/// stops leading before its Lease could expire at the other replica (no
+/// renewal lands after the stall began), the other cannot take it during
+/// the stall, and once the server answers again exactly one leads.
+#[tokio::test(start_paused = true)]
+async fn a_leader_facing_a_stalled_api_server_steps_down_before_its_lease_expires() {
+    use crate::testkit::apiserver::Outage;
+    let api = crate::testkit::apiserver::MockApi::new();
+    let clock = skewed(chrono::Duration::zero());
+    let (mut a, cancel_a, task_a) = replica_with_clock(&api, "coordinator-a", clock.clone());
+    becomes(&mut a, true).await;
+    let (mut b, cancel_b, task_b) = replica_with_clock(&api, "coordinator-b", clock);
+    let monitor = never_two_leaders(&a, &b);
+    // Let b see a few renewals, then stall the server right after one.
+    tokio::time::sleep(LEASE_DURATION).await;
+    api.clear_requests();
+    let renewal = |r: &[crate::testkit::apiserver::Recorded]| {
+        r.iter()
+            .any(|r| r.method == "PUT" && r.code == 200 && r.path.ends_with(LEASE_NAME))
+    };
+    assert!(api.wait_for(LEASE_DURATION, renewal).await, "a renews");
+    api.set_outage(Outage::Stall);
+    let stalled = tokio::time::Instant::now();
+    // The Lease expires for b no earlier than a Lease duration from now.
+    let down = within(&mut a, false, LEASE_DURATION).await;
+    assert!(down, "a still leads a Lease duration into the stall");
+    let stepped = stalled.elapsed();
+    assert!(
+        stepped <= LEASE_DURATION * 2 / 3,
+        "a stepped down {stepped:?} into the stall, too close to the Lease's expiry"
+    );
+    let rest = Duration::from_secs(30) - stepped;
+    let early = within(&mut b, true, rest).await;
+    assert!(!early, "b led during the stall");
+    assert!(!a.is_leader(), "a led again during the stall");
+    api.set_outage(Outage::None);
+    tokio::time::timeout(renew_period(LEASE_DURATION) * 2, async {
+        loop {
+            if a.is_leader() || b.is_leader() {
+                return;
+            }
+            tokio::select! {
+                _ = a.is_leader.changed() => {}
+                _ = b.is_leader.changed() => {}
+            }
+        }
+    })
+    .await
+    .expect("a leader once the server answers");
+    tokio::time::sleep(LEASE_DURATION).await;
+    assert!(a.is_leader() ^ b.is_leader(), "exactly one leader");
+    cancel_a.cancel();
+    cancel_b.cancel();
+    task_a.await.unwrap();
+    task_b.await.unwrap();
+    let seen = monitor.await.unwrap();
+    assert!(seen.len() >= 3, "{seen:?}");
+    let refused = api.forbidden();
+    assert!(refused.is_empty(), "{refused:#?}");
+}
+
+/// Shutting down while the API server stalls: the release is given up
+/// after a renewal period instead of holding the process forever.
+#[tokio::test(start_paused = true)]
+async fn shutting_down_during_a_stall_gives_up_the_release_in_time() {
+    use crate::testkit::apiserver::Outage;
+    let api = crate::testkit::apiserver::MockApi::new();
+    let (mut a, cancel_a, task_a) =
+        replica_with_clock(&api, "coordinator-a", skewed(chrono::Duration::zero()));
+    becomes(&mut a, true).await;
+    api.set_outage(Outage::Stall);
+    cancel_a.cancel();
+    let ended = tokio::time::timeout(renew_period(LEASE_DURATION) * 2, task_a).await;
+    assert!(ended.is_ok(), "the replica hangs on its release");
+    assert!(!a.is_leader());
+    api.set_outage(Outage::None);
 }

@@ -22,6 +22,10 @@ pub mod webhook;
 #[cfg(test)]
 #[path = "churn_tests.rs"]
 mod churn_tests;
+#[cfg(test)]
+mod outage_tests;
+#[cfg(test)]
+pub(crate) mod process_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +58,40 @@ async fn forget_loop(state: Arc<LinkState>, cancel: CancellationToken) {
                 state.forget_stale(None);
             }
         }
+    }
+}
+
+/// The wall clock an effector reads `now` from; tests pass one that
+/// follows tokio's paused time.
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>);
+
+impl WallClock {
+    pub fn new(f: impl Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        (self.0)()
+    }
+
+    /// Starts at the system's time now and advances with tokio's clock.
+    pub fn following_tokio() -> Self {
+        let wall = chrono::Utc::now();
+        let start = tokio::time::Instant::now();
+        Self::new(move || wall + chrono::Duration::from_std(start.elapsed()).unwrap_or_default())
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::new(chrono::Utc::now)
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WallClock")
     }
 }
 

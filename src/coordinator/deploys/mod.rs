@@ -343,6 +343,25 @@ impl Deploys {
         };
         let obs = &observed.members;
         let mut decision = deploy::decide(&group.spec, generation, &status, obs, Utc::now());
+        // A new step is recorded before it acts: killed after pausing KEDA
+        // but before saying so, the next leader would take the pause for
+        // someone else's and never resume it. A step that cannot be
+        // recorded (a newer object, the API away) does not start.
+        let starts = decision.status.step.as_ref().is_some_and(|new| {
+            status
+                .step
+                .as_ref()
+                .is_none_or(|old| old.started != new.started)
+        });
+        if starts {
+            let recorded = match serde_json::to_value(&decision.status) {
+                Ok(v) => self.write_status(key, obj, v).await,
+                Err(_) => false,
+            };
+            if !recorded {
+                return;
+            }
+        }
         let mut intents = Vec::new();
         for action in std::mem::take(&mut decision.actions) {
             if let Err(e) = self
@@ -354,9 +373,11 @@ impl Deploys {
         }
         self.intents.insert(key.clone(), intents);
         self.count_results(key, &status, &decision.status);
-        if decision.status != status || group.status.is_none() {
+        if !starts && (decision.status != status || group.status.is_none()) {
             match serde_json::to_value(&decision.status) {
-                Ok(v) => self.write_status(key, obj, v).await,
+                Ok(v) => {
+                    self.write_status(key, obj, v).await;
+                }
                 Err(e) => tracing::warn!(error = %e, "status not serializable"),
             }
         }
@@ -696,8 +717,8 @@ impl Deploys {
     /// Writes the status decided from `obj`, only if the group is still at
     /// `obj`'s resourceVersion: another writer (a leader handover) or a
     /// spec change since makes the write fail, and the next round decides
-    /// again from the newer object.
-    async fn write_status(&mut self, key: &Key, obj: &DynamicObject, status: Value) {
+    /// again from the newer object. Returns whether it was written.
+    async fn write_status(&mut self, key: &Key, obj: &DynamicObject, status: Value) -> bool {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &key.0, &deploygroup_resource());
         let mut ops = Vec::new();
@@ -718,9 +739,11 @@ impl Deploys {
                 if let Some(rv) = obj.metadata.resource_version {
                     self.written.insert(key.clone(), (rv, Instant::now()));
                 }
+                true
             }
             Err(e) => {
-                tracing::warn!(group = %format!("{}/{}", key.0, key.1), error = %e, "DeployGroup status not written")
+                tracing::warn!(group = %format!("{}/{}", key.0, key.1), error = %e, "DeployGroup status not written");
+                false
             }
         }
     }

@@ -28,6 +28,7 @@
 //! `resourceVersion` exists, then answered with those events, and the
 //! client's watcher re-watches from the last one.
 
+mod hold;
 pub mod rbac;
 mod store;
 mod validate;
@@ -40,6 +41,7 @@ use kube::client::Body;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+pub use hold::Hold;
 pub use rbac::{Identity, Policy};
 use store::{key_of, parse_path, query_map, status, Inner, Parked, Reply, Target};
 
@@ -89,6 +91,7 @@ pub struct MockApi {
     policy: Arc<Policy>,
     tokens: Arc<Mutex<BTreeMap<String, BoundToken>>>,
     outage: Arc<tokio::sync::watch::Sender<Outage>>,
+    holds: Arc<Mutex<Vec<Arc<hold::HoldState>>>>,
 }
 
 impl Default for MockApi {
@@ -137,7 +140,24 @@ impl MockApi {
             policy: Arc::new(policy),
             tokens: Arc::default(),
             outage: Arc::new(tokio::sync::watch::channel(Outage::None).0),
+            holds: Arc::default(),
         }
+    }
+
+    /// Holds the requests for which `matches(method, path)` is true, after
+    /// the first `pass` of them, until the [`Hold`] is released (see
+    /// [`Hold`]).
+    pub fn hold(
+        &self,
+        pass: usize,
+        matches: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> Hold {
+        let state = hold::HoldState::new(pass, matches);
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state.clone());
+        Hold { state }
     }
 
     /// Starts or ends an outage. Requests already parked as watches keep
@@ -306,6 +326,10 @@ impl MockApi {
         }
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
+        let holds = self.holds.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for h in holds {
+            h.gate(&method, &path).await;
+        }
         let query = req.uri().query().unwrap_or_default().to_string();
         let content_type = req
             .headers()

@@ -427,4 +427,5 @@ fn a_malformed_group_names_the_field() {
 
 mod inputs;
 mod jobs;
+mod restart;
 mod steps;
