@@ -186,6 +186,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         retention: prewarm::plan::forget::Retention {
             silent_ttl: args.forget_nodes_after,
         },
+        watch_api: !args.no_watch,
     };
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
     if let Some((addr, cert)) = args.webhook_listen.zip(coordinator.tls.clone()) {
@@ -242,7 +243,6 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
                 tracing::info!(configmap = %args.ca_configmap, "no --tls-ca: the CA bundle for agents is not published")
             }
         }
-        let state = coordinator.state.clone();
         let cfg = prewarm::coordinator::rollouts::RolloutConfig {
             namespaces: args.rollout_namespaces.clone(),
             ..Default::default()
@@ -250,7 +250,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(prewarm::coordinator::rollouts::run(
             client.clone(),
             cfg,
-            move |v| state.publish("rollouts", v),
+            prewarm::coordinator::publish_rollouts(coordinator.state.clone()),
             cancel.clone(),
         ));
         tokio::spawn(prewarm::coordinator::announce::run(
@@ -294,7 +294,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
                 cancel.clone(),
             ));
         }
-        tokio::spawn(follow_leadership(
+        tokio::spawn(prewarm::coordinator::follow_leadership(
             coordinator.state.clone(),
             leadership.is_leader,
         ));
@@ -316,22 +316,6 @@ fn lease_identity(pod_name: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "prewarm-coordinator".to_string());
     format!("{host}_{:016x}", rand::random::<u64>())
-}
-
-/// Mirrors leadership into the metric and whether this replica takes
-/// agents (the leader label follows it in `leader_label::run`).
-async fn follow_leadership(
-    state: Arc<prewarm::coordinator::link::LinkState>,
-    mut is_leader: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let leader = *is_leader.borrow_and_update();
-        state.metrics.is_leader.set(leader as i64);
-        state.serving.send_replace(leader);
-        if is_leader.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]
