@@ -163,6 +163,7 @@ async fn prewarm(nodes: &[Node], api: &MockApi, cancel: &CancellationToken) -> R
         http_listen: "127.0.0.1:0".parse()?,
         tls: None,
         retention: Default::default(),
+        watch_api: false,
     };
     let coord = Coordinator::start(opts, auth, cancel.clone()).await?;
     let dir = tempfile::tempdir()?;

@@ -186,6 +186,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         retention: prewarm::plan::forget::Retention {
             silent_ttl: args.forget_nodes_after,
         },
+        watch_api: !args.no_watch,
     };
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
     if let Some((addr, cert)) = args.webhook_listen.zip(coordinator.tls.clone()) {
@@ -242,7 +243,6 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
                 tracing::info!(configmap = %args.ca_configmap, "no --tls-ca: the CA bundle for agents is not published")
             }
         }
-        let state = coordinator.state.clone();
         let cfg = prewarm::coordinator::rollouts::RolloutConfig {
             namespaces: args.rollout_namespaces.clone(),
             ..Default::default()
@@ -250,7 +250,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(prewarm::coordinator::rollouts::run(
             client.clone(),
             cfg,
-            move |v| state.publish("rollouts", v),
+            prewarm::coordinator::publish_rollouts(coordinator.state.clone()),
             cancel.clone(),
         ));
         tokio::spawn(prewarm::coordinator::announce::run(
@@ -294,7 +294,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
                 cancel.clone(),
             ));
         }
-        tokio::spawn(prewarm::coordinator::leader::mirror(
+        tokio::spawn(prewarm::coordinator::follow_leadership(
             coordinator.state.clone(),
             leadership,
         ));

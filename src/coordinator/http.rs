@@ -72,7 +72,7 @@ pub async fn serve(
         .route("/v1/deploys", get(deploys))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/readyz", get(readyz))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -82,6 +82,12 @@ pub async fn serve(
             .await;
     });
     Ok(local)
+}
+
+async fn readyz(State(s): State<Arc<LinkState>>) -> impl IntoResponse {
+    let (code, body) = super::ready::answer(&s.readiness, s.shutdown.is_cancelled());
+    let code = axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::OK);
+    (code, body)
 }
 
 async fn deploys(State(state): State<Arc<LinkState>>) -> Json<Vec<DeployGroupRow>> {

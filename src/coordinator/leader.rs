@@ -258,26 +258,6 @@ pub fn spawn_with_clock(
     )
 }
 
-/// Mirrors leadership into the leader metric and whether this replica
-/// takes agents (the leader label follows it in `leader_label::run`).
-pub async fn mirror(state: std::sync::Arc<super::link::LinkState>, leadership: Leadership) {
-    let Leadership {
-        mut is_leader,
-        mut takes_agents,
-    } = leadership;
-    loop {
-        let leader = *is_leader.borrow_and_update();
-        state.metrics.is_leader.set(leader as i64);
-        state
-            .serving
-            .send_replace(*takes_agents.borrow_and_update());
-        tokio::select! {
-            r = is_leader.changed() => if r.is_err() { return },
-            r = takes_agents.changed() => if r.is_err() { return },
-        }
-    }
-}
-
 /// Campaigns for and holds the Lease until cancelled, reporting leadership
 /// on `is_leader`; releases the Lease on the way out if it holds it.
 pub async fn run(

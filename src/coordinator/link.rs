@@ -52,6 +52,8 @@ pub struct LinkState {
     next_stream: AtomicU64,
     /// How long disconnected node records are kept.
     pub retention: Retention,
+    /// What `/readyz` answers.
+    pub readiness: super::ready::Readiness,
 }
 
 /// The stream a node's record belongs to.
@@ -92,6 +94,7 @@ impl LinkState {
             streams: Default::default(),
             next_stream: AtomicU64::new(1),
             retention,
+            readiness: Default::default(),
         })
     }
 

@@ -15,6 +15,7 @@ pub mod leader_label;
 pub mod link;
 pub mod metrics;
 pub mod nodes;
+pub mod ready;
 pub mod rollouts;
 pub mod tls;
 pub mod webhook;
@@ -26,6 +27,9 @@ mod churn_tests;
 mod outage_tests;
 #[cfg(test)]
 pub(crate) mod process_tests;
+#[cfg(test)]
+#[path = "readyz_tests.rs"]
+mod readyz_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,6 +107,10 @@ pub struct CoordinatorOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How long disconnected nodes are remembered.
     pub retention: Retention,
+    /// Whether Nodes, workloads and the leader Lease are watched (the
+    /// `prewarm coordinator` default): `/readyz` then also waits for their
+    /// first lists and the election (see [`ready`]).
+    pub watch_api: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +136,7 @@ pub struct Coordinator {
 
 /// Runs the link's gRPC server on `incoming` until `shutdown`.
 async fn serve_link<IO, E>(
+    state: Arc<LinkState>,
     mut builder: Server,
     service: crate::wire::v1::link_server::LinkServer<LinkService>,
     incoming: impl futures::Stream<Item = Result<IO, E>> + Send + 'static,
@@ -141,12 +150,52 @@ async fn serve_link<IO, E>(
         + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    state.readiness.set(ready::LINK, true);
     if let Err(e) = builder
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
     {
         tracing::error!(error = %e, "gRPC server stopped");
+    }
+    state.readiness.set(ready::LINK, false);
+}
+
+/// Where the rollout loop publishes: the `rollouts` intents, and readiness
+/// (it publishes only once its first lists are complete).
+pub fn publish_rollouts(state: Arc<LinkState>) -> impl Fn(Vec<Intent>) + Send + 'static {
+    move |intents| {
+        state.readiness.set(ready::WORKLOADS, true);
+        state.publish("rollouts", intents);
+    }
+}
+
+/// Mirrors leadership into the metric and whether this replica takes
+/// agents (the leader label follows it in `leader_label::run`), and the
+/// election's readiness condition: met while the election runs.
+pub async fn follow_leadership(state: Arc<LinkState>, leadership: leader::Leadership) {
+    let leader::Leadership {
+        mut is_leader,
+        mut takes_agents,
+    } = leadership;
+    state.readiness.set(ready::ELECTION, true);
+    loop {
+        let leader = *is_leader.borrow_and_update();
+        state.metrics.is_leader.set(leader as i64);
+        state
+            .serving
+            .send_replace(*takes_agents.borrow_and_update());
+        let stopped = tokio::select! {
+            r = is_leader.changed() => r.is_err(),
+            r = takes_agents.changed() => r.is_err(),
+        };
+        if stopped {
+            // The election stopped: this replica can never lead again.
+            tracing::error!("leader election stopped; this replica is not ready");
+            state.readiness.set(ready::ELECTION, false);
+            state.serving.send_replace(false);
+            return;
+        }
     }
 }
 
@@ -159,6 +208,16 @@ impl Coordinator {
         let metrics = Arc::new(CoordinatorMetrics::new());
         let state = LinkState::with_retention(auth, metrics, cancel.clone(), opts.retention);
         tokio::spawn(forget_loop(state.clone(), cancel.clone()));
+        let ready = &state.readiness;
+        ready.require(ready::LINK, "the agent link is not serving");
+        if opts.watch_api {
+            ready.require(ready::NODES, "the first list of Nodes is not complete");
+            ready.require(
+                ready::WORKLOADS,
+                "the first lists of opted-in workloads are not complete",
+            );
+            ready.require(ready::ELECTION, "leader election is not running");
+        }
         let listener = tokio::net::TcpListener::bind(opts.grpc_listen)
             .await
             .map_err(|source| CoordinatorError::Listen {
@@ -184,12 +243,18 @@ impl Coordinator {
                 let rx = tls::accept(listener, config, "link", cancel.clone());
                 let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
                     .map(|(s, _)| Ok::<_, std::io::Error>(s));
-                let server = tokio::spawn(serve_link(builder, service, incoming, shutdown));
+                let server = tokio::spawn(serve_link(
+                    state.clone(),
+                    builder,
+                    service,
+                    incoming,
+                    shutdown,
+                ));
                 (Some(reloader), server)
             }
             None => {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let server = serve_link(builder, service, incoming, shutdown);
+                let server = serve_link(state.clone(), builder, service, incoming, shutdown);
                 (None, tokio::spawn(server))
             }
         };

@@ -41,6 +41,8 @@ pub async fn run(client: kube::Client, state: Arc<LinkState>, cancel: Cancellati
             Some(Ok(Event::InitDone)) => {
                 let all = relist.take().unwrap_or_default();
                 tracing::debug!(nodes = all.len(), "nodes listed");
+                // Before the view change, which is what waiters watch.
+                state.readiness.set(super::ready::NODES, true);
                 state.update_view(|v| v.set_api_nodes(all.into_values()));
                 state.forget_stale(None);
             }

@@ -94,7 +94,7 @@ async fn through_an_outage(outage: Outage) {
         cancel.clone(),
     );
     let mut is_leader = leadership.is_leader.clone();
-    let mirror = tokio::spawn(leader::mirror(state.clone(), leadership.clone()));
+    let mirror = tokio::spawn(super::follow_leadership(state.clone(), leadership.clone()));
     let opts = GateOptions {
         cfg: GateConfig {
             timeout: Duration::from_secs(20),

@@ -352,6 +352,17 @@ impl Stores {
         }
     }
 
+    /// Whether the first lists of the cluster-wide watches (Nodes,
+    /// opted-in namespaces, labelled workloads and pods) are complete.
+    fn cluster_synced(&self) -> bool {
+        self.nodes.synced(CLUSTER)
+            && self.namespaces.synced(CLUSTER)
+            && self.deployments.synced(LABELLED)
+            && self.stateful_sets.synced(LABELLED)
+            && self.daemon_sets.synced(LABELLED)
+            && self.pods.synced(LABELLED)
+    }
+
     fn drop_source(&mut self, source: &str) -> bool {
         // Every store, no short-circuit.
         [
@@ -658,7 +669,8 @@ impl Watches {
 
 /// Watches the cluster and publishes the rollout intents whenever they
 /// change (at most once per [`RolloutConfig::debounce`]), until cancelled.
-/// Nothing is published before the first list of nodes is complete.
+/// Nothing is published before the first lists of the cluster-wide
+/// watches (Nodes, opted-in namespaces, labelled workloads) are complete.
 pub async fn run(
     client: kube::Client,
     cfg: RolloutConfig,
@@ -706,7 +718,7 @@ pub async fn run(
                     dropped |= stores.drop_source(&source);
                 }
                 active = watches.active();
-                if !stores.nodes.synced(CLUSTER) {
+                if !stores.cluster_synced() {
                     continue;
                 }
                 if dropped {

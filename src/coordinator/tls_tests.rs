@@ -128,6 +128,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: Some((vol.path("tls.crt"), vol.path("tls.key"))),
         retention: Default::default(),
+        watch_api: false,
     };
     let auth = Arc::new(super::super::auth::StaticAuth(Default::default()));
     let coord = super::super::Coordinator::start(opts, auth, cancel.clone())

@@ -39,6 +39,7 @@ pub(crate) async fn coordinator(grpc: &str, cancel: &CancellationToken) -> Coord
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         retention: Default::default(),
+        watch_api: false,
     };
     Coordinator::start(opts, tokens(), cancel.clone())
         .await
@@ -671,6 +672,7 @@ async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: Some((d.join("tls.crt"), d.join("tls.key"))),
         retention: Default::default(),
+        watch_api: false,
     };
     let coord = Coordinator::start(opts, tokens(), cancel.clone())
         .await

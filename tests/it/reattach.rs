@@ -19,6 +19,7 @@ async fn coordinator(tls: Option<&std::path::Path>, cancel: &CancellationToken) 
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: tls.map(|d| (d.join("tls.crt"), d.join("tls.key"))),
         retention: Default::default(),
+        watch_api: false,
     };
     Coordinator::start(opts, tokens(), cancel.clone())
         .await
