@@ -20,3 +20,5 @@ pub mod slots;
 mod pull_pace_tests;
 #[cfg(test)]
 mod pull_tests;
+#[cfg(test)]
+mod unpack_tests;

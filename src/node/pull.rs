@@ -151,6 +151,8 @@ pub struct Engine {
     started: std::sync::atomic::AtomicU64,
     blob_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     observer: Arc<dyn PullObserver>,
+    /// The snapshotter CRI unpacks into; unset, asked from CRI each time.
+    snapshotter: Option<String>,
 }
 
 impl Engine {
@@ -175,6 +177,25 @@ impl Engine {
             pacing,
             blob_locks: Mutex::new(HashMap::new()),
             observer,
+            snapshotter: None,
+        }
+    }
+
+    /// Checks warm images against `snapshotter` (the one CRI unpacks into).
+    pub fn with_snapshotter(mut self, snapshotter: String) -> Self {
+        self.snapshotter = Some(snapshotter);
+        self
+    }
+
+    /// The snapshotter CRI unpacks into: as set, else as CRI reports it,
+    /// else containerd's default.
+    async fn cri_snapshotter(&self) -> String {
+        if let Some(s) = &self.snapshotter {
+            return s.clone();
+        }
+        match self.images.snapshotter().await {
+            Ok(Some(s)) => s,
+            _ => crate::config::DEFAULT_SNAPSHOTTER.to_string(),
         }
     }
 
@@ -427,6 +448,13 @@ impl Engine {
             return Ok(None);
         };
         if !st.repo_digests.contains(&wanted) {
+            return Ok(None);
+        }
+        // Recorded but not unpacked for CRI's snapshotter (snapshots
+        // removed, or unpacked elsewhere): CRI PullImage unpacks it again.
+        let snapshotter = self.cri_snapshotter().await;
+        if !self.images.unpacked(&st, &snapshotter).await.map_err(rt_err)? {
+            tracing::info!(image = %name, snapshotter, "in CRI but not unpacked; unpacking again");
             return Ok(None);
         }
         let pinned = if opts.pin {
