@@ -341,7 +341,10 @@ impl RuntimeConfig {
         ensure(root_ok, field("root"), absolute)?;
         check_namespace(&self.namespace)
             .map_err(|msg| ConfigError::invalid(field("namespace"), msg))?;
-        let named = self.snapshotter.as_deref().is_none_or(|s| !s.trim().is_empty());
+        let named = self
+            .snapshotter
+            .as_deref()
+            .is_none_or(|s| !s.trim().is_empty());
         ensure(named, field("snapshotter"), "must not be empty")
     }
 }

@@ -10,10 +10,9 @@ use bytes::{Bytes, BytesMut};
 use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, snapshots::RemoveSnapshotRequest,
-    snapshots::StatSnapshotRequest,
-    version_client::VersionClient, AddResourceRequest, CreateRequest, DeleteRequest,
-    GetImageRequest, InfoRequest, ListImagesRequest, Resource, UpdateImageRequest, WriteAction,
-    WriteContentRequest, WriteContentResponse,
+    snapshots::StatSnapshotRequest, version_client::VersionClient, AddResourceRequest,
+    CreateRequest, DeleteRequest, GetImageRequest, InfoRequest, ListImagesRequest, Resource,
+    UpdateImageRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
@@ -677,7 +676,10 @@ mod tests {
             assert_eq!(root_from_status_info(&info(silent)), None, "{silent}");
         }
         assert_eq!(root_from_status_info(&HashMap::new()), None);
-        assert_eq!(snapshotter_from_status_info(&info(v17)), Some("overlayfs".into()));
+        assert_eq!(
+            snapshotter_from_status_info(&info(v17)),
+            Some("overlayfs".into())
+        );
         assert_eq!(snapshotter_from_status_info(&info(v2)), None);
     }
 

@@ -245,7 +245,10 @@ impl ImageStore for FakeRuntime {
         };
         let id = config.clone();
         let snapshotter = st.snapshotter.clone().unwrap_or_else(|| "overlayfs".into());
-        st.unpacked.entry(id.clone()).or_default().insert(snapshotter);
+        st.unpacked
+            .entry(id.clone())
+            .or_default()
+            .insert(snapshotter);
         for n in [image.to_string(), format!("{name}@{top}"), id.clone()] {
             st.records.entry(n.clone()).or_insert(ImageRecord {
                 name: n,

@@ -453,7 +453,12 @@ impl Engine {
         // Recorded but not unpacked for CRI's snapshotter (snapshots
         // removed, or unpacked elsewhere): CRI PullImage unpacks it again.
         let snapshotter = self.cri_snapshotter().await;
-        if !self.images.unpacked(&st, &snapshotter).await.map_err(rt_err)? {
+        if !self
+            .images
+            .unpacked(&st, &snapshotter)
+            .await
+            .map_err(rt_err)?
+        {
             tracing::info!(image = %name, snapshotter, "in CRI but not unpacked; unpacking again");
             return Ok(None);
         }
@@ -563,11 +568,16 @@ impl Engine {
     /// The node's budget, and the window's one (shared by all its pulls).
     fn budget(&self, opts: &PullOptions) -> Budget {
         let window = opts.bandwidth.as_ref().map(|w| {
-            let mut budgets = self.window_budgets.lock().unwrap_or_else(|p| p.into_inner());
+            let mut budgets = self
+                .window_budgets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             // A changed rate (config reload) starts a new budget; budgets
             // no pull uses any more are dropped.
             budgets.retain(|name, b| name == &w.window || Arc::strong_count(b) > 1);
-            let current = budgets.get(&w.window).filter(|b| b.rate() == w.bytes_per_sec);
+            let current = budgets
+                .get(&w.window)
+                .filter(|b| b.rate() == w.bytes_per_sec);
             match current {
                 Some(b) => b.clone(),
                 None => {

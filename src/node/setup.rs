@@ -19,7 +19,10 @@ pub enum SetupError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("runtime.snapshotter is {configured:?}, but containerd's CRI plugin unpacks images into {reported:?}; remove runtime.snapshotter (prewarm asks containerd) or set it to {reported:?}")]
-    Snapshotter { configured: String, reported: String },
+    Snapshotter {
+        configured: String,
+        reported: String,
+    },
 }
 
 pub struct NodeStack {
@@ -276,8 +279,13 @@ mod tests {
         let rt = FakeRuntime::new("1.7.24");
         rt.lock().snapshotter = Some("native".into());
         assert_eq!(resolve_snapshotter(None, &rt).await.unwrap(), "native");
-        assert_eq!(resolve_snapshotter(Some("native"), &rt).await.unwrap(), "native");
-        let err = resolve_snapshotter(Some("overlayfs"), &rt).await.unwrap_err();
+        assert_eq!(
+            resolve_snapshotter(Some("native"), &rt).await.unwrap(),
+            "native"
+        );
+        let err = resolve_snapshotter(Some("overlayfs"), &rt)
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "runtime.snapshotter is \"overlayfs\", but containerd's CRI plugin unpacks images into \"native\"; remove runtime.snapshotter (prewarm asks containerd) or set it to \"native\""

@@ -76,7 +76,9 @@ async fn recorded_but_not_unpacked_is_unpacked_again() {
     assert_eq!(rt.lock().cri_pulls.len(), 1);
 
     // Its snapshots are removed, or only another snapshotter has it.
-    rt.lock().unpacked.insert(id.clone(), ["overlayfs".to_string()].into());
+    rt.lock()
+        .unpacked
+        .insert(id.clone(), ["overlayfs".to_string()].into());
     let served = *reg.blob_bytes_served.lock().unwrap();
     let out = engine.warm(&img, &opts(), &cancel).await.unwrap();
     assert!(

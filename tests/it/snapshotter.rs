@@ -39,19 +39,31 @@ async fn warm_unpacks_into_the_cri_snapshotter(v: Version) {
     };
     let chain = chain_id(&built.diff_ids);
     let cancel = CancellationToken::new();
-    let first = stack.engine.warm(&image, &opts(true), &cancel).await.unwrap();
+    let first = stack
+        .engine
+        .warm(&image, &opts(true), &cancel)
+        .await
+        .unwrap();
     assert!(!first.already_present);
     let ctr = &stack.containerd;
     assert!(ctr.snapshot_exists("native", &chain).await.unwrap());
     assert!(!ctr.snapshot_exists("overlayfs", &chain).await.unwrap());
-    let again = stack.engine.warm(&image, &opts(true), &cancel).await.unwrap();
+    let again = stack
+        .engine
+        .warm(&image, &opts(true), &cancel)
+        .await
+        .unwrap();
     assert!(again.already_present, "{again:?}");
 
     // The unpacked top layer goes away: the image is no longer warm, and
     // the next warm has CRI unpack it again without fetching a byte.
     ctr.remove_snapshot("native", &chain).await.unwrap();
     up.proxy.reset_counters();
-    let out = stack.engine.warm(&image, &opts(true), &cancel).await.unwrap();
+    let out = stack
+        .engine
+        .warm(&image, &opts(true), &cancel)
+        .await
+        .unwrap();
     assert!(
         !out.already_present && out.fetched_bytes == 0,
         "{}: {out:?}",
