@@ -91,9 +91,15 @@ pub struct RuntimeConfig {
     /// [`DEFAULT_CONTAINERD_ROOT`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<PathBuf>,
-    /// Snapshotter that unpacks layers, as the CRI plugin would use.
-    pub snapshotter: String,
+    /// The snapshotter the CRI plugin unpacks into. Unset, it is asked from
+    /// containerd (CRI status), else [`DEFAULT_SNAPSHOTTER`]; set, it must
+    /// match what containerd reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshotter: Option<String>,
 }
+
+/// containerd's default snapshotter on Linux.
+pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -101,7 +107,7 @@ impl Default for RuntimeConfig {
             socket: PathBuf::from("/run/containerd/containerd.sock"),
             namespace: "k8s.io".into(),
             root: None,
-            snapshotter: "overlayfs".into(),
+            snapshotter: None,
         }
     }
 }
@@ -335,11 +341,11 @@ impl RuntimeConfig {
         ensure(root_ok, field("root"), absolute)?;
         check_namespace(&self.namespace)
             .map_err(|msg| ConfigError::invalid(field("namespace"), msg))?;
-        ensure(
-            !self.snapshotter.trim().is_empty(),
-            field("snapshotter"),
-            "must not be empty",
-        )
+        let named = self
+            .snapshotter
+            .as_deref()
+            .is_none_or(|s| !s.trim().is_empty());
+        ensure(named, field("snapshotter"), "must not be empty")
     }
 }
 

@@ -595,7 +595,9 @@ mod tests {
                     let kind = e.kind.to_string();
                     prop_assert!(
                         PARTS.iter().any(|p| kind.contains(p)),
-                        "{:?}: error names no part: {}", input, kind
+                        "{:?}: error names no part: {}",
+                        input,
+                        kind
                     );
                     let quoted = format!("{input:?}");
                     prop_assert!(e.to_string().contains(&quoted), "{} lacks the input", e);

@@ -44,6 +44,11 @@ pub struct FakeState {
     pub root_dir: Option<PathBuf>,
     /// Fail CRI status (a containerd without the CRI runtime service).
     pub fail_status: bool,
+    /// The snapshotter CRI status reports (`None`: it does not say); CRI
+    /// pulls unpack into it, `overlayfs` when it does not say.
+    pub snapshotter: Option<String>,
+    /// Image ids (config digests) → snapshotters they are unpacked in.
+    pub unpacked: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// A containerd stand-in: content store, leases, image records and a CRI
@@ -231,6 +236,21 @@ impl ImageStore for FakeRuntime {
         }
         Ok(st.root_dir.clone())
     }
+    async fn snapshotter(&self) -> Result<Option<String>> {
+        let st = self.lock();
+        if st.fail_status {
+            let status = tonic::Status::unimplemented("runtime.v1.RuntimeService");
+            return Err(RuntimeError::rpc("cri.Status", status));
+        }
+        Ok(st.snapshotter.clone())
+    }
+    async fn unpacked(&self, image: &CriImage, snapshotter: &str) -> Result<bool> {
+        let st = self.lock();
+        Ok(st
+            .unpacked
+            .get(&image.id)
+            .is_some_and(|s| s.contains(snapshotter)))
+    }
     async fn image_status(&self, image: &str) -> Result<Option<CriImage>> {
         let st = self.lock();
         let Some(rec) = st.records.get(image) else {
@@ -288,6 +308,11 @@ impl ImageStore for FakeRuntime {
             _ => name.to_string(),
         };
         let id = config.clone();
+        let snapshotter = st.snapshotter.clone().unwrap_or_else(|| "overlayfs".into());
+        st.unpacked
+            .entry(id.clone())
+            .or_default()
+            .insert(snapshotter);
         for n in [image.to_string(), format!("{name}@{top}"), id.clone()] {
             st.records.entry(n.clone()).or_insert(ImageRecord {
                 name: n,

@@ -412,8 +412,13 @@ mod tests {
             )
         }
 
-        const MEDIA_TYPES: [&str; 5] =
-            [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST, "text/html"];
+        const MEDIA_TYPES: [&str; 5] = [
+            OCI_MANIFEST,
+            OCI_INDEX,
+            DOCKER_MANIFEST,
+            DOCKER_LIST,
+            "text/html",
+        ];
 
         /// Never a panic; a malformed document's error names the field
         /// (a JSON path) or the byte offset where parsing stopped.

@@ -21,3 +21,5 @@ pub mod slots;
 mod pull_pace_tests;
 #[cfg(test)]
 mod pull_tests;
+#[cfg(test)]
+mod unpack_tests;

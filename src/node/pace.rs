@@ -94,7 +94,12 @@ impl Budget {
     /// The rate this pull can reach at most (0: unlimited).
     pub fn effective_rate(&self) -> u64 {
         let rates = [Some(self.node.rate), self.window.as_ref().map(|w| w.rate)];
-        rates.into_iter().flatten().filter(|r| *r > 0).min().unwrap_or(0)
+        rates
+            .into_iter()
+            .flatten()
+            .filter(|r| *r > 0)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Waits until `n` bytes may pass both the window's and the node's budget.

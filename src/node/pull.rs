@@ -158,6 +158,8 @@ pub struct Engine {
     observer: Arc<dyn PullObserver>,
     /// What a previous agent process left, released once pulls settle.
     leftovers: Leftovers,
+    /// The snapshotter CRI unpacks into; unset, asked from CRI each time.
+    snapshotter: Option<String>,
 }
 
 impl Engine {
@@ -183,6 +185,25 @@ impl Engine {
             blob_locks: Mutex::new(HashMap::new()),
             observer,
             leftovers: Leftovers::default(),
+            snapshotter: None,
+        }
+    }
+
+    /// Checks warm images against `snapshotter` (the one CRI unpacks into).
+    pub fn with_snapshotter(mut self, snapshotter: String) -> Self {
+        self.snapshotter = Some(snapshotter);
+        self
+    }
+
+    /// The snapshotter CRI unpacks into: as set, else as CRI reports it,
+    /// else containerd's default.
+    async fn cri_snapshotter(&self) -> String {
+        if let Some(s) = &self.snapshotter {
+            return s.clone();
+        }
+        match self.images.snapshotter().await {
+            Ok(Some(s)) => s,
+            _ => crate::config::DEFAULT_SNAPSHOTTER.to_string(),
         }
     }
 
@@ -443,6 +464,18 @@ impl Engine {
         if !st.repo_digests.contains(&wanted) {
             return Ok(None);
         }
+        // Recorded but not unpacked for CRI's snapshotter (snapshots
+        // removed, or unpacked elsewhere): CRI PullImage unpacks it again.
+        let snapshotter = self.cri_snapshotter().await;
+        if !self
+            .images
+            .unpacked(&st, &snapshotter)
+            .await
+            .map_err(rt_err)?
+        {
+            tracing::info!(image = %name, snapshotter, "in CRI but not unpacked; unpacking again");
+            return Ok(None);
+        }
         let pinned = if opts.pin {
             pin::pin(self.images.as_ref(), &st).await.map_err(rt_err)?
         } else {
@@ -549,11 +582,16 @@ impl Engine {
     /// The node's budget, and the window's one (shared by all its pulls).
     fn budget(&self, opts: &PullOptions) -> Budget {
         let window = opts.bandwidth.as_ref().map(|w| {
-            let mut budgets = self.window_budgets.lock().unwrap_or_else(|p| p.into_inner());
+            let mut budgets = self
+                .window_budgets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             // A changed rate (config reload) starts a new budget; budgets
             // no pull uses any more are dropped.
             budgets.retain(|name, b| name == &w.window || Arc::strong_count(b) > 1);
-            let current = budgets.get(&w.window).filter(|b| b.rate() == w.bytes_per_sec);
+            let current = budgets
+                .get(&w.window)
+                .filter(|b| b.rate() == w.bytes_per_sec);
             match current {
                 Some(b) => b.clone(),
                 None => {

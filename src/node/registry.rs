@@ -843,7 +843,7 @@ mod tests {
                         },
                     })
                 })
-            .await;
+                .await;
             assert!(out.is_err());
             let waited = start.elapsed();
             assert!(
@@ -859,7 +859,11 @@ mod tests {
         let r = humantime::format_rfc3339_seconds(t).to_string();
         let (date, time) = r.trim_end_matches('Z').split_once('T').unwrap();
         let mut ymd = date.split('-');
-        let (y, m, d) = (ymd.next().unwrap(), ymd.next().unwrap(), ymd.next().unwrap());
+        let (y, m, d) = (
+            ymd.next().unwrap(),
+            ymd.next().unwrap(),
+            ymd.next().unwrap(),
+        );
         let months = [
             "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
         ];

@@ -148,6 +148,12 @@ pub trait ImageStore: Send + Sync {
     /// status); `None` when it does not say.
     async fn root_dir(&self) -> Result<Option<PathBuf>>;
     async fn image_status(&self, image: &str) -> Result<Option<CriImage>>;
+    /// The snapshotter CRI unpacks images into, as containerd reports it
+    /// (CRI status); `None` when it does not say.
+    async fn snapshotter(&self) -> Result<Option<String>>;
+    /// Whether `image` is unpacked in `snapshotter`: the snapshot of its top
+    /// layer's chain exists there, so starting a container unpacks nothing.
+    async fn unpacked(&self, image: &CriImage, snapshotter: &str) -> Result<bool>;
     /// CRI PullImage: resolves, unpacks for the CRI snapshotter and records
     /// the image exactly as the kubelet's pull would. Returns the image id.
     async fn pull_image(

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{AgentConfig, DEFAULT_CONTAINERD_ROOT};
+use crate::config::{AgentConfig, DEFAULT_CONTAINERD_ROOT, DEFAULT_SNAPSHOTTER};
 use crate::node::auth::{Keyring, KeyringConfig, ProviderSetup};
 use crate::node::containerd::Containerd;
 use crate::node::pace::StatvfsProbe;
@@ -18,6 +18,11 @@ pub enum SetupError {
     Keyring(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("runtime.snapshotter is {configured:?}, but containerd's CRI plugin unpacks images into {reported:?}; remove runtime.snapshotter (prewarm asks containerd) or set it to {reported:?}")]
+    Snapshotter {
+        configured: String,
+        reported: String,
+    },
 }
 
 pub struct NodeStack {
@@ -30,6 +35,8 @@ pub struct NodeStack {
     pub root: ContainerdRoot,
     /// Free space on that filesystem (the engine's disk floor uses the same).
     pub disk: Arc<StatvfsProbe>,
+    /// The snapshotter CRI unpacks into; warm images are unpacked there.
+    pub snapshotter: String,
 }
 
 /// How the user names containerd's root, for errors about it.
@@ -95,6 +102,30 @@ pub async fn resolve_root(configured: Option<&Path>, store: &dyn ImageStore) -> 
     ContainerdRoot { path, source }
 }
 
+/// The snapshotter CRI unpacks into: as containerd reports it (a configured
+/// one must agree), else as configured, else containerd's default.
+pub async fn resolve_snapshotter(
+    configured: Option<&str>,
+    store: &dyn ImageStore,
+) -> Result<String, SetupError> {
+    let reported = match store.snapshotter().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "containerd did not report its CRI snapshotter");
+            None
+        }
+    };
+    match (configured, reported) {
+        (Some(c), Some(r)) if c != r => Err(SetupError::Snapshotter {
+            configured: c.to_string(),
+            reported: r,
+        }),
+        (_, Some(r)) => Ok(r),
+        (Some(c), None) => Ok(c.to_string()),
+        (None, None) => Ok(DEFAULT_SNAPSHOTTER.to_string()),
+    }
+}
+
 pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
     // Where the provider files are not mounted (daemonset/components/aks
     // adds them) the config is absent in the pod: "not configured", not an
@@ -145,6 +176,8 @@ pub async fn connect_with(
     let root = resolve_root(cfg.runtime.root.as_deref(), &containerd).await;
     tracing::info!(root = %root.path.display(), source = ?root.source, "containerd root for the disk floor");
     let disk = Arc::new(StatvfsProbe::new(&root.path).described(root.describe(), setting.hint()));
+    let snapshotter = resolve_snapshotter(cfg.runtime.snapshotter.as_deref(), &containerd).await?;
+    tracing::info!(snapshotter, "CRI snapshotter warm images are unpacked in");
     let engine = Engine::new(
         registry,
         Arc::new(containerd.clone()),
@@ -152,7 +185,8 @@ pub async fn connect_with(
         disk.clone(),
         cfg.pacing.clone(),
         observer,
-    );
+    )
+    .with_snapshotter(snapshotter.clone());
     Ok(NodeStack {
         pin_supported: version_supports_pinning(&runtime_version),
         containerd,
@@ -160,6 +194,7 @@ pub async fn connect_with(
         runtime_version,
         root,
         disk,
+        snapshotter,
     })
 }
 
@@ -235,6 +270,31 @@ mod tests {
         assert_eq!(default.source, RootSource::Default);
         rt.lock().fail_status = true;
         assert_eq!(resolve_root(None, &rt).await, default);
+    }
+
+    /// containerd's word wins; a configured snapshotter that disagrees is
+    /// refused by name; without a word the configured one, else overlayfs.
+    #[tokio::test]
+    async fn snapshotter_is_reported_else_configured_else_default() {
+        let rt = FakeRuntime::new("1.7.24");
+        rt.lock().snapshotter = Some("native".into());
+        assert_eq!(resolve_snapshotter(None, &rt).await.unwrap(), "native");
+        assert_eq!(
+            resolve_snapshotter(Some("native"), &rt).await.unwrap(),
+            "native"
+        );
+        let err = resolve_snapshotter(Some("overlayfs"), &rt)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "runtime.snapshotter is \"overlayfs\", but containerd's CRI plugin unpacks images into \"native\"; remove runtime.snapshotter (prewarm asks containerd) or set it to \"native\""
+        );
+        rt.lock().snapshotter = None;
+        assert_eq!(resolve_snapshotter(Some("zfs"), &rt).await.unwrap(), "zfs");
+        assert_eq!(resolve_snapshotter(None, &rt).await.unwrap(), "overlayfs");
+        rt.lock().fail_status = true;
+        assert_eq!(resolve_snapshotter(None, &rt).await.unwrap(), "overlayfs");
     }
 
     /// The disk probe of a root that is not there names it, where it came

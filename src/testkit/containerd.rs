@@ -64,6 +64,14 @@ pub struct TestContainerd {
 impl TestContainerd {
     /// Starts an instance in a fresh temp dir.
     pub async fn start(version: Version) -> Result<Self, ContainerdError> {
+        Self::start_with_snapshotter(version, "overlayfs").await
+    }
+
+    /// Starts an instance whose CRI plugin unpacks into `snapshotter`.
+    pub async fn start_with_snapshotter(
+        version: Version,
+        snapshotter: &str,
+    ) -> Result<Self, ContainerdError> {
         // Under /var/tmp: overlayfs cannot stack on a tmpfs-backed /tmp everywhere.
         let base = Path::new("/var/tmp");
         let tmp = tempfile::Builder::new()
@@ -74,13 +82,21 @@ impl TestContainerd {
                 Path::new("/tmp")
             })?;
         let dir = tmp.path().to_path_buf();
-        let mut this = Self::start_in(version, &dir).await?;
+        let mut this = Self::start_in_with(version, &dir, snapshotter).await?;
         this._tmp = Some(tmp);
         Ok(this)
     }
 
     /// Starts an instance whose files live in `dir` (kept afterwards).
     pub async fn start_in(version: Version, dir: &Path) -> Result<Self, ContainerdError> {
+        Self::start_in_with(version, dir, "overlayfs").await
+    }
+
+    async fn start_in_with(
+        version: Version,
+        dir: &Path,
+        snapshotter: &str,
+    ) -> Result<Self, ContainerdError> {
         let bin = version.binary();
         if !bin.exists() {
             return Err(ContainerdError::Missing(bin));
@@ -90,7 +106,7 @@ impl TestContainerd {
         let root = dir.join("root");
         let hosts_dir = dir.join("certs.d");
         std::fs::create_dir_all(&hosts_dir)?;
-        std::fs::write(dir.join("config.toml"), config(version, dir))?;
+        std::fs::write(dir.join("config.toml"), config(version, dir, snapshotter))?;
         let mut this = Self {
             version,
             dir: dir.to_path_buf(),
@@ -167,8 +183,21 @@ impl Drop for TestContainerd {
     }
 }
 
-fn config(version: Version, dir: &Path) -> String {
+fn config(version: Version, dir: &Path, snapshotter: &str) -> String {
     let d = dir.display();
+    // 2.x pulls through the transfer service, which unpacks only for the
+    // platform/snapshotter pairs it lists (by default overlayfs alone).
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let unpack = match snapshotter {
+        "overlayfs" => String::new(),
+        other => format!(
+            "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux/{arch}\"\n  snapshotter = \"{other}\"\n"
+        ),
+    };
     match version {
         Version::V17 => format!(
             r#"version = 2
@@ -181,7 +210,7 @@ state = "{d}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.9"
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+    snapshotter = "{snapshotter}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{d}/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -198,7 +227,7 @@ state = "{d}/state"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
 [plugins."io.containerd.cri.v1.images"]
-  snapshotter = "overlayfs"
+  snapshotter = "{snapshotter}"
   [plugins."io.containerd.cri.v1.images".registry]
     config_path = "{d}/certs.d"
   [plugins."io.containerd.cri.v1.images".pinned_images]
@@ -206,7 +235,7 @@ state = "{d}/state"
 [plugins."io.containerd.cri.v1.runtime".cni]
   bin_dirs = ["{d}/cni/bin"]
   conf_dir = "{d}/cni/conf"
-"#
+{unpack}"#
         ),
     }
 }

@@ -16,4 +16,5 @@ mod pull;
 mod rbac;
 mod reattach;
 mod root;
+mod snapshotter;
 mod windows;
