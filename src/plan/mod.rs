@@ -4,6 +4,7 @@
 pub mod deploy;
 pub mod eligibility;
 pub mod gate;
+pub mod intents;
 pub mod rollout;
 pub mod throughput;
 pub mod view;
