@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{AgentConfig, DEFAULT_CONTAINERD_ROOT};
-use crate::node::auth::{Keyring, KeyringConfig, ProviderSetup};
+use crate::node::auth::{KeyringConfig, ProviderSetup, ReloadingKeyring};
 use crate::node::containerd::Containerd;
 use crate::node::pace::StatvfsProbe;
 use crate::node::pull::{Engine, PullObserver};
@@ -30,6 +30,8 @@ pub struct NodeStack {
     pub root: ContainerdRoot,
     /// Free space on that filesystem (the engine's disk floor uses the same).
     pub disk: Arc<StatvfsProbe>,
+    /// The registry credentials, re-read when their files change.
+    pub credentials: Arc<ReloadingKeyring>,
 }
 
 /// How the user names containerd's root, for errors about it.
@@ -95,7 +97,7 @@ pub async fn resolve_root(configured: Option<&Path>, store: &dyn ImageStore) -> 
     ContainerdRoot { path, source }
 }
 
-pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
+pub fn keyring(cfg: &AgentConfig) -> Result<ReloadingKeyring, SetupError> {
     // Where the provider files are not mounted (daemonset/components/aks
     // adds them) the config is absent in the pod: "not configured", not an
     // error. An empty file or a directory, which create-on-missing mounts
@@ -117,7 +119,7 @@ pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
             config: p.config.clone(),
             bin_dir: p.bin_dir.clone(),
         });
-    Keyring::new(KeyringConfig {
+    ReloadingKeyring::new(KeyringConfig {
         docker_configs: cfg.registry.docker_config.clone(),
         provider,
     })
@@ -138,8 +140,11 @@ pub async fn connect_with(
     observer: Arc<dyn PullObserver>,
     setting: RootSetting,
 ) -> Result<NodeStack, SetupError> {
-    let keyring = Arc::new(keyring(cfg)?);
-    let registry = Arc::new(HttpRegistry::new(cfg.registry.hosts_dir.clone(), keyring));
+    let credentials = Arc::new(keyring(cfg)?);
+    let registry = Arc::new(HttpRegistry::new(
+        cfg.registry.hosts_dir.clone(),
+        credentials.clone(),
+    ));
     let containerd = Containerd::connect(&cfg.runtime.socket, &cfg.runtime.namespace).await?;
     let runtime_version = containerd.version().await?;
     let root = resolve_root(cfg.runtime.root.as_deref(), &containerd).await;
@@ -160,6 +165,7 @@ pub async fn connect_with(
         runtime_version,
         root,
         disk,
+        credentials,
     })
 }
 
