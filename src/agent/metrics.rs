@@ -34,6 +34,10 @@ pub struct Metrics {
     pub coordinator_linked: IntGauge,
     pub coordinator_link_failures: IntCounterVec,
     pub coordinator_last_attach: Gauge,
+    pub credentials_reloads: IntCounter,
+    pub credentials_reload_failures: IntCounter,
+    pub intent_images_refused: IntGauge,
+    pub pull_retries_waiting: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -223,6 +227,30 @@ impl Metrics {
                     "Unix time the coordinator last accepted this agent's stream",
                 )
                 .expect("valid metric"),
+            ),
+            credentials_reloads: reg(
+                &r,
+                IntCounter::new(
+                    "credentials_reloads_total",
+                    "Registry credential files re-read after they changed",
+                )
+                .expect("valid metric"),
+            ),
+            credentials_reload_failures: reg(
+                &r,
+                IntCounter::new(
+                    "credentials_reload_failures_total",
+                    "Changed credential files rejected (the previous credentials stay)",
+                )
+                .expect("valid metric"),
+            ),
+            intent_images_refused: g(
+                "intent_images_refused",
+                "Images coordinator intents ask for that the intents limits or the disk floor refuse",
+            ),
+            pull_retries_waiting: g(
+                "pull_retries_waiting",
+                "Images whose last pull failed, waiting out their backoff",
             ),
             registry: r,
         }

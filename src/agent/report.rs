@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +15,7 @@ use crate::config::reference::ImageRef;
 use crate::node::pull::{PullError, PullObserver, PullOutcome};
 use crate::plan::windows::WindowStatus;
 use crate::wire::v1::image_state::Phase;
-use crate::wire::v1::{ImageState, Intent, WindowState};
+use crate::wire::v1::{ImageState, WindowState};
 
 /// How often byte progress of running pulls is sent to the coordinator
 /// (its warm gate tells a moving pull from a stalled one by it).
@@ -159,26 +158,6 @@ impl PullObserver for AgentObserver {
     }
 }
 
-/// Intents that apply to this node now: not expired, selector matching,
-/// and naming this node (or no node).
-pub fn applicable_intents<'a>(
-    intents: &'a [Intent],
-    node: &str,
-    labels: &BTreeMap<String, String>,
-    now: DateTime<Utc>,
-) -> Vec<&'a Intent> {
-    intents
-        .iter()
-        .filter(|i| i.deadline_unix == 0 || i.deadline_unix > now.timestamp())
-        .filter(|i| {
-            i.node_selector
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .filter(|i| i.nodes.is_empty() || i.nodes.iter().any(|n| n == node))
-        .collect()
-}
-
 pub fn window_states(statuses: &[WindowStatus]) -> BTreeMap<String, WindowState> {
     statuses
         .iter()
@@ -220,20 +199,6 @@ pub fn node_report(
 mod tests {
     use super::*;
 
-    fn intent(id: &str, deadline: i64, sel: &[(&str, &str)], nodes: &[&str]) -> Intent {
-        Intent {
-            id: id.into(),
-            images: vec!["r/a:1".into()],
-            deadline_unix: deadline,
-            node_selector: sel
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn refreshed_reports_carry_the_bytes_of_running_pulls_only() {
         let obs = AgentObserver::new(Arc::new(Metrics::new()));
@@ -274,26 +239,5 @@ mod tests {
             None,
             "a finished: the reconcile reports it"
         );
-    }
-
-    #[test]
-    fn intents_filtered_by_deadline_selector_and_node() {
-        let now = DateTime::from_timestamp(1_000, 0).unwrap();
-        let labels: BTreeMap<String, String> = [("pool".to_string(), "int".to_string())]
-            .into_iter()
-            .collect();
-        let all = vec![
-            intent("ok", 2_000, &[("pool", "int")], &[]),
-            intent("expired", 999, &[], &[]),
-            intent("other-pool", 2_000, &[("pool", "sys")], &[]),
-            intent("other-node", 2_000, &[], &["n2"]),
-            intent("this-node", 2_000, &[], &["n1"]),
-            intent("no-deadline", 0, &[], &[]),
-        ];
-        let ids: Vec<_> = applicable_intents(&all, "n1", &labels, now)
-            .iter()
-            .map(|i| i.id.as_str())
-            .collect();
-        assert_eq!(ids, vec!["ok", "this-node", "no-deadline"]);
     }
 }

@@ -65,6 +65,20 @@ impl ConfigError {
         }
     }
 
+    /// Gives an error about the whole text a position in it: the start of
+    /// a second document when there is one, else the first line.
+    pub(super) fn located_in(mut self, text: &str) -> Self {
+        if !self.field.is_empty() || self.position.is_some() {
+            return self;
+        }
+        let line = second_document(text).unwrap_or(1);
+        self.position = Some(Position { line, column: 1 });
+        if self.message.contains("more than one document") {
+            self.message = "a second YAML document starts here; the config is one document".into();
+        }
+        self
+    }
+
     /// Attaches the file the configuration came from.
     pub fn with_file(mut self, file: impl Into<PathBuf>) -> Self {
         self.file = Some(file.into());
@@ -145,7 +159,45 @@ pub(crate) fn in_user_words(message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         return format!("unknown value {rest}");
     }
-    message.to_owned()
+    yaml_syntax(message)
+}
+
+/// The 1-based line where a second YAML document starts (`---` after
+/// content or after a first `---`), if any.
+fn second_document(text: &str) -> Option<usize> {
+    let mut started = false;
+    for (i, line) in text.lines().enumerate() {
+        let marker = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
+        let content = !line.trim().is_empty() && !line.trim_start().starts_with('#');
+        match (marker, started) {
+            (true, true) => return Some(i + 1),
+            (true, false) => started = true,
+            (false, _) if content => started = true,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The YAML scanner's messages (`block sequence entries are not allowed in
+/// this context`) in the words the rest of the errors use: lists and
+/// mappings. Other messages, which may quote the user's values, pass.
+fn yaml_syntax(message: &str) -> String {
+    let syntax = message.contains(" in this context")
+        || message.starts_with("while ")
+        || message.starts_with("did not find ");
+    if !syntax {
+        return message.to_owned();
+    }
+    message
+        .replace("block sequence entries", "list entries (\"- \")")
+        .replace("block sequence", "list")
+        .replace("flow sequence", "list")
+        .replace("sequence", "list")
+        .replace("block mapping", "mapping")
+        .replace("flow mapping", "mapping")
 }
 
 /// `X, expected Y` → (X, Y). X may itself contain commas (a quoted string).
@@ -247,8 +299,12 @@ pub(crate) fn rust_words(message: &str) -> Vec<String> {
     const UNITS: &[&str] = &["KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut plain = String::new();
     let mut inside: Option<char> = None;
+    let mut escaped = false;
     for c in message.chars() {
         match (inside, c) {
+            // Quoted values are shown escaped: `\"` does not end them.
+            (Some(_), _) if escaped => escaped = false,
+            (Some('"'), '\\') => escaped = true,
             (Some(q), c) if c == q => inside = None,
             (Some(_), _) => {}
             (None, '"' | '`') => inside = Some(c),

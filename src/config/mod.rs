@@ -7,12 +7,16 @@
 
 mod error;
 pub mod images;
+pub mod intents;
+#[cfg(test)]
+mod proptests;
 pub mod reference;
 pub mod units;
 pub mod windows;
 
 pub use error::{ConfigError, ConfigErrorKind, Position};
 pub use images::{ImageEntry, ImageItem};
+pub use intents::IntentLimits;
 pub use reference::{Digest, DigestAlgorithm, DigestError, ImageRef, ReferenceError};
 pub use units::{ByteSize, DiskFloor, Platform, PlatformError, UnitError};
 
@@ -53,6 +57,9 @@ pub struct AgentConfig {
     /// Link to the coordinator; absent, the agent works on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coordinator: Option<CoordinatorLink>,
+    /// How long the coordinator's intents may last and how much they may pin.
+    #[serde(skip_serializing_if = "IntentLimits::is_default")]
+    pub intents: IntentLimits,
 }
 
 impl Default for AgentConfig {
@@ -66,6 +73,7 @@ impl Default for AgentConfig {
             scheduling: windows::Scheduling::default(),
             windows: Vec::new(),
             coordinator: None,
+            intents: IntentLimits::default(),
         }
     }
 }
@@ -235,8 +243,8 @@ impl AgentConfig {
     pub fn from_yaml(text: &str) -> Result<AgentConfig, ConfigError> {
         // An empty document (or only comments, or `null`) means "all defaults".
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        let config: Option<AgentConfig> =
-            serde_path_to_error::deserialize(deserializer).map_err(ConfigError::from_yaml)?;
+        let config: Option<AgentConfig> = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| ConfigError::from_yaml(e).located_in(text))?;
         let config = config.unwrap_or_default();
         config.validate()?;
         Ok(config)
@@ -270,6 +278,7 @@ impl AgentConfig {
         if let Some(c) = &self.coordinator {
             c.validate("coordinator")?;
         }
+        self.intents.validate("intents")?;
         // The clock only anchors the "never fires" check on schedules.
         windows::validate_windows(&self.windows, "windows", chrono::Utc::now())
     }
@@ -596,6 +605,17 @@ mod tests {
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
         assert!(seen >= 50, "only {seen} cases");
+    }
+
+    /// Found by the property tests: this error named neither a field nor
+    /// a position.
+    #[test]
+    fn a_second_document_is_located() {
+        let err = parse_err("images: []\n---\nresync: 5s\n");
+        assert_eq!(
+            err.to_string(),
+            "line 2, column 1: a second YAML document starts here; the config is one document"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::reference::ImageRef;
-use crate::node::auth::{Credential, Keyring};
+use crate::node::auth::{Credential, CredentialSource};
 use crate::node::hosts::{resolve_hosts, RegistryEndpoint};
 use crate::node::manifest::{self, ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
 
@@ -121,6 +121,8 @@ struct Token {
 }
 
 struct RepoAuth {
+    /// The credential source's generation the candidates were looked up in.
+    generation: u64,
     candidates: Vec<Credential>,
     current: usize,
     token: Option<Token>,
@@ -129,7 +131,7 @@ struct RepoAuth {
 /// The real client.
 pub struct HttpRegistry {
     hosts_dir: Option<PathBuf>,
-    keyring: Arc<Keyring>,
+    keyring: Arc<dyn CredentialSource>,
     clients: Mutex<HashMap<String, reqwest::Client>>,
     auth: tokio::sync::Mutex<HashMap<String, RepoAuth>>,
     chosen: Mutex<HashMap<String, Credential>>,
@@ -142,7 +144,7 @@ enum Attempt {
 }
 
 impl HttpRegistry {
-    pub fn new(hosts_dir: Option<PathBuf>, keyring: Arc<Keyring>) -> Self {
+    pub fn new(hosts_dir: Option<PathBuf>, keyring: Arc<dyn CredentialSource>) -> Self {
         Self {
             hosts_dir,
             keyring,
@@ -316,7 +318,12 @@ impl HttpRegistry {
     ) -> Result<Attempt> {
         let (auth_header, candidate) = {
             let mut auth = self.auth.lock().await;
-            if !auth.contains_key(auth_key) {
+            // Rotated credentials are looked up again (and their token too).
+            let generation = self.keyring.generation();
+            if auth
+                .get(auth_key)
+                .is_none_or(|a| a.generation != generation)
+            {
                 let full = image.to_string();
                 let candidates = self
                     .keyring
@@ -329,6 +336,7 @@ impl HttpRegistry {
                 auth.insert(
                     auth_key.to_string(),
                     RepoAuth {
+                        generation,
                         candidates,
                         current: 0,
                         token: None,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{AgentConfig, DEFAULT_CONTAINERD_ROOT, DEFAULT_SNAPSHOTTER};
-use crate::node::auth::{Keyring, KeyringConfig, ProviderSetup};
+use crate::node::auth::{KeyringConfig, ProviderSetup, ReloadingKeyring};
 use crate::node::containerd::Containerd;
 use crate::node::pace::StatvfsProbe;
 use crate::node::pull::{Engine, PullObserver};
@@ -37,6 +37,8 @@ pub struct NodeStack {
     pub disk: Arc<StatvfsProbe>,
     /// The snapshotter CRI unpacks into; warm images are unpacked there.
     pub snapshotter: String,
+    /// The registry credentials, re-read when their files change.
+    pub credentials: Arc<ReloadingKeyring>,
 }
 
 /// How the user names containerd's root, for errors about it.
@@ -126,7 +128,7 @@ pub async fn resolve_snapshotter(
     }
 }
 
-pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
+pub fn keyring(cfg: &AgentConfig) -> Result<ReloadingKeyring, SetupError> {
     // Where the provider files are not mounted (daemonset/components/aks
     // adds them) the config is absent in the pod: "not configured", not an
     // error. An empty file or a directory, which create-on-missing mounts
@@ -148,7 +150,7 @@ pub fn keyring(cfg: &AgentConfig) -> Result<Keyring, SetupError> {
             config: p.config.clone(),
             bin_dir: p.bin_dir.clone(),
         });
-    Keyring::new(KeyringConfig {
+    ReloadingKeyring::new(KeyringConfig {
         docker_configs: cfg.registry.docker_config.clone(),
         provider,
     })
@@ -169,8 +171,11 @@ pub async fn connect_with(
     observer: Arc<dyn PullObserver>,
     setting: RootSetting,
 ) -> Result<NodeStack, SetupError> {
-    let keyring = Arc::new(keyring(cfg)?);
-    let registry = Arc::new(HttpRegistry::new(cfg.registry.hosts_dir.clone(), keyring));
+    let credentials = Arc::new(keyring(cfg)?);
+    let registry = Arc::new(HttpRegistry::new(
+        cfg.registry.hosts_dir.clone(),
+        credentials.clone(),
+    ));
     let containerd = Containerd::connect(&cfg.runtime.socket, &cfg.runtime.namespace).await?;
     let runtime_version = containerd.version().await?;
     let root = resolve_root(cfg.runtime.root.as_deref(), &containerd).await;
@@ -195,6 +200,7 @@ pub async fn connect_with(
         root,
         disk,
         snapshotter,
+        credentials,
     })
 }
 

@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod eligibility;
 pub mod forget;
 pub mod gate;
+pub mod intents;
 pub mod rollout;
 pub mod throughput;
 pub mod view;

@@ -177,6 +177,24 @@ impl Registry {
         format!("http://{}", self.addr)
     }
 
+    /// Replaces the htpasswd user's password (the registry re-reads its
+    /// htpasswd file when it changes); the old one stops working.
+    pub async fn rotate_password(&mut self, pass: &str) -> Result<()> {
+        let Some((user, _)) = self.auth.clone() else {
+            return Err(RegistryError::Htpasswd(
+                "registry has no htpasswd auth".into(),
+            ));
+        };
+        let path = self.dir.join("htpasswd");
+        let line = htpasswd_line(&user, pass).await?;
+        // Written aside and renamed, as a Secret volume update swaps files.
+        let tmp = self.dir.join("htpasswd.new");
+        std::fs::write(&tmp, line).map_err(|e| RegistryError::Io(tmp.clone(), e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| RegistryError::Io(path.clone(), e))?;
+        self.auth = Some((user, pass.to_string()));
+        Ok(())
+    }
+
     /// `127.0.0.1:PORT`
     pub fn host(&self) -> String {
         self.addr.to_string()

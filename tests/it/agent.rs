@@ -11,11 +11,24 @@ use tokio_util::sync::CancellationToken;
 use crate::common::{metric, Upstream, MIB};
 
 fn config_yaml(ctd: &TestContainerd, images: &[String]) -> String {
+    config_with_secrets(ctd, images, &[])
+}
+
+fn config_with_secrets(
+    ctd: &TestContainerd,
+    images: &[String],
+    docker_configs: &[std::path::PathBuf],
+) -> String {
     let list: String = images.iter().map(|i| format!("  - image: {i}\n")).collect();
+    let secrets: Vec<String> = docker_configs
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
     format!(
-        "runtime:\n  socket: {}\n  root: {}\nregistry:\n  dockerConfig: []\n  hostsDir: {}\npacing:\n  diskFloor: 0\nresync: 1s\nimages:\n{list}",
+        "runtime:\n  socket: {}\n  root: {}\nregistry:\n  dockerConfig: [{}]\n  hostsDir: {}\npacing:\n  diskFloor: 0\nresync: 1s\nimages:\n{list}",
         ctd.socket.display(),
         ctd.root.display(),
+        secrets.join(", "),
         ctd.hosts_dir.display()
     )
 }
@@ -145,4 +158,104 @@ async fn agent_refuses_a_bad_config_at_start() {
         text.contains("pacing.bandwidht") && text.contains("unknown field"),
         "{text}"
     );
+}
+
+/// A pull secret file as a mounted Secret updates it: a new file renamed
+/// over the old one.
+fn write_pull_secret(path: &std::path::Path, host: &str, user: &str, pass: &str) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    let tmp = path.with_extension("new");
+    std::fs::write(
+        &tmp,
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Basic auth against the registry itself: 200 or 401.
+async fn registry_status(url: &str, user: &str, pass: &str) -> u16 {
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/v2/"))
+        .basic_auth(user, Some(pass))
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+/// Issue 10: the registry password and the node's pull secret are rotated
+/// while the agent runs; the next pull uses the new credentials, without
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_uses_a_rotated_pull_secret() {
+    let mut up = Upstream::start(Some(("prewarm", "old-pass")), 2 * MIB).await;
+    let ctd = TestContainerd::start(Version::V2).await.unwrap();
+    let a = up.image("shapes/docker");
+    let b = up.image("shapes/zstd");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("config.json");
+    write_pull_secret(&secret, &up.proxy.host(), "prewarm", "old-pass");
+    let path = dir.path().join("config.yaml");
+    let secrets = [secret.clone()];
+    std::fs::write(
+        &path,
+        config_with_secrets(&ctd, std::slice::from_ref(&a), &secrets),
+    )
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let agent = Agent::start(
+        AgentOptions {
+            config_path: path.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            node_name: "test-node".into(),
+            node_labels: None,
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = agent.addr;
+    wait_for("a warm with the old password", async || {
+        metric(addr, "prewarm_images_warm").await == Some(1.0)
+    })
+    .await;
+
+    // Rotate: the registry takes only the new password from now on...
+    let url = up.registry.url();
+    up.registry.rotate_password("new-pass").await.unwrap();
+    wait_for("the registry to refuse the old password", async || {
+        registry_status(&url, "prewarm", "old-pass").await == 401
+    })
+    .await;
+    assert_eq!(registry_status(&url, "prewarm", "new-pass").await, 200);
+    // ...and the node's pull secret follows. Then a config change asks
+    // for an image not pulled before: that pull must use the new password.
+    write_pull_secret(&secret, &up.proxy.host(), "prewarm", "new-pass");
+    std::fs::write(
+        &path,
+        config_with_secrets(&ctd, &[a.clone(), b.clone()], &secrets),
+    )
+    .unwrap();
+    let unauthorized = async || {
+        metric(addr, "prewarm_pull_failures_total{reason=\"unauthorized\"}")
+            .await
+            .unwrap_or(0.0)
+    };
+    wait_for("b warm, or its pull refused", async || {
+        metric(addr, "prewarm_images_warm").await == Some(2.0) || unauthorized().await > 0.0
+    })
+    .await;
+    assert_eq!(unauthorized().await, 0.0, "a pull used the old password");
+    assert_eq!(metric(addr, "prewarm_images_warm").await, Some(2.0));
+    assert_eq!(
+        metric(addr, "prewarm_credentials_reloads_total").await,
+        Some(1.0)
+    );
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), agent.join())
+        .await
+        .expect("agent stops on cancel");
 }

@@ -35,8 +35,8 @@ macro_rules! on_both {
 }
 
 pub struct Upstream {
-    /// Kept so the registry lives as long as the rig.
-    _registry: Registry,
+    /// The registry behind the proxy (kept alive as long as the rig).
+    pub registry: Registry,
     pub proxy: FaultProxy,
     pub corpus: Vec<CorpusEntry>,
 }
@@ -56,7 +56,7 @@ impl Upstream {
             .await
             .expect("start proxy");
         Upstream {
-            _registry: registry,
+            registry,
             proxy,
             corpus,
         }

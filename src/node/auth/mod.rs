@@ -15,6 +15,7 @@
 
 pub mod dockerconfig;
 pub mod provider;
+pub mod reload;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use serde::Deserialize;
 use self::dockerconfig::{sort_most_specific, DockerConfigError};
 pub use self::dockerconfig::{RegistryPattern, Target};
 use self::provider::{ProviderError, ProviderSet};
+pub use self::reload::{CredentialSource, ReloadingKeyring};
 
 /// One candidate credential for a registry request.
 #[derive(Clone, PartialEq, Eq)]

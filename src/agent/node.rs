@@ -1,0 +1,162 @@
+//! What the agent learns about its node over time: its labels (from the
+//! API server, the last known kept when it is down), its pull throughput
+//! and the missing bytes of images windows will need soon.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::stack::Stack;
+use super::windows;
+use crate::config::reference::ImageRef;
+use crate::config::AgentConfig;
+use crate::k8s::{Labels, NodeLabels};
+use crate::node::pull::PullOptions;
+use crate::plan::throughput::Throughput;
+use crate::plan::windows::{plan_windows as plan_windows_pure, NodeView, Phase, WindowPlan};
+
+/// How often node labels are re-read from the API server.
+const LABELS_TTL: Duration = Duration::from_secs(300);
+/// Wait before reading labels again after a failure.
+const LABELS_RETRY: Duration = Duration::from_secs(5);
+/// Measured missing bytes are trusted this long.
+const SIZE_TTL: Duration = Duration::from_secs(600);
+/// Sizes are measured for windows starting within this many hours.
+const SIZE_HORIZON_HOURS: i64 = 48;
+/// Budget for measuring one image's missing bytes.
+const SIZE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the agent learns about its node over time.
+pub struct NodeState {
+    pub name: String,
+    source: Option<Arc<dyn NodeLabels>>,
+    pub labels: Labels,
+    labels_read: Option<Instant>,
+    pub throughput: Throughput,
+    /// Missing bytes per image, with when they were measured.
+    pub sizes: HashMap<String, (u64, Instant)>,
+    pub tracker: windows::Tracker,
+}
+
+impl NodeState {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn plan_windows(
+        &mut self,
+        cfg: &AgentConfig,
+        stack: &Stack,
+        in_flight: &BTreeMap<String, Vec<String>>,
+        cancel: &CancellationToken,
+        candidates: &BTreeMap<String, ImageRef>,
+        warm: &BTreeSet<String>,
+        platform: &crate::config::Platform,
+        now: chrono::DateTime<Utc>,
+    ) -> WindowPlan {
+        let fresh = |t: &Instant| t.elapsed() < SIZE_TTL;
+        let sizes = |node: &NodeState| -> BTreeMap<String, u64> {
+            node.sizes
+                .iter()
+                .map(|(k, (b, _))| (k.clone(), *b))
+                .collect()
+        };
+        let missing = sizes(self);
+        let view = NodeView {
+            labels: &self.labels,
+            missing_bytes: &missing,
+            warm,
+            throughput: self.throughput.bytes_per_second(),
+        };
+        let first = plan_windows_pure(&cfg.windows, &cfg.scheduling, &view, now);
+        // Measure what is missing for windows that are near or running.
+        let horizon = now + chrono::Duration::hours(SIZE_HORIZON_HOURS);
+        let opts = PullOptions {
+            pin: false,
+            platform: platform.clone(),
+            cri_timeout: Duration::from_secs(60),
+            priority: 0,
+            bandwidth: None,
+        };
+        let mut measured = false;
+        for st in first
+            .windows
+            .iter()
+            .filter(|s| s.applies && (s.phase != Phase::Idle || s.next_activation <= horizon))
+        {
+            for name in &st.images {
+                if warm.contains(name) || in_flight.contains_key(name) {
+                    continue;
+                }
+                if self.sizes.get(name).is_some_and(|(_, t)| fresh(t)) {
+                    continue;
+                }
+                let Some(image) = candidates.get(name) else {
+                    continue;
+                };
+                match tokio::time::timeout(
+                    SIZE_TIMEOUT,
+                    stack.engine.missing_bytes(image, &opts, cancel),
+                )
+                .await
+                {
+                    Ok(Ok(bytes)) => {
+                        self.sizes.insert(name.clone(), (bytes, Instant::now()));
+                        measured = true;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(image = %name, error = %e, "cannot measure missing bytes; lead time uses the minimum")
+                    }
+                    Err(_) => tracing::warn!(image = %name, "measuring missing bytes timed out"),
+                }
+            }
+        }
+        if !measured {
+            return first;
+        }
+        let missing = sizes(self);
+        let view = NodeView {
+            missing_bytes: &missing,
+            ..view
+        };
+        plan_windows_pure(&cfg.windows, &cfg.scheduling, &view, now)
+    }
+
+    pub fn new(name: String, source: Option<Arc<dyn NodeLabels>>) -> Self {
+        Self {
+            name,
+            source,
+            labels: Labels::new(),
+            labels_read: None,
+            throughput: Throughput::default(),
+            sizes: HashMap::new(),
+            tracker: windows::Tracker::default(),
+        }
+    }
+
+    /// Re-reads the node's labels now and then; on failure the last known
+    /// labels stay (the API server being down must not stop the agent).
+    pub async fn refresh_labels(&mut self) {
+        if self.labels_read.is_some_and(|t| t.elapsed() < LABELS_TTL) {
+            return;
+        }
+        let Some(source) = &self.source else {
+            self.labels_read = Some(Instant::now());
+            return;
+        };
+        match source.labels(&self.name).await {
+            Ok(labels) => {
+                if labels != self.labels {
+                    tracing::info!(node = %self.name, labels = labels.len(), "node labels read");
+                }
+                self.labels = labels;
+                self.labels_read = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.name, error = %e, "cannot read node labels; keeping the last known");
+                // Try again soon rather than after the full TTL.
+                self.labels_read = Some(Instant::now() - LABELS_TTL + LABELS_RETRY);
+            }
+        }
+    }
+}

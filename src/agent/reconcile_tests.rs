@@ -1,0 +1,341 @@
+//! The reconcile loop against the in-memory containerd and registry, on
+//! tokio's paused clock (the plans' wall clock follows it). Every wait is
+//! on the node report the loop publishes; a condition that never comes
+//! fails after hours of virtual time, not on a real timer.
+
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::*;
+use crate::k8s::{Labels, StaticNodeLabels};
+use crate::node::fake::{BlobFault, FakeDisk, FakeRegistry, FakeRuntime};
+use crate::node::pace::DiskUsage;
+use crate::node::pull::{Engine, PullObserver};
+use crate::node::runtime::{version_supports_pinning, PREWARM_HOLD_LABEL, PREWARM_PINNED_LABEL};
+
+/// A Tuesday, 10:00 UTC.
+fn base() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+struct FakeConnector {
+    reg: FakeRegistry,
+    rt: FakeRuntime,
+    disk: Arc<FakeDisk>,
+    connects: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Connector for FakeConnector {
+    async fn connect(
+        &self,
+        cfg: &AgentConfig,
+        observer: Arc<dyn PullObserver>,
+    ) -> Result<Stack, SetupError> {
+        self.connects.fetch_add(1, AtomicOrdering::SeqCst);
+        let engine = Engine::new(
+            Arc::new(self.reg.clone()),
+            Arc::new(self.rt.clone()),
+            Arc::new(self.rt.clone()),
+            self.disk.clone(),
+            cfg.pacing.clone(),
+            observer,
+        );
+        Ok(Stack {
+            store: Arc::new(self.rt.clone()),
+            engine: Arc::new(engine),
+            disk: self.disk.clone(),
+            pin_supported: version_supports_pinning(&self.rt.version),
+            runtime_version: self.rt.version.clone(),
+            credentials: None,
+        })
+    }
+}
+
+struct Rig {
+    reg: FakeRegistry,
+    rt: FakeRuntime,
+    cfg: watch::Sender<Arc<AgentConfig>>,
+    intents: Option<watch::Sender<Vec<Intent>>>,
+    reports: watch::Receiver<Arc<NodeReport>>,
+    connects: Arc<AtomicUsize>,
+    t0: Instant,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Test config: quick failures (one attempt, a 30 s agent backoff), no
+/// disk floor, the given extra YAML.
+fn config(extra: &str) -> Arc<AgentConfig> {
+    config_with("", extra)
+}
+
+/// [`config`] with more `pacing:` keys.
+fn config_with(pacing: &str, extra: &str) -> Arc<AgentConfig> {
+    let text = format!(
+        "pacing: {{diskFloor: 0, retry: {{attempts: 1, initialBackoff: 1s, maxBackoff: 30s}}{pacing}}}\nscheduling: {{intentHold: 10s}}\n{extra}"
+    );
+    Arc::new(AgentConfig::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}")))
+}
+
+fn layer(seed: u8) -> Bytes {
+    Bytes::from((0..4096u32).map(|i| (i as u8) ^ seed).collect::<Vec<_>>())
+}
+
+impl Rig {
+    fn start(cfg: Arc<AgentConfig>) -> Rig {
+        let reg = FakeRegistry::default();
+        let rt = FakeRuntime::new("1.7.24");
+        let disk = Arc::new(FakeDisk(Mutex::new(DiskUsage {
+            free: 1 << 40,
+            total: 2 << 40,
+        })));
+        let connects = Arc::new(AtomicUsize::new(0));
+        let connector = FakeConnector {
+            reg: reg.clone(),
+            rt: rt.clone(),
+            disk,
+            connects: connects.clone(),
+        };
+        let t0 = Instant::now();
+        let clock: WallClock =
+            Arc::new(move || base() + chrono::TimeDelta::from_std(t0.elapsed()).expect("small"));
+        let labels: Labels = [("pool".to_string(), "int".to_string())].into();
+        let metrics = Arc::new(Metrics::new());
+        let (reports_tx, reports) = watch::channel(Arc::new(NodeReport::default()));
+        let (intents_tx, intents_rx) = watch::channel(Vec::new());
+        let (cfg_tx, cfg_rx) = watch::channel(cfg);
+        let parts = LoopParts {
+            node: NodeState::new("n1".into(), Some(Arc::new(StaticNodeLabels(labels)))),
+            observer: Arc::new(AgentObserver::new(metrics.clone())),
+            reports: Some(reports_tx),
+            intents: intents_rx,
+            connector: Arc::new(connector),
+            clock,
+            metrics,
+            health: Arc::new(Health::default()),
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(reconcile_loop(cfg_rx, parts, cancel.clone()));
+        Rig {
+            reg,
+            rt,
+            cfg: cfg_tx,
+            intents: Some(intents_tx),
+            reports,
+            connects,
+            t0,
+            cancel,
+            task,
+        }
+    }
+
+    /// Registers an image in the registry and in the fake CRI's catalog.
+    fn image(&self, name_tag: &str, seed: u8) -> String {
+        let (digest, config, blobs) = self.reg.add_image(name_tag, &[layer(seed)]);
+        self.rt
+            .catalog
+            .lock()
+            .unwrap()
+            .insert(name_tag.to_string(), (digest, config, blobs));
+        name_tag.to_string()
+    }
+
+    /// The first published report satisfying `pred`.
+    async fn until(&mut self, what: &str, pred: impl Fn(&NodeReport) -> bool) -> Arc<NodeReport> {
+        let wait = async {
+            loop {
+                let r = self.reports.borrow_and_update().clone();
+                if pred(&r) {
+                    return r;
+                }
+                self.reports.changed().await.expect("loop running");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(6 * 3600), wait)
+            .await
+            .unwrap_or_else(|_| panic!("never happened: {what}"))
+    }
+
+    fn intent(&self, id: &str, image: &str, deadline_unix: i64) {
+        let i = Intent {
+            id: id.into(),
+            images: vec![image.into()],
+            priority: 500,
+            deadline_unix,
+            ..Default::default()
+        };
+        let tx = self.intents.as_ref().expect("link up");
+        tx.send(vec![i]).unwrap();
+    }
+
+    fn pinned_by_us(&self, name: &str) -> bool {
+        let st = self.rt.lock();
+        st.records
+            .get(name)
+            .is_some_and(|r| r.labels.contains_key(PREWARM_PINNED_LABEL))
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn phase(r: &NodeReport, name: &str) -> Option<ImagePhase> {
+    r.images
+        .get(name)
+        .and_then(|i| ImagePhase::try_from(i.phase).ok())
+}
+
+fn warm_pinned(r: &NodeReport, name: &str) -> bool {
+    phase(r, name) == Some(ImagePhase::Warm) && r.images[name].pinned
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_config_change_replans() {
+    let mut rig = Rig::start(config("images: [reg.test/a:1]\n"));
+    let a = rig.image("reg.test/a:1", 1);
+    let b = rig.image("reg.test/b:1", 2);
+    rig.until("a warm", |r| warm_pinned(r, &a)).await;
+    assert!(!rig.rt.lock().cri_pulls.contains(&b));
+    rig.cfg
+        .send(config("images: [reg.test/a:1, reg.test/b:1]\n"))
+        .unwrap();
+    rig.until("b warm after the reload", |r| warm_pinned(r, &b))
+        .await;
+    // Images changed, the stack's inputs did not: no reconnect.
+    assert_eq!(rig.connects.load(AtomicOrdering::SeqCst), 1);
+    // A pacing change rebuilds the stack.
+    let c = rig.image("reg.test/c:1", 3);
+    let more = ", maxConcurrentPulls: 3";
+    rig.cfg
+        .send(config_with(
+            more,
+            "images: [reg.test/a:1, reg.test/b:1, reg.test/c:1]\n",
+        ))
+        .unwrap();
+    rig.until("c warm", |r| warm_pinned(r, &c)).await;
+    assert_eq!(rig.connects.load(AtomicOrdering::SeqCst), 2);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intent_arriving_warms_and_pins_with_a_hold() {
+    let mut rig = Rig::start(config(""));
+    let c = rig.image("reg.test/c:1", 3);
+    rig.until("first report", |r| r.labels.contains_key("pool"))
+        .await;
+    rig.intent("rollout-1", &c, base().timestamp() + 3600);
+    rig.until("c warm for the intent", |r| warm_pinned(r, &c))
+        .await;
+    let held = rig.rt.lock().records[&c]
+        .labels
+        .contains_key(PREWARM_HOLD_LABEL);
+    assert!(held, "the intent's pin carries a hold");
+    rig.stop().await;
+}
+
+/// An intent ends at its deadline; its pin goes after the hold.
+#[tokio::test(start_paused = true)]
+async fn an_expired_intent_unpins_after_its_hold() {
+    let mut rig = Rig::start(config(""));
+    let c = rig.image("reg.test/c:1", 3);
+    rig.intent("gate-1", &c, base().timestamp() + 30);
+    rig.until("c warm", |r| warm_pinned(r, &c)).await;
+    rig.until("c no longer wanted nor held", |r| {
+        !r.images.contains_key(&c)
+    })
+    .await;
+    assert!(!rig.pinned_by_us(&c));
+    // Deadline 30 s, then a hold of 10 to 15 s (intentHold 10s).
+    let after = rig.t0.elapsed();
+    assert!(after >= Duration::from_secs(40), "{after:?}");
+    assert!(after <= Duration::from_secs(46), "{after:?}");
+    rig.stop().await;
+}
+
+/// Issue 10: an intent with deadline 0, still sent by a live coordinator,
+/// must not pin its image for good: it ends `intents.maxDeadline` after
+/// it was received.
+#[tokio::test(start_paused = true)]
+async fn an_intent_without_deadline_ends_at_max_deadline() {
+    let mut rig = Rig::start(config("intents: {maxDeadline: 1m}\n"));
+    let c = rig.image("reg.test/c:1", 3);
+    rig.intent("forever", &c, 0);
+    rig.until("c warm", |r| warm_pinned(r, &c)).await;
+    rig.until("c released", |r| !r.images.contains_key(&c))
+        .await;
+    assert!(!rig.pinned_by_us(&c));
+    assert!(rig.t0.elapsed() >= Duration::from_secs(60));
+    rig.stop().await;
+}
+
+/// A coordinator cannot make the node pin more than `intents.maxImages`.
+#[tokio::test(start_paused = true)]
+async fn intents_pin_at_most_max_images() {
+    let mut rig = Rig::start(config("intents: {maxImages: 1}\n"));
+    let a = rig.image("reg.test/a:1", 1);
+    let b = rig.image("reg.test/b:1", 2);
+    let deadline = base().timestamp() + 3600;
+    let mk = |id: &str, image: &str, priority| Intent {
+        id: id.into(),
+        images: vec![image.into()],
+        priority,
+        deadline_unix: deadline,
+        ..Default::default()
+    };
+    let tx = rig.intents.as_ref().unwrap();
+    tx.send(vec![mk("low", &a, 0), mk("high", &b, 9)]).unwrap();
+    rig.until("b warm", |r| warm_pinned(r, &b)).await;
+    assert!(!rig.rt.lock().cri_pulls.contains(&a), "a was refused");
+    rig.stop().await;
+}
+
+/// A pull that fails at once (403) is tried again after the backoff
+/// (`pacing.retry.maxBackoff`), not in a hot loop.
+#[tokio::test(start_paused = true)]
+async fn a_failed_pull_is_retried_after_a_backoff() {
+    let mut rig = Rig::start(config("images: [reg.test/d:1]\n"));
+    let d = rig.image("reg.test/d:1", 4);
+    let layer_digest = {
+        let (_, _, blobs) = rig.rt.catalog.lock().unwrap()[&d].clone();
+        blobs[1].clone()
+    };
+    rig.reg.fault(&layer_digest, BlobFault::Status(403, None));
+    rig.until("d warm", |r| warm_pinned(r, &d)).await;
+    let after = rig.t0.elapsed();
+    assert!(after >= Duration::from_secs(30), "retried after {after:?}");
+    let requests = rig.reg.blob_requests.lock().unwrap().clone();
+    let tries = requests.iter().filter(|(g, _)| *g == layer_digest).count();
+    assert_eq!(tries, 2, "{requests:?}");
+    rig.stop().await;
+}
+
+/// With the link gone, intents already received and local windows keep
+/// running.
+#[tokio::test(start_paused = true)]
+async fn with_the_coordinator_gone_windows_and_intents_keep_working() {
+    let window = "windows:\n- {name: w, schedule: '0 10 * * *', duration: 1h, nodeSelector: {pool: int}, images: [reg.test/w:1]}\n";
+    let mut rig = Rig::start(config(window));
+    let w = rig.image("reg.test/w:1", 5);
+    let c = rig.image("reg.test/c:1", 3);
+    rig.intent("rollout-1", &c, base().timestamp() + 3600);
+    rig.until("intent received", |r| r.images.contains_key(&c))
+        .await;
+    rig.intents = None;
+    rig.until("both warm", |r| warm_pinned(r, &w) && warm_pinned(r, &c))
+        .await;
+    let r = rig
+        .until("window active", |r| r.windows.contains_key("w"))
+        .await;
+    assert_eq!(r.windows["w"].phase, "active");
+    rig.stop().await;
+}
