@@ -21,7 +21,7 @@ use crate::plan::view::{ClusterView, ViewError};
 use crate::wire::limits;
 use crate::wire::v1::link_server::Link;
 use crate::wire::v1::{
-    agent_message, coordinator_message, AgentMessage, CoordinatorMessage, Intent, IntentSet,
+    agent_message, coordinator_message, AgentMessage, CoordinatorMessage, Delta, Intent, IntentSet,
     Snapshot,
 };
 
@@ -232,34 +232,106 @@ fn bearer<T>(req: &Request<T>) -> String {
         .to_string()
 }
 
-/// Checks a snapshot's shape before it touches the view.
+/// Checks a snapshot's shape before it touches the view; an error names
+/// the field (and the entry) that is wrong.
 pub fn validate_snapshot(s: &Snapshot) -> Result<(), String> {
     if s.node.is_empty() || s.node.len() > 253 {
-        return Err("snapshot.node must be a node name".into());
-    }
-    if s.images.len() > limits::MAX_IMAGES {
-        return Err(format!("snapshot.images: more than {}", limits::MAX_IMAGES));
-    }
-    if s.windows.len() > limits::MAX_WINDOWS {
         return Err(format!(
-            "snapshot.windows: more than {}",
-            limits::MAX_WINDOWS
+            "snapshot.node: must be a node name of 1 to 253 bytes, got {}",
+            s.node.len()
         ));
     }
-    if s.labels.len() > limits::MAX_LABELS {
-        return Err(format!("snapshot.labels: more than {}", limits::MAX_LABELS));
-    }
-    if let Some(i) = s
-        .images
-        .iter()
-        .find(|i| i.name.is_empty() || i.name.len() > limits::MAX_NAME_LEN)
-    {
-        return Err(format!(
-            "snapshot.images: bad image name of {} bytes",
-            i.name.len()
-        ));
+    count("snapshot.images", s.images.len(), limits::MAX_IMAGES)?;
+    count("snapshot.windows", s.windows.len(), limits::MAX_WINDOWS)?;
+    count("snapshot.labels", s.labels.len(), limits::MAX_LABELS)?;
+    count("snapshot.taints", s.taints.len(), limits::MAX_LABELS)?;
+    images("snapshot.images", &s.images)?;
+    let windows = s.windows.iter().map(|w| w.name.as_str());
+    names("snapshot.windows", windows)?;
+    labels("snapshot.labels", &s.labels)?;
+    for (i, t) in s.taints.iter().enumerate() {
+        if [&t.key, &t.value, &t.effect]
+            .iter()
+            .any(|f| f.len() > limits::MAX_NAME_LEN)
+        {
+            return Err(format!(
+                "snapshot.taints[{i}]: a field longer than {} bytes",
+                limits::MAX_NAME_LEN
+            ));
+        }
     }
     validate_throughput("snapshot", s.throughput_bytes_per_second)
+}
+
+/// Checks a delta's shape before it touches the view; an error names the
+/// field (and the entry) that is wrong.
+pub fn validate_delta(d: &Delta) -> Result<(), String> {
+    count("delta.upserted", d.upserted.len(), limits::MAX_IMAGES)?;
+    count("delta.removed", d.removed.len(), limits::MAX_IMAGES)?;
+    count("delta.windows", d.windows.len(), limits::MAX_WINDOWS)?;
+    count("delta.labels", d.labels.len(), limits::MAX_LABELS)?;
+    images("delta.upserted", &d.upserted)?;
+    names("delta.removed", d.removed.iter().map(String::as_str))?;
+    names("delta.windows", d.windows.iter().map(|w| w.name.as_str()))?;
+    labels("delta.labels", &d.labels)?;
+    validate_throughput("delta", d.throughput_bytes_per_second)
+}
+
+fn count(field: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("{field}: {n} entries, more than {max}"));
+    }
+    Ok(())
+}
+
+/// Names must be 1 to `MAX_NAME_LEN` bytes without control characters.
+fn names<'a>(field: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    for (i, n) in names.enumerate() {
+        if n.is_empty() || n.len() > limits::MAX_NAME_LEN {
+            return Err(format!(
+                "{field}[{i}].name: must be 1 to {} bytes, got {}",
+                limits::MAX_NAME_LEN,
+                n.len()
+            ));
+        }
+        if n.chars().any(char::is_control) {
+            return Err(format!("{field}[{i}].name: contains a control character"));
+        }
+    }
+    Ok(())
+}
+
+/// Image states: good names, each once, and errors of bounded size.
+fn images(field: &str, images: &[crate::wire::v1::ImageState]) -> Result<(), String> {
+    names(field, images.iter().map(|i| i.name.as_str()))?;
+    let mut seen = std::collections::HashSet::new();
+    for (i, im) in images.iter().enumerate() {
+        if !seen.insert(im.name.as_str()) {
+            return Err(format!("{field}[{i}].name: {:?} is listed twice", im.name));
+        }
+        if im.error.len() > 4 * limits::MAX_NAME_LEN {
+            return Err(format!(
+                "{field}[{i}].error: longer than {} bytes",
+                4 * limits::MAX_NAME_LEN
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn labels(field: &str, labels: &HashMap<String, String>) -> Result<(), String> {
+    let too_long = |s: &String| s.is_empty() || s.len() > limits::MAX_NAME_LEN;
+    if let Some((k, _)) = labels
+        .iter()
+        .find(|(k, v)| too_long(k) || v.len() > limits::MAX_NAME_LEN)
+    {
+        return Err(format!(
+            "{field}: a key or value is empty or longer than {} bytes (key of {} bytes)",
+            limits::MAX_NAME_LEN,
+            k.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A reported throughput must be a positive number of bytes per second.
@@ -430,13 +502,7 @@ fn handle(st: &LinkState, node: &str, id: u64, m: AgentMessage) -> Result<(), St
                 .ok_or_else(|| replaced(node))
         }
         Some(agent_message::Body::Delta(d)) => {
-            if d.upserted.len() > limits::MAX_IMAGES || d.removed.len() > limits::MAX_IMAGES {
-                st.metrics.rejected.with_label_values(&["invalid"]).inc();
-                return Err(Status::invalid_argument(
-                    "delta larger than the image limit",
-                ));
-            }
-            if let Err(e) = validate_throughput("delta", d.throughput_bytes_per_second) {
+            if let Err(e) = validate_delta(&d) {
                 st.metrics.rejected.with_label_values(&["invalid"]).inc();
                 return Err(Status::invalid_argument(e));
             }
@@ -468,3 +534,7 @@ fn handle(st: &LinkState, node: &str, id: u64, m: AgentMessage) -> Result<(), St
 #[cfg(test)]
 #[path = "link_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "link_props.rs"]
+mod props;

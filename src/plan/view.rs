@@ -137,7 +137,8 @@ struct Agg {
     nodes: usize,
     warm: usize,
     pulling: usize,
-    pending: u64,
+    /// Wide enough that no sum of reported u64 byte counts overflows.
+    pending: u128,
 }
 
 impl Agg {
@@ -150,7 +151,7 @@ impl Agg {
             if s.phase == Phase::Pulling as i32 {
                 step(&mut self.pulling);
             }
-            let p = s.bytes_total.saturating_sub(s.bytes_done);
+            let p = u128::from(s.bytes_total.saturating_sub(s.bytes_done));
             self.pending = if sign > 0 {
                 self.pending + p
             } else {
@@ -416,7 +417,7 @@ impl ClusterView {
                     warm_nodes: a.warm,
                     nodes: a.nodes,
                     pulling_nodes: a.pulling,
-                    bytes_pending: a.pending,
+                    bytes_pending: u64::try_from(a.pending).unwrap_or(u64::MAX),
                 };
                 ((image.clone(), pool.clone()), row)
             })
