@@ -73,7 +73,11 @@ async fn corrupted_blob_and_manifest_fail_without_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_and_throttling_are_retried() {
     let up = Upstream::start(None, 2 * MIB).await;
-    let node = Node::start(Version::V17, |_| {}).await;
+    // Retry-After is honoured up to maxBackoff: leave room for 1 s.
+    let node = Node::start(Version::V17, |c| {
+        c.pacing.retry.max_backoff = Duration::from_secs(2)
+    })
+    .await;
     let path = large_layer_path(&up);
     up.proxy.add(
         Rule::new(
