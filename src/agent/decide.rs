@@ -226,7 +226,10 @@ mod tests {
             })
         };
         assert_eq!(window_bandwidth(&cfg, &ws(&["a"])), budget("a", 10 << 20));
-        assert_eq!(window_bandwidth(&cfg, &ws(&["a", "b"])), budget("b", 20 << 20));
+        assert_eq!(
+            window_bandwidth(&cfg, &ws(&["a", "b"])),
+            budget("b", 20 << 20)
+        );
         assert_eq!(window_bandwidth(&cfg, &[]), None);
         let mut running = BTreeMap::new();
         assert_eq!(window_at_capacity(&cfg, &ws(&["a"]), &running), None);

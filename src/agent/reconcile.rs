@@ -135,14 +135,20 @@ fn stack_inputs_changed(a: &AgentConfig, b: &AgentConfig) -> bool {
     a.runtime != b.runtime || a.registry != b.registry || a.pacing != b.pacing
 }
 
-/// CRI status and size of each of `names` that is present.
+/// CRI status and size of each of `names` that is present: recorded and
+/// unpacked in `snapshotter`, so a container start unpacks nothing.
 async fn observe_present(
     store: &dyn ImageStore,
+    snapshotter: &str,
     names: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, (Present, u64)>, SetupError> {
     let mut present = BTreeMap::new();
     for name in names {
         if let Some(img) = store.image_status(name).await? {
+            if !store.unpacked(&img, snapshotter).await? {
+                tracing::info!(image = %name, snapshotter, "recorded but not unpacked; warming again");
+                continue;
+            }
             let mut names = img.repo_tags.clone();
             names.extend(img.repo_digests.iter().cloned());
             names.push(img.id.clone());
@@ -258,7 +264,7 @@ impl Loop {
         let mut candidates = decide::local_candidates(cfg, &self.p.node.labels);
         let applicable = self.applicable_intents(cfg, now);
         let names = candidates.keys().chain(applicable.images.keys()).cloned();
-        let present = observe_present(store, &names.collect()).await?;
+        let present = observe_present(store, &stack.snapshotter, &names.collect()).await?;
         let admission = self.admit_intents(cfg, stack, &applicable, &present);
         candidates.extend(
             admission

@@ -54,6 +54,7 @@ impl Connector for FakeConnector {
             disk: self.disk.clone(),
             pin_supported: version_supports_pinning(&self.rt.version),
             runtime_version: self.rt.version.clone(),
+            snapshotter: "overlayfs".into(),
             credentials: None,
         })
     }
@@ -224,6 +225,29 @@ async fn a_config_change_replans() {
         .unwrap();
     rig.until("c warm", |r| warm_pinned(r, &c)).await;
     assert_eq!(rig.connects.load(AtomicOrdering::SeqCst), 2);
+    rig.stop().await;
+}
+
+/// An image CRI still lists but whose snapshots are gone is not warm: the
+/// loop has CRI unpack it again.
+#[tokio::test(start_paused = true)]
+async fn an_image_whose_snapshots_are_gone_is_unpacked_again() {
+    let mut rig = Rig::start(config("images: [reg.test/a:1]\n"));
+    let a = rig.image("reg.test/a:1", 1);
+    rig.until("a warm", |r| warm_pinned(r, &a)).await;
+    let pulls = |rig: &Rig| rig.rt.lock().cri_pulls.iter().filter(|p| **p == a).count();
+    assert_eq!(pulls(&rig), 1);
+    rig.rt.lock().unpacked.clear();
+    let again = async {
+        while pulls(&rig) < 2 {
+            // Virtual time: each step lets the loop's resync come round.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(6 * 3600), again)
+        .await
+        .expect("a CRI pull unpacks the image again");
+    assert!(!rig.rt.lock().unpacked.is_empty(), "unpacked again");
     rig.stop().await;
 }
 

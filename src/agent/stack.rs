@@ -21,6 +21,8 @@ pub struct Stack {
     /// Whether this containerd honours the CRI pinned label (>= 1.7).
     pub pin_supported: bool,
     pub runtime_version: String,
+    /// The snapshotter CRI unpacks into: warm means unpacked there.
+    pub snapshotter: String,
     /// Registry credentials re-read when their files change.
     pub credentials: Option<Arc<ReloadingKeyring>>,
 }
@@ -53,6 +55,7 @@ impl Connector for RealConnector {
             disk: s.disk,
             pin_supported: s.pin_supported,
             runtime_version: s.runtime_version,
+            snapshotter: s.snapshotter,
             credentials: Some(s.credentials),
         })
     }
