@@ -38,9 +38,17 @@ pub struct Containerd {
     channel: Channel,
     namespace: String,
     socket: PathBuf,
+    /// The `prewarm.dev/owner` of the leases this process creates.
+    lease_owner: &'static str,
 }
 
 impl Containerd {
+    /// Labels this process's leases as `owner`'s (`leases::OWNER_*`).
+    pub fn with_lease_owner(mut self, owner: &'static str) -> Self {
+        self.lease_owner = owner;
+        self
+    }
+
     /// Connects lazily: the socket may not exist yet (or containerd may be
     /// restarting); each call reports that as `Unavailable`.
     pub async fn connect(socket: &Path, namespace: &str) -> Result<Self> {
@@ -66,6 +74,7 @@ impl Containerd {
             channel,
             namespace: namespace.to_string(),
             socket: socket.to_path_buf(),
+            lease_owner: leases::OWNER_AGENT,
         };
         // Fail fast with a clear error when nothing listens there.
         this.version()
@@ -208,7 +217,7 @@ impl ContentStore for Containerd {
         labels.insert("containerd.io/gc.expire".to_string(), expire);
         labels.insert(
             leases::OWNER_LABEL.to_string(),
-            leases::OWNER_AGENT.to_string(),
+            self.lease_owner.to_string(),
         );
         labels.insert(
             leases::INSTANCE_LABEL.to_string(),

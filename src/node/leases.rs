@@ -1,5 +1,6 @@
 //! prewarm's own containerd leases across agent restarts. Every pull holds
-//! a lease labelled `prewarm.dev/owner=agent` and this process's instance.
+//! a lease labelled `prewarm.dev/owner=agent` (`=cli` for `prewarm pull`)
+//! and this process's instance.
 //! A process killed mid-pull leaves its lease behind until its gc.expire (an
 //! hour or more), keeping its partial downloads alive that long. A starting
 //! agent hands such leftovers over to one short-lived lease of its own (so
@@ -16,6 +17,8 @@ use crate::node::setup::NodeStack;
 
 pub const OWNER_LABEL: &str = "prewarm.dev/owner";
 pub const OWNER_AGENT: &str = "agent";
+/// `prewarm pull` run by hand: an agent never takes its leases over.
+pub const OWNER_CLI: &str = "cli";
 /// Which prewarm process holds the lease.
 pub const INSTANCE_LABEL: &str = "prewarm.dev/instance";
 /// The handover lease expires on its own after this long, even when this

@@ -57,6 +57,15 @@ impl RootSetting {
             RootSetting::ConfigKey => "set runtime.root in the agent config to containerd's root directory (the agent needs it mounted at that path)",
         }
     }
+
+    /// Whose leases this process creates: a starting agent takes over
+    /// only agents' leftovers, never a running `prewarm pull`'s.
+    fn lease_owner(self) -> &'static str {
+        match self {
+            RootSetting::Flag => crate::node::leases::OWNER_CLI,
+            RootSetting::ConfigKey => crate::node::leases::OWNER_AGENT,
+        }
+    }
 }
 
 /// Where containerd's root came from.
@@ -176,7 +185,9 @@ pub async fn connect_with(
         cfg.registry.hosts_dir.clone(),
         credentials.clone(),
     ));
-    let containerd = Containerd::connect(&cfg.runtime.socket, &cfg.runtime.namespace).await?;
+    let containerd = Containerd::connect(&cfg.runtime.socket, &cfg.runtime.namespace)
+        .await?
+        .with_lease_owner(setting.lease_owner());
     let runtime_version = containerd.version().await?;
     let root = resolve_root(cfg.runtime.root.as_deref(), &containerd).await;
     tracing::info!(root = %root.path.display(), source = ?root.source, "containerd root for the disk floor");

@@ -216,3 +216,72 @@ async fn agent_killed_mid_pull_resumes_and_leaves_nothing_behind() {
     let ingests = store.ingests().await.unwrap();
     assert!(ingests.is_empty(), "ingests left: {ingests:?}");
 }
+
+/// A `prewarm pull` run by hand on the node while an agent (re)starts: the
+/// agent takes over only agents' leftovers, so the CLI pull keeps its lease
+/// and its download and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_pull_keeps_its_lease_when_an_agent_starts() {
+    let up = Upstream::start(None, 32 * MIB).await;
+    let ctd = TestContainerd::start(Version::V2).await.unwrap();
+    let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
+    let image = up.image("shapes/large");
+    let (digest, _) = large_layer(&up);
+    let hold = Hold::new(8 * MIB);
+    up.proxy.add(
+        Rule::new(digest.clone(), Fault::Hold(hold.clone()))
+            .method("GET")
+            .times(1),
+    );
+    let cli = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .arg("pull")
+        .args(["--socket", &ctd.socket.to_string_lossy()])
+        .args(["--root", &ctd.root.to_string_lossy()])
+        .args(["--hosts-dir", &ctd.hosts_dir.to_string_lossy()])
+        .args(["--disk-floor", "0", "--json", &image])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run prewarm pull");
+    tokio::time::timeout(Duration::from_secs(60), hold.reached())
+        .await
+        .expect("the CLI pull never got 8 MiB in");
+    let cli_leases = prewarm_leases(&store).await;
+    assert_eq!(cli_leases.len(), 1, "{cli_leases:?}");
+
+    // An agent starts on the node and warms an image of its own.
+    let other = up.image("shapes/docker");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_yaml(&ctd, &other)).unwrap();
+    let agent = AgentProcess::spawn(&config).await;
+    let addr = agent.addr;
+    wait_until(
+        "the agent's own pull",
+        Duration::from_secs(60),
+        async || metric(addr, "prewarm_pull_duration_seconds_count").await == Some(1.0),
+    )
+    .await;
+    let leases = prewarm_leases(&store).await;
+    assert!(
+        leases.contains(&cli_leases[0]),
+        "the starting agent took the running CLI pull's lease {:?}: leases now {leases:?}\n{}",
+        cli_leases[0],
+        agent.log()
+    );
+
+    hold.release();
+    let out = tokio::time::timeout(Duration::from_secs(60), cli.wait_with_output())
+        .await
+        .expect("the CLI pull finishes")
+        .expect("reap prewarm pull");
+    assert!(
+        out.status.success(),
+        "the CLI pull failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(store.image_status(&image).await.unwrap().is_some());
+}
