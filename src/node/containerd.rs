@@ -149,12 +149,8 @@ impl Containerd {
 
     /// Ids of every lease in the namespace (tests assert none leak).
     pub async fn lease_ids(&self) -> Result<Vec<String>> {
-        let mut client = LeasesClient::new(self.channel.clone());
-        let resp = client
-            .list(self.req(containerd_client::services::v1::ListRequest { filters: vec![] }))
-            .await
-            .map_err(|s| self.map_err("leases.List", s))?;
-        Ok(resp.into_inner().leases.into_iter().map(|l| l.id).collect())
+        let leases = ContentStore::leases(self).await?;
+        Ok(leases.into_iter().map(|l| l.id).collect())
     }
 
     /// Ingests in progress as (ref, bytes written so far) (tests wait on
