@@ -54,17 +54,7 @@ async fn agent_warms_pins_reloads_and_unpins() {
     std::fs::write(&path, config_yaml(&ctd, &[a.clone(), b.clone()])).unwrap();
 
     let cancel = CancellationToken::new();
-    let agent = Agent::start(
-        AgentOptions {
-            config_path: path.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: "test-node".into(),
-            node_labels: None,
-        },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let agent = crate::common::start_agent(path.clone(), "test-node", None, &cancel).await;
     let addr = agent.addr;
     wait_for("both images warm and pinned", async || {
         metric(addr, "prewarm_images_warm").await == Some(2.0)
@@ -205,17 +195,7 @@ async fn agent_uses_a_rotated_pull_secret() {
     )
     .unwrap();
     let cancel = CancellationToken::new();
-    let agent = Agent::start(
-        AgentOptions {
-            config_path: path.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: "test-node".into(),
-            node_labels: None,
-        },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let agent = crate::common::start_agent(path.clone(), "test-node", None, &cancel).await;
     let addr = agent.addr;
     wait_for("a warm with the old password", async || {
         metric(addr, "prewarm_images_warm").await == Some(1.0)

@@ -156,6 +156,24 @@ pub fn large_layer(up: &Upstream) -> (String, u64) {
 
 /// Polls `check` until it holds; panics naming `what` after `limit` (a
 /// safety net only: every wait is on observable state).
+/// Starts an in-process agent on `config_path`, serving on a free port.
+pub async fn start_agent(
+    config_path: std::path::PathBuf,
+    node_name: &str,
+    node_labels: Option<prewarm::k8s::Labels>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> prewarm::agent::Agent {
+    let opts = prewarm::agent::AgentOptions {
+        config_path,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        node_name: node_name.into(),
+        node_labels,
+    };
+    prewarm::agent::Agent::start(opts, cancel.clone())
+        .await
+        .unwrap()
+}
+
 pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prewarm::agent::link::{self, LinkConfig, NodeReport};
-use prewarm::agent::{Agent, AgentOptions};
+use prewarm::agent::Agent;
 use prewarm::coordinator::auth::StaticAuth;
 use prewarm::coordinator::{Coordinator, CoordinatorOptions};
 use prewarm::node::containerd::Containerd;
@@ -136,17 +136,7 @@ pub(crate) async fn real_agent(
     )
     .unwrap();
     let labels = prewarm::k8s::parse_labels("kubernetes.azure.com/agentpool=integrations").unwrap();
-    Agent::start(
-        AgentOptions {
-            config_path: cfg,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: node.into(),
-            node_labels: Some(labels),
-        },
-        cancel.clone(),
-    )
-    .await
-    .unwrap()
+    crate::common::start_agent(cfg, node, Some(labels), cancel).await
 }
 
 /// Waits up to 60 s for `image` in the CRI store; fails with `why`.

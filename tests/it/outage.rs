@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use chrono::{Timelike, Utc};
-use prewarm::agent::{Agent, AgentOptions};
 use prewarm::k8s::Labels;
 use prewarm::node::containerd::Containerd;
 use prewarm::node::runtime::ImageStore;
@@ -61,17 +60,7 @@ windows:
 
     let cancel = CancellationToken::new();
     let down_since = Instant::now();
-    let agent = Agent::start(
-        AgentOptions {
-            config_path: path,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: "node-a".into(),
-            node_labels: Some(Labels::new()),
-        },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let agent = crate::common::start_agent(path, "node-a", Some(Labels::new()), &cancel).await;
     let addr = agent.addr;
     let limit = Duration::from_secs(45);
 

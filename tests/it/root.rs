@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use crate::common::{config_for, metric, Upstream, MIB};
 use crate::on_both;
-use prewarm::agent::{Agent, AgentOptions};
 use prewarm::node::pull::NoopObserver;
 use prewarm::node::runtime::ImageStore;
 use prewarm::node::setup::{self, RootSource};
@@ -124,17 +123,7 @@ async fn agent_without_root_warms() {
     );
     std::fs::write(&path, yaml).unwrap();
     let cancel = CancellationToken::new();
-    let agent = Agent::start(
-        AgentOptions {
-            config_path: path,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: "test-node".into(),
-            node_labels: None,
-        },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let agent = crate::common::start_agent(path, "test-node", None, &cancel).await;
     let mut warm = false;
     for _ in 0..300 {
         if metric(agent.addr, "prewarm_images_warm").await == Some(1.0) {

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use chrono::{Timelike, Utc};
-use prewarm::agent::{Agent, AgentOptions};
 use prewarm::node::containerd::Containerd;
 use prewarm::node::pin;
 use prewarm::node::runtime::ImageStore;
@@ -60,17 +59,7 @@ windows:
 
     let cancel = CancellationToken::new();
     let labels = prewarm::k8s::parse_labels("kubernetes.azure.com/agentpool=integrations").unwrap();
-    let agent = Agent::start(
-        AgentOptions {
-            config_path: path,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: "aks-integrations-0".into(),
-            node_labels: Some(labels),
-        },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let agent = crate::common::start_agent(path, "aks-integrations-0", Some(labels), &cancel).await;
     let addr = agent.addr;
     let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
 
