@@ -213,6 +213,15 @@ pub fn range_start(range: &str) -> Option<u64> {
         .ok()
 }
 
+/// Start offsets of the open-ended Range requests the proxy saw for `digest`.
+pub fn range_starts(proxy: &FaultProxy, digest: &str) -> Vec<u64> {
+    proxy
+        .ranges(digest)
+        .iter()
+        .filter_map(|r| range_start(r))
+        .collect()
+}
+
 /// Chain id of the top layer, as containerd names unpacked snapshots.
 pub fn chain_id(diff_ids: &[String]) -> String {
     use sha2::{Digest, Sha256};

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::common::{
-    chain_id, ingest_offset, large_layer, metric, range_start, wait_until, Upstream, MIB,
+    chain_id, ingest_offset, large_layer, metric, range_starts, wait_until, Upstream, MIB,
 };
 
 /// A running `prewarm agent`; its stderr is kept for failure messages.
@@ -193,12 +193,7 @@ async fn agent_killed_mid_pull_resumes_and_leaves_nothing_behind() {
     assert!(seen > 0, "CRI never showed the image");
 
     // Resumed from what containerd kept, not from byte 0.
-    let starts: Vec<u64> = up
-        .proxy
-        .ranges(&digest)
-        .iter()
-        .filter_map(|r| range_start(r))
-        .collect();
+    let starts = range_starts(&up.proxy, &digest);
     assert!(
         starts
             .iter()

@@ -10,7 +10,7 @@ use prewarm::testkit::containerd::Version;
 use prewarm::testkit::faultproxy::{Fault, Hold, Rule};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{ingest_offset, large_layer, opts, range_start, Node, Upstream, MIB};
+use crate::common::{ingest_offset, large_layer, opts, range_starts, Node, Upstream, MIB};
 
 fn large_layer_path(up: &Upstream) -> String {
     format!("/blobs/{}", large_layer(up).0)
@@ -214,12 +214,7 @@ async fn containerd_restart_mid_pull_is_survived() {
     assert!(out.fetched_bytes > 0);
     assert!(node.status(&image.to_string()).await.is_some());
     // Resumed from containerd's offset, not from the start.
-    let starts: Vec<u64> = up
-        .proxy
-        .ranges(&digest)
-        .iter()
-        .filter_map(|r| range_start(r))
-        .collect();
+    let starts = range_starts(&up.proxy, &digest);
     assert!(
         starts
             .iter()
