@@ -22,4 +22,6 @@ mod pull_pace_tests;
 #[cfg(test)]
 mod pull_tests;
 #[cfg(test)]
+mod test_rig;
+#[cfg(test)]
 mod unpack_tests;

@@ -1,7 +1,7 @@
 //! The engine's byte budgets on paused time: a window's `pacing.bandwidth`
 //! is shared by all of that window's pulls and nested inside the node's.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::reference::ImageRef;
 use crate::config::units::{ByteSize, DiskFloor};
 use crate::config::Pacing;
-use crate::node::fake::{FakeDisk, FakeRegistry, FakeRuntime};
+use crate::node::fake::{FakeRegistry, FakeRuntime};
 use crate::node::manifest::host_platform;
-use crate::node::pace::DiskUsage;
 use crate::node::pull::{Engine, NoopObserver, PullOptions, WindowBandwidth};
+use crate::node::test_rig::Fakes;
 
 const MIB: u64 = 1 << 20;
 
@@ -25,12 +25,7 @@ struct Rig {
 }
 
 fn rig(node_bytes_per_sec: u64) -> Rig {
-    let reg = FakeRegistry::default();
-    let rt = FakeRuntime::new("1.7.24");
-    let disk = Arc::new(FakeDisk(Mutex::new(DiskUsage {
-        free: 1 << 40,
-        total: 2 << 40,
-    })));
+    let fakes = Fakes::new("1.7.24");
     let pacing = Pacing {
         bandwidth: ByteSize(node_bytes_per_sec),
         max_concurrent_pulls: 8,
@@ -38,15 +33,12 @@ fn rig(node_bytes_per_sec: u64) -> Rig {
         disk_floor: DiskFloor::Bytes(0),
         ..Pacing::default()
     };
-    let engine = Engine::new(
-        Arc::new(reg.clone()),
-        Arc::new(rt.clone()),
-        Arc::new(rt.clone()),
-        disk,
-        pacing,
-        Arc::new(NoopObserver),
-    );
-    Rig { reg, rt, engine }
+    let engine = fakes.engine(pacing, Arc::new(NoopObserver));
+    Rig {
+        reg: fakes.reg,
+        rt: fakes.rt,
+        engine,
+    }
 }
 
 impl Rig {

@@ -17,6 +17,7 @@ use crate::node::pace::DiskUsage;
 use crate::node::pin;
 use crate::node::pull::{Engine, NoopObserver, PullError, PullObserver, PullOptions};
 use crate::node::runtime::{ImageStore, CRI_PINNED_LABEL, PREWARM_PINNED_LABEL};
+use crate::node::test_rig::Fakes;
 
 fn layer(seed: u8, len: usize) -> Bytes {
     Bytes::from(
@@ -50,20 +51,9 @@ fn rig_with(version: &str, pacing: Pacing) -> Rig {
 }
 
 fn rig_observed(version: &str, pacing: Pacing, observer: Arc<dyn PullObserver>) -> Rig {
-    let reg = FakeRegistry::default();
-    let rt = FakeRuntime::new(version);
-    let disk = Arc::new(FakeDisk(Mutex::new(DiskUsage {
-        free: 1 << 40,
-        total: 2 << 40,
-    })));
-    let engine = Engine::new(
-        Arc::new(reg.clone()),
-        Arc::new(rt.clone()),
-        Arc::new(rt.clone()),
-        disk.clone(),
-        pacing,
-        observer,
-    );
+    let fakes = Fakes::new(version);
+    let engine = fakes.engine(pacing, observer);
+    let Fakes { reg, rt, disk } = fakes;
     Rig {
         reg,
         rt,

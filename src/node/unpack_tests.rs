@@ -1,7 +1,7 @@
 //! Warm means unpacked for the snapshotter containerd's CRI uses: an image
 //! CRI holds but that is not unpacked there is unpacked again by CRI.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,32 +10,20 @@ use tokio_util::sync::CancellationToken;
 use crate::config::reference::ImageRef;
 use crate::config::units::DiskFloor;
 use crate::config::Pacing;
-use crate::node::fake::{FakeDisk, FakeRegistry, FakeRuntime};
+use crate::node::fake::{FakeRegistry, FakeRuntime};
 use crate::node::manifest::host_platform;
-use crate::node::pace::DiskUsage;
 use crate::node::pull::{Engine, NoopObserver, PullOptions};
+use crate::node::test_rig::Fakes;
 
 fn rig(cri_snapshotter: &str) -> (FakeRegistry, FakeRuntime, Engine) {
-    let reg = FakeRegistry::default();
-    let rt = FakeRuntime::new("2.1.9");
-    rt.lock().snapshotter = Some(cri_snapshotter.to_string());
-    let disk = Arc::new(FakeDisk(Mutex::new(DiskUsage {
-        free: 1 << 40,
-        total: 2 << 40,
-    })));
+    let fakes = Fakes::new("2.1.9");
+    fakes.rt.lock().snapshotter = Some(cri_snapshotter.to_string());
     let pacing = Pacing {
         disk_floor: DiskFloor::Bytes(0),
         ..Pacing::default()
     };
-    let engine = Engine::new(
-        Arc::new(reg.clone()),
-        Arc::new(rt.clone()),
-        Arc::new(rt.clone()),
-        disk,
-        pacing,
-        Arc::new(NoopObserver),
-    );
-    (reg, rt, engine)
+    let engine = fakes.engine(pacing, Arc::new(NoopObserver));
+    (fakes.reg, fakes.rt, engine)
 }
 
 fn opts() -> PullOptions {
