@@ -12,6 +12,11 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 echo "== manifests"
 bash scripts/validate-manifests.sh
+echo "== supply chain"
+# deny.toml's license, duplicate and source rules and digest-pinned base
+# images; the self-test first shows that each check can fail.
+python3 scripts/supply-chain.py --self-test
+python3 scripts/supply-chain.py
 echo "== tests"
 # Each integration test starts its own containerd and registry; two at a
 # time keeps a 2-core machine responsive.
