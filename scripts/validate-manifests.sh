@@ -30,6 +30,11 @@ if ! "$validator" --version 2>/dev/null | grep -qx "$VALIDATOR_VERSION"; then
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$VALIDATOR_VERSION"
 fi
+# A CEL evaluator for the pod-write-guard component's policy (below).
+CEL_VERSION="0.5.0"
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('cel-python') != '$CEL_VERSION')" 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check "cel-python==$CEL_VERSION"
+fi
 
 render() {
   if [ -x "$KUSTOMIZE" ]; then
@@ -103,6 +108,10 @@ PY
     fi
   done
 done
+
+# The pod-write-guard policy's expressions, on the gate's own patches and on
+# the writes it must refuse.
+"$VENV/bin/python" "$ROOT/scripts/test-pod-write-guard.py" || status=1
 
 if [ "$status" -ne 0 ]; then
   echo "validate-manifests: FAILED" >&2
