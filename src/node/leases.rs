@@ -28,10 +28,7 @@ pub const HANDOVER_TTL: Duration = Duration::from_secs(600);
 /// This process's instance id, random per process start.
 pub fn instance() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
-    ID.get_or_init(|| {
-        use rand::Rng;
-        format!("{:016x}", rand::rng().random::<u64>())
-    })
+    ID.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
 }
 
 /// A lease as containerd lists it.

@@ -810,7 +810,5 @@ struct BlobPlan {
 }
 
 fn random_suffix() -> String {
-    use rand::Rng;
-    let n: u64 = rand::rng().random();
-    format!("{n:016x}")
+    format!("{:016x}", rand::random::<u64>())
 }
