@@ -8,7 +8,7 @@ use crate::testkit::apiserver::{BoundToken, MockApi};
 
 fn agent_token(node: Option<&str>, audience: &str) -> BoundToken {
     BoundToken {
-        namespace: "prewarm-system".into(),
+        namespace: "prewarm-node".into(),
         service_account: "prewarm-agent".into(),
         pod: Some("prewarm-agent-x7k2p".into()),
         node: node.map(str::to_string),
@@ -20,7 +20,7 @@ fn auth(api: &MockApi) -> TokenReviewAuth {
     TokenReviewAuth::new(
         api.coordinator_client(),
         AUDIENCE,
-        "prewarm-system",
+        "prewarm-node",
         "prewarm-agent",
     )
 }
@@ -42,7 +42,7 @@ async fn a_token_bound_to_a_pod_only_is_resolved_through_the_pod() {
     api.put(
         "api/v1/pods",
         json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "prewarm-agent-x7k2p", "namespace": "prewarm-system"},
+               "metadata": {"name": "prewarm-agent-x7k2p", "namespace": "prewarm-node"},
                "spec": {"nodeName": "aks-int-2", "containers": []}}),
     );
     assert_eq!(auth(&api).node_of("pod-only").await, Ok("aks-int-2".into()));
@@ -72,7 +72,7 @@ async fn foreign_tokens_are_refused() {
     assert_eq!(
         a.node_of("other-sa").await,
         Err(AuthError::WrongIdentity(
-            "system:serviceaccount:prewarm-system:default".into()
+            "system:serviceaccount:prewarm-node:default".into()
         ))
     );
     let mut unbound = agent_token(None, AUDIENCE);
