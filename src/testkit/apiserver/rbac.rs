@@ -490,3 +490,83 @@ pub fn recorded_uses(dir: &Path) -> BTreeSet<Grant> {
     }
     out
 }
+
+#[cfg(test)]
+mod loader_tests {
+    use super::*;
+
+    fn coordinator_may(p: &Policy, verb: &str, resource: &str, ns: &str) -> bool {
+        let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
+        let a = Attributes {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: None,
+            namespace: Some(ns.into()),
+            name: Some("x".into()),
+        };
+        p.authorize(&Identity::coordinator(), &a).is_some()
+    }
+
+    /// The shipped Roles bind in the namespaces their files state; an
+    /// extra file's RoleBinding binds in its own namespace only.
+    #[test]
+    fn namespaces_come_from_each_object() {
+        let shipped = Policy::shipped();
+        assert!(coordinator_may(&shipped, "get", "pods", "prewarm-node"));
+        assert!(!coordinator_may(&shipped, "get", "pods", "prewarm-system"));
+        assert!(coordinator_may(
+            &shipped,
+            "create",
+            "leases.coordination.k8s.io",
+            "prewarm-system"
+        ));
+        assert!(!coordinator_may(
+            &shipped,
+            "create",
+            "leases.coordination.k8s.io",
+            "prewarm-node"
+        ));
+        assert!(!coordinator_may(
+            &shipped,
+            "patch",
+            "deployments.apps",
+            "erp"
+        ));
+        let bound = shipped.with_file("config/integrations-deploygroup.yaml");
+        assert!(coordinator_may(&bound, "patch", "deployments.apps", "erp"));
+        assert!(coordinator_may(&bound, "create", "jobs.batch", "erp"));
+        assert!(!coordinator_may(
+            &bound,
+            "patch",
+            "deployments.apps",
+            "shop"
+        ));
+    }
+
+    /// A Role or RoleBinding without a namespace would land wherever
+    /// kubectl defaults to: an error naming it, not a cluster-wide grant.
+    #[test]
+    fn a_role_binding_without_a_namespace_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            "resources: [rbac.yaml]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("rbac.yaml"),
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {name: loose}\nroleRef: {kind: ClusterRole, name: admin}\n\
+             subjects: [{kind: ServiceAccount, name: a, namespace: b}]\n",
+        )
+        .unwrap();
+        let err = Policy::from_kustomization(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("rbac.yaml: RoleBinding loose: no metadata.namespace"),
+            "{err}"
+        );
+    }
+}
