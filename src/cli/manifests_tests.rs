@@ -620,7 +620,7 @@ fn the_cluster_wide_role_cannot_write_deploy_group_members() {
         for res in items(&rule["resources"]).iter().filter_map(Value::as_str) {
             if guarded.contains(&res) {
                 assert!(
-                    verbs.iter().all(|v| ["list", "watch"].contains(v)),
+                    verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
                     "ClusterRole prewarm-coordinator: {res} {verbs:?}"
                 );
             }
