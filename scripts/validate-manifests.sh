@@ -79,7 +79,8 @@ for target in "${targets[@]}"; do
     printf '\n---\n' >>"$rendered"
     "$VENV/bin/python" - "$ROOT/config/integrations-deploygroup.yaml" >>"$rendered" <<'PY'
 import sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and "/" not in d["apiVersion"].replace("apps/v1", "v1")]
+builtin = ("v1", "apps/v1", "rbac.authorization.k8s.io/v1")
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["apiVersion"] in builtin]
 print(yaml.safe_dump_all(docs), end="")
 PY
   fi

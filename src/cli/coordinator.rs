@@ -35,12 +35,18 @@ pub struct CoordinatorArgs {
     /// publishes it as the ConfigMap --ca-configmap for the agents.
     #[arg(long, env = "PREWARM_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
-    /// ConfigMap (key ca.crt, in --namespace) the CA is published as.
+    /// ConfigMap (key ca.crt, in --agent-namespace) the CA is published as.
     #[arg(long, default_value = prewarm::coordinator::ca::CA_CONFIGMAP)]
     pub ca_configmap: String,
-    /// Namespace of the agents' ServiceAccount.
+    /// The coordinator's own namespace: its leader Lease and the pods the
+    /// leader label goes on.
     #[arg(long, env = "POD_NAMESPACE", default_value = "prewarm-system")]
     pub namespace: String,
+    /// The agents' namespace: their ServiceAccount's (checked in every
+    /// TokenReview), where the CA ConfigMap is published, and where an
+    /// agent's pod is read when its token names no node.
+    #[arg(long, env = "PREWARM_AGENT_NAMESPACE", default_value = "prewarm-node")]
+    pub agent_namespace: String,
     #[arg(long, default_value = "prewarm-agent")]
     pub agent_service_account: String,
     /// Instead of TokenReview: a file of `token node` lines (development only).
@@ -150,7 +156,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             let reviews = TokenReviewAuth::new(
                 client,
                 AUDIENCE,
-                &args.namespace,
+                &args.agent_namespace,
                 &args.agent_service_account,
             );
             let cfg = CacheConfig {
@@ -228,7 +234,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             Some(file) => {
                 let publisher = prewarm::coordinator::ca::CaPublisher::new(
                     client.clone(),
-                    &args.namespace,
+                    &args.agent_namespace,
                     &args.ca_configmap,
                     file.clone(),
                 );

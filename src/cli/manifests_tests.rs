@@ -467,3 +467,241 @@ fn the_cert_manager_component_issues_the_coordinators_secret() {
         assert_eq!(o["metadata"]["namespace"], ns, "{}", o["metadata"]["name"]);
     }
 }
+
+// ---- namespaces, RBAC and NetworkPolicies ----
+
+fn labels_of(o: &Value) -> &serde_json::Map<String, Value> {
+    o["metadata"]["labels"].as_object().expect("labels")
+}
+
+/// The agent alone in a `privileged` namespace, the coordinator in one
+/// that enforces `restricted` (and its pod meets it).
+#[test]
+fn each_component_runs_in_its_own_pod_security_level() {
+    let r = base();
+    let node = labels_of(r.find("Namespace", "prewarm-node"));
+    assert_eq!(node["pod-security.kubernetes.io/enforce"], "privileged");
+    let system = labels_of(r.find("Namespace", "prewarm-system"));
+    assert_eq!(system["pod-security.kubernetes.io/enforce"], "restricted");
+    assert_eq!(
+        system["pod-security.kubernetes.io/enforce-version"],
+        "latest"
+    );
+    for ns in [node, system] {
+        assert!(
+            !ns.contains_key("pod-security.kubernetes.io/warn"),
+            "{ns:?}"
+        );
+        assert!(
+            !ns.contains_key("pod-security.kubernetes.io/audit"),
+            "{ns:?}"
+        );
+    }
+    assert_eq!(
+        r.find("DaemonSet", "prewarm-agent")["metadata"]["namespace"],
+        "prewarm-node"
+    );
+    assert_eq!(
+        r.find("Deployment", "prewarm-coordinator")["metadata"]["namespace"],
+        "prewarm-system"
+    );
+    // What `restricted` checks of the coordinator's pod.
+    let pod = r.coordinator_pod();
+    assert!(host_paths(pod).is_empty());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = container(pod, "coordinator");
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert!(c["securityContext"]["capabilities"]["add"].is_null());
+    // The coordinator knows where the agents are.
+    let env = items(&c["env"]);
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "PREWARM_AGENT_NAMESPACE" && e["value"] == "prewarm-node"));
+    // The gate webhook never gates prewarm's own pods.
+    let webhook = r.find("MutatingWebhookConfiguration", "prewarm-gate");
+    let excluded = &webhook["webhooks"][0]["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(excluded["operator"], "NotIn");
+    for ns in ["prewarm-node", "prewarm-system"] {
+        assert!(
+            items(&excluded["values"]).iter().any(|v| v == ns),
+            "{excluded}"
+        );
+    }
+    assert_eq!(
+        webhook["webhooks"][0]["clientConfig"]["service"]["namespace"],
+        "prewarm-system"
+    );
+}
+
+/// No kustomize `namespace:` transformer (it would put both components in
+/// one namespace): every namespaced object of daemonset/ states its own,
+/// and every ServiceAccount subject names the namespace its account is in.
+#[test]
+fn every_namespaced_object_states_its_namespace() {
+    let dir = root().join("daemonset");
+    let k: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
+            .unwrap();
+    assert!(
+        k.get("namespace").is_none(),
+        "kustomization.yaml sets namespace:"
+    );
+    const CLUSTER_SCOPED: [&str; 5] = [
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "MutatingWebhookConfiguration",
+    ];
+    for file in items(&k["resources"]) {
+        let file = file.as_str().unwrap();
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let o = Value::deserialize(doc).unwrap();
+            let kind = o["kind"].as_str().unwrap_or_default();
+            if o.is_null() || CLUSTER_SCOPED.contains(&kind) {
+                continue;
+            }
+            let want = if file.starts_with("agent-") {
+                "prewarm-node"
+            } else {
+                "prewarm-system"
+            };
+            let ns = o["metadata"]["namespace"].as_str();
+            // The coordinator's Roles in the agents' namespace.
+            let agents_ns_role = file == "coordinator-rbac.yaml" && ns == Some("prewarm-node");
+            assert!(
+                ns == Some(want) || agents_ns_role,
+                "{file}: {kind} {} has namespace {ns:?}, not {want}",
+                o["metadata"]["name"]
+            );
+        }
+    }
+    let r = base();
+    let accounts: Vec<(String, String)> = r
+        .all("ServiceAccount")
+        .map(|sa| {
+            let m = &sa["metadata"];
+            (m["namespace"].to_string(), m["name"].to_string())
+        })
+        .collect();
+    for b in r.all("RoleBinding").chain(r.all("ClusterRoleBinding")) {
+        for s in items(&b["subjects"]) {
+            let ours = (s["namespace"].to_string(), s["name"].to_string());
+            assert!(
+                accounts.contains(&ours),
+                "{}: subject {s}",
+                b["metadata"]["name"]
+            );
+        }
+    }
+}
+
+/// The cluster-wide ClusterRole writes no Deployment, Job or ScaledObject;
+/// those are in prewarm-deploygroup, which nothing in the install binds.
+#[test]
+fn the_cluster_wide_role_cannot_write_deploy_group_members() {
+    let r = base();
+    let role = r.find("ClusterRole", "prewarm-coordinator");
+    let guarded = ["deployments", "jobs", "scaledobjects"];
+    for rule in items(&role["rules"]) {
+        let verbs: Vec<&str> = items(&rule["verbs"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for res in items(&rule["resources"]).iter().filter_map(Value::as_str) {
+            if guarded.contains(&res) {
+                assert!(
+                    verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                    "ClusterRole prewarm-coordinator: {res} {verbs:?}"
+                );
+            }
+            assert_ne!(res, "*", "{rule}");
+        }
+        assert!(!verbs.contains(&"*"), "{rule}");
+    }
+    // Pods: only what the gate needs cluster-wide (get is agents-only).
+    let pods = items(&role["rules"])
+        .iter()
+        .find(|r| items(&r["resources"]).iter().any(|x| x == "pods"))
+        .expect("a pods rule");
+    assert_eq!(pods["verbs"], serde_json::json!(["list", "watch", "patch"]));
+    r.find("ClusterRole", "prewarm-deploygroup");
+    for b in r.all("ClusterRoleBinding").chain(r.all("RoleBinding")) {
+        assert_ne!(b["roleRef"]["name"], "prewarm-deploygroup", "{b}");
+    }
+}
+
+/// Both components ship a NetworkPolicy selecting their pods and opening
+/// exactly the ports they listen on; the link only to agent pods.
+#[test]
+fn network_policies_open_only_the_listened_ports() {
+    let r = base();
+    let ports_of = |rule: &Value| -> Vec<i64> {
+        items(&rule["ports"])
+            .iter()
+            .map(|p| {
+                assert_eq!(p["protocol"], "TCP");
+                p["port"].as_i64().expect("numeric port")
+            })
+            .collect()
+    };
+    let selects = |np: &Value, pod_labels: &Value| {
+        let sel = np["spec"]["podSelector"]["matchLabels"]
+            .as_object()
+            .unwrap();
+        assert!(!sel.is_empty());
+        for (k, v) in sel {
+            assert_eq!(&pod_labels[k], v, "{}: {k}", np["metadata"]["name"]);
+        }
+    };
+
+    let agent = r.find("NetworkPolicy", "prewarm-agent");
+    assert_eq!(agent["metadata"]["namespace"], "prewarm-node");
+    let ds = r.find("DaemonSet", "prewarm-agent");
+    selects(agent, &ds["spec"]["template"]["metadata"]["labels"]);
+    assert_eq!(agent["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = items(&agent["spec"]["ingress"]);
+    assert_eq!(rules.len(), 1);
+    let metrics = named_port(&container(r.agent_pod(), "agent")["ports"], "metrics");
+    assert_eq!(ports_of(&rules[0]), vec![metrics]);
+
+    let coord = r.find("NetworkPolicy", "prewarm-coordinator");
+    assert_eq!(coord["metadata"]["namespace"], "prewarm-system");
+    let deploy = r.find("Deployment", "prewarm-coordinator");
+    selects(coord, &deploy["spec"]["template"]["metadata"]["labels"]);
+    let rules = items(&coord["spec"]["ingress"]);
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    let grpc = i64::from(coordinator_args(r).grpc_listen.port());
+    assert_eq!(ports_of(&rules[0]), vec![grpc]);
+    let from = items(&rules[0]["from"]);
+    assert_eq!(from.len(), 1);
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"],
+        serde_json::json!({"kubernetes.io/metadata.name": "prewarm-node"})
+    );
+    let agent_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in from[0]["podSelector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&agent_labels[k], v);
+    }
+    // Every other listened port, from anywhere (no `from`).
+    let c = container(r.coordinator_pod(), "coordinator");
+    let mut others: Vec<i64> = items(&c["ports"])
+        .iter()
+        .map(|p| p["containerPort"].as_i64().unwrap())
+        .filter(|p| *p != grpc)
+        .collect();
+    others.sort();
+    let mut open = ports_of(&rules[1]);
+    open.sort();
+    assert_eq!(open, others);
+    assert!(rules[1]["from"].is_null());
+}

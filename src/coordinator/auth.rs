@@ -43,6 +43,8 @@ pub struct TokenReviewAuth {
     audience: String,
     /// `system:serviceaccount:<namespace>:<name>` of the agents.
     agent_user: String,
+    /// The agents' namespace, where their pods are read.
+    agent_namespace: String,
 }
 
 impl TokenReviewAuth {
@@ -56,6 +58,7 @@ impl TokenReviewAuth {
             client,
             audience: audience.to_string(),
             agent_user: format!("system:serviceaccount:{namespace}:{service_account}"),
+            agent_namespace: namespace.to_string(),
         }
     }
 }
@@ -98,8 +101,7 @@ impl Authenticator for TokenReviewAuth {
             .get(POD_NAME_EXTRA)
             .and_then(|v| v.first())
             .ok_or(AuthError::Unbound)?;
-        let namespace = name.split(':').nth(2).unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.agent_namespace);
         let p = pods
             .get(pod)
             .await

@@ -8,7 +8,7 @@ use crate::testkit::apiserver::{BoundToken, MockApi};
 
 fn agent_token(node: Option<&str>, audience: &str) -> BoundToken {
     BoundToken {
-        namespace: "prewarm-system".into(),
+        namespace: "prewarm-node".into(),
         service_account: "prewarm-agent".into(),
         pod: Some("prewarm-agent-x7k2p".into()),
         node: node.map(str::to_string),
@@ -20,7 +20,7 @@ fn auth(api: &MockApi) -> TokenReviewAuth {
     TokenReviewAuth::new(
         api.coordinator_client(),
         AUDIENCE,
-        "prewarm-system",
+        "prewarm-node",
         "prewarm-agent",
     )
 }
@@ -42,11 +42,53 @@ async fn a_token_bound_to_a_pod_only_is_resolved_through_the_pod() {
     api.put(
         "api/v1/pods",
         json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "prewarm-agent-x7k2p", "namespace": "prewarm-system"},
+               "metadata": {"name": "prewarm-agent-x7k2p", "namespace": "prewarm-node"},
                "spec": {"nodeName": "aks-int-2", "containers": []}}),
     );
     assert_eq!(auth(&api).node_of("pod-only").await, Ok("aks-int-2".into()));
     assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
+}
+
+/// The pod fallback reads pods in the agents' namespace only: the Role
+/// that grants `get` lives in prewarm-node, no longer cluster-wide. A
+/// coordinator pointed at another agent namespace (here the old layout,
+/// agents beside it in prewarm-system) is refused, and says it cannot
+/// resolve the token rather than accepting it.
+#[tokio::test]
+async fn the_pod_fallback_is_refused_outside_the_agents_namespace() {
+    let api = MockApi::new();
+    let mut token = agent_token(None, AUDIENCE);
+    token.namespace = "prewarm-system".into();
+    api.issue_token("pod-only", token);
+    api.put(
+        "api/v1/pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "prewarm-agent-x7k2p", "namespace": "prewarm-system"},
+               "spec": {"nodeName": "aks-int-2", "containers": []}}),
+    );
+    let a = TokenReviewAuth::new(
+        api.coordinator_client(),
+        AUDIENCE,
+        "prewarm-system",
+        "prewarm-agent",
+    );
+    let got = a.node_of("pod-only").await;
+    assert!(
+        matches!(&got, Err(AuthError::Unavailable(m)) if m.contains("forbidden")),
+        "{got:?}"
+    );
+    let refused: Vec<(String, String)> = api
+        .forbidden()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![(
+            "GET".to_string(),
+            "/api/v1/namespaces/prewarm-system/pods/prewarm-agent-x7k2p".to_string()
+        )]
+    );
 }
 
 #[tokio::test]
@@ -72,7 +114,7 @@ async fn foreign_tokens_are_refused() {
     assert_eq!(
         a.node_of("other-sa").await,
         Err(AuthError::WrongIdentity(
-            "system:serviceaccount:prewarm-system:default".into()
+            "system:serviceaccount:prewarm-node:default".into()
         ))
     );
     let mut unbound = agent_token(None, AUDIENCE);

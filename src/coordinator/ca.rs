@@ -1,6 +1,7 @@
 //! Publishes the CA bundle of the coordinator's serving certificate (`ca.crt`
-//! of its mounted Secret) as the ConfigMap [`CA_CONFIGMAP`] in its own
-//! namespace, the way kube-root-ca.crt is published. Agents mount that
+//! of its mounted Secret) as the ConfigMap [`CA_CONFIGMAP`] in the agents'
+//! namespace (`--agent-namespace`), the way kube-root-ca.crt is published.
+//! Agents mount that
 //! ConfigMap, so no node ever reads the Secret with the serving key.
 //!
 //! Only the leader writes it (one writer: two replicas that see a renewed
@@ -200,7 +201,7 @@ mod tests {
     use super::*;
     use crate::testkit::apiserver::MockApi;
 
-    const NS: &str = "prewarm-system";
+    const NS: &str = "prewarm-node";
     const RESOURCE: &str = "api/v1/configmaps";
 
     fn pem(n: u8) -> String {

@@ -174,3 +174,48 @@ async fn a_missing_workload_is_an_error_and_nothing_is_posted() {
     server.await.unwrap();
     assert!(matches!(err, kube::Error::Api(s) if s.code == 404));
 }
+
+/// Against the shipped RBAC: the leader reads each kind of workload for its
+/// uid and records the Event in the workload's namespace, refused nothing.
+#[tokio::test]
+async fn warm_events_are_allowed_by_the_shipped_rbac_for_every_workload_kind() {
+    use crate::testkit::apiserver::MockApi;
+    let api = MockApi::new();
+    let kinds = [
+        (
+            WorkloadKind::Deployment,
+            "apis/apps/v1/deployments",
+            "Deployment",
+        ),
+        (
+            WorkloadKind::StatefulSet,
+            "apis/apps/v1/statefulsets",
+            "StatefulSet",
+        ),
+        (
+            WorkloadKind::DaemonSet,
+            "apis/apps/v1/daemonsets",
+            "DaemonSet",
+        ),
+    ];
+    for (kind, resource, k) in kinds {
+        api.put(
+            resource,
+            serde_json::json!({"apiVersion": "apps/v1", "kind": k,
+                "metadata": {"name": "w", "namespace": "integrations", "uid": format!("uid-{k}")},
+                "spec": {}}),
+        );
+        let w = WorkloadRef {
+            kind,
+            namespace: "integrations".into(),
+            name: "w".into(),
+        };
+        let got = warm_event_as(&api.coordinator_client(), "i", &w, "warm").await;
+        let event = got.unwrap_or_else(|e| panic!("{k}: {e}"));
+        assert_eq!(
+            event.involved_object.uid.as_deref(),
+            Some(format!("uid-{k}").as_str())
+        );
+    }
+    assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
+}

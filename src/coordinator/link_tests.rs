@@ -172,7 +172,7 @@ async fn streams_are_bound_by_token_review() {
         api.issue_token(
             &format!("sa-{n}"),
             BoundToken {
-                namespace: "prewarm-system".into(),
+                namespace: "prewarm-node".into(),
                 service_account: "prewarm-agent".into(),
                 pod: Some(format!("prewarm-agent-{n}")),
                 node: Some(n.into()),
@@ -183,7 +183,7 @@ async fn streams_are_bound_by_token_review() {
     let reviews = TokenReviewAuth::new(
         api.coordinator_client(),
         AUDIENCE,
-        "prewarm-system",
+        "prewarm-node",
         "prewarm-agent",
     );
     let cfg = CacheConfig {

@@ -160,8 +160,11 @@ pub fn previous_template(
 }
 
 mod checks;
+mod rbac;
 use checks::api_message;
 pub use checks::job_result;
+use rbac::Unobserved;
+pub use rbac::DEPLOYGROUP_ROLE;
 
 /// What one reconcile read about a group's members: what the state machine
 /// needs, plus what the effectors reuse instead of reading it again.
@@ -338,8 +341,12 @@ impl Deploys {
         let status = group.status.clone().unwrap_or_default();
         // A member that could not be read is unknown, not gone: decide
         // nothing this round rather than fail a step over an API hiccup.
-        let Some(observed) = self.observe(ns, &group, &status).await else {
-            return;
+        let observed = match self.observe(ns, &group, &status).await {
+            Ok(o) => o,
+            Err(Unobserved::Forbidden(message)) => {
+                return self.refused(key, obj, &status, message).await;
+            }
+            Err(Unobserved::Api) => return,
         };
         let obs = &observed.members;
         let mut decision = deploy::decide(&group.spec, generation, &status, obs, Utc::now());
@@ -368,6 +375,9 @@ impl Deploys {
                 .apply(key, obj, &group, &status, &observed, action, &mut intents)
                 .await
             {
+                if let Some(m) = rbac::missing_grant(&e, ns) {
+                    decision.status.message = m;
+                }
                 tracing::warn!(group = %format!("{ns}/{name}"), error = %e, "deploy action failed; retried on the next reconcile");
             }
         }
@@ -430,12 +440,18 @@ impl Deploys {
         ns: &str,
         group: &DeployGroup,
         status: &DeployGroupStatus,
-    ) -> Option<Observed> {
+    ) -> Result<Observed, Unobserved> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         let scaled: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), ns, &scaledobject_resource());
         let scaled_objects = match scaled.list(&ListParams::default()).await {
             Ok(l) => l.items,
+            // The first request that needs the namespace's RoleBinding.
+            Err(e) if rbac::missing_grant(&e, ns).is_some() => {
+                return Err(Unobserved::Forbidden(
+                    rbac::missing_grant(&e, ns).unwrap_or_default(),
+                ));
+            }
             Err(e) => {
                 tracing::debug!(namespace = ns, error = %e, "no ScaledObjects (is KEDA installed?)");
                 Vec::new()
@@ -453,7 +469,7 @@ impl Deploys {
             Ok(l) => l.items,
             Err(e) => {
                 tracing::warn!(namespace = ns, error = %e, "members not read; retrying");
-                return None;
+                return Err(Unobserved::Api);
             }
         };
         for m in &group.spec.members {
@@ -513,7 +529,7 @@ impl Deploys {
             }
             out.members.insert(m.deployment.clone(), o);
         }
-        Some(out)
+        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]

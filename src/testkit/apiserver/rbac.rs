@@ -46,9 +46,9 @@ impl Identity {
         }
     }
 
-    /// The node agent as `daemonset/` deploys it.
+    /// The node agent as `daemonset/` deploys it (its own namespace).
     pub fn agent() -> Self {
-        Self::service_account("prewarm-system", "prewarm-agent")
+        Self::service_account("prewarm-node", "prewarm-agent")
     }
 }
 
@@ -242,7 +242,10 @@ impl Policy {
     }
 
     /// Reads every Role, ClusterRole and binding among the kustomization's
-    /// resources, with its `namespace:` applied as kustomize would.
+    /// resources. Roles and RoleBindings state their `metadata.namespace`
+    /// (a kustomization `namespace:`, if any, overrides it as kustomize
+    /// would); one without a namespace is an error, since it would land in
+    /// whatever namespace `kubectl` defaults to.
     pub fn from_kustomization(dir: &Path) -> Result<Self, PolicyError> {
         let kpath = dir.join("kustomization.yaml");
         let k: Kustomization =
@@ -253,15 +256,35 @@ impl Policy {
             if path.is_dir() {
                 continue;
             }
-            let text = read(&path)?;
-            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-                let doc = serde_json::Value::deserialize(doc).map_err(|e| bad(&path, e))?;
-                policy
-                    .add(file, &doc, k.namespace.as_deref())
-                    .map_err(|e| bad(&path, e))?;
-            }
+            policy.add_file(file, &path, k.namespace.as_deref())?;
         }
         Ok(policy)
+    }
+
+    /// This policy with the RBAC objects of one more manifest file (e.g. a
+    /// namespace's RoleBinding to `prewarm-deploygroup` from
+    /// config/integrations-deploygroup.yaml), each in the namespace its
+    /// `metadata.namespace` states; other kinds in the file are ignored. A
+    /// relative path is read from the source tree's root. Panics with the
+    /// path and the reason when the file cannot be read (tests only).
+    pub fn with_file(mut self, path: impl AsRef<Path>) -> Self {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path.as_ref());
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.add_file(&file, &path, None)
+            .unwrap_or_else(|e| panic!("RBAC of {}: {e}", path.display()));
+        self
+    }
+
+    fn add_file(&mut self, file: &str, path: &Path, ns: Option<&str>) -> Result<(), PolicyError> {
+        let text = read(path)?;
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let doc = serde_json::Value::deserialize(doc).map_err(|e| bad(path, e))?;
+            self.add(file, &doc, ns).map_err(|e| bad(path, e))?;
+        }
+        Ok(())
     }
 
     fn add(&mut self, file: &str, doc: &serde_json::Value, ns: Option<&str>) -> Result<(), String> {
@@ -269,9 +292,14 @@ impl Policy {
         let name = str_at(doc, "/metadata/name")
             .unwrap_or_default()
             .to_string();
-        let own_ns = || {
-            ns.or_else(|| str_at(doc, "/metadata/namespace"))
-                .map(str::to_string)
+        // Roles and RoleBindings only: the others are cluster-wide.
+        let namespace = match kind {
+            "Role" | "RoleBinding" => Some(
+                ns.or_else(|| str_at(doc, "/metadata/namespace"))
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{kind} {name}: no metadata.namespace"))?,
+            ),
+            _ => None,
         };
         match kind {
             "Role" | "ClusterRole" => {
@@ -281,7 +309,7 @@ impl Policy {
                     file: file.to_string(),
                     kind: kind.to_string(),
                     name,
-                    namespace: (kind == "Role").then(own_ns).flatten(),
+                    namespace,
                     rules,
                 });
             }
@@ -289,7 +317,7 @@ impl Policy {
                 let subjects: Vec<Subject> = serde_json::from_value(doc["subjects"].clone())
                     .map_err(|e| format!("{kind} {name}: subjects: {e}"))?;
                 self.bindings.push(Binding {
-                    namespace: (kind == "RoleBinding").then(own_ns).flatten(),
+                    namespace,
                     role_kind: str_at(doc, "/roleRef/kind").unwrap_or_default().to_string(),
                     role_name: str_at(doc, "/roleRef/name").unwrap_or_default().to_string(),
                     subjects,
@@ -461,4 +489,84 @@ pub fn recorded_uses(dir: &Path) -> BTreeSet<Grant> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod loader_tests {
+    use super::*;
+
+    fn coordinator_may(p: &Policy, verb: &str, resource: &str, ns: &str) -> bool {
+        let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
+        let a = Attributes {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: None,
+            namespace: Some(ns.into()),
+            name: Some("x".into()),
+        };
+        p.authorize(&Identity::coordinator(), &a).is_some()
+    }
+
+    /// The shipped Roles bind in the namespaces their files state; an
+    /// extra file's RoleBinding binds in its own namespace only.
+    #[test]
+    fn namespaces_come_from_each_object() {
+        let shipped = Policy::shipped();
+        assert!(coordinator_may(&shipped, "get", "pods", "prewarm-node"));
+        assert!(!coordinator_may(&shipped, "get", "pods", "prewarm-system"));
+        assert!(coordinator_may(
+            &shipped,
+            "create",
+            "leases.coordination.k8s.io",
+            "prewarm-system"
+        ));
+        assert!(!coordinator_may(
+            &shipped,
+            "create",
+            "leases.coordination.k8s.io",
+            "prewarm-node"
+        ));
+        assert!(!coordinator_may(
+            &shipped,
+            "patch",
+            "deployments.apps",
+            "erp"
+        ));
+        let bound = shipped.with_file("config/integrations-deploygroup.yaml");
+        assert!(coordinator_may(&bound, "patch", "deployments.apps", "erp"));
+        assert!(coordinator_may(&bound, "create", "jobs.batch", "erp"));
+        assert!(!coordinator_may(
+            &bound,
+            "patch",
+            "deployments.apps",
+            "shop"
+        ));
+    }
+
+    /// A Role or RoleBinding without a namespace would land wherever
+    /// kubectl defaults to: an error naming it, not a cluster-wide grant.
+    #[test]
+    fn a_role_binding_without_a_namespace_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            "resources: [rbac.yaml]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("rbac.yaml"),
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {name: loose}\nroleRef: {kind: ClusterRole, name: admin}\n\
+             subjects: [{kind: ServiceAccount, name: a, namespace: b}]\n",
+        )
+        .unwrap();
+        let err = Policy::from_kustomization(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("rbac.yaml: RoleBinding loose: no metadata.namespace"),
+            "{err}"
+        );
+    }
 }

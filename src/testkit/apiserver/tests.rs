@@ -113,14 +113,14 @@ async fn rbac_refuses_what_no_rule_allows_with_the_real_message() {
     assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
     assert_eq!(
         e.message,
-        "nodes is forbidden: User \"system:serviceaccount:prewarm-system:prewarm-agent\" \
+        "nodes is forbidden: User \"system:serviceaccount:prewarm-node:prewarm-agent\" \
          cannot list resource \"nodes\" in API group \"\" at the cluster scope"
     );
     let pods: Api<Pod> = Api::namespaced(api.agent_client(), "ns");
     let e = err_of(pods.get("a").await);
     assert_eq!(
         e.message,
-        "pods \"a\" is forbidden: User \"system:serviceaccount:prewarm-system:prewarm-agent\" \
+        "pods \"a\" is forbidden: User \"system:serviceaccount:prewarm-node:prewarm-agent\" \
          cannot get resource \"pods\" in API group \"\" in the namespace \"ns\""
     );
     // Refusals are recorded with their code; an unknown caller gets nothing.
@@ -438,7 +438,7 @@ async fn leases_events_and_token_reviews_are_checked() {
     api.issue_token(
         "t1",
         BoundToken {
-            namespace: "prewarm-system".into(),
+            namespace: "prewarm-node".into(),
             service_account: "prewarm-agent".into(),
             pod: Some("prewarm-agent-x".into()),
             node: Some("n1".into()),
@@ -461,7 +461,7 @@ async fn leases_events_and_token_reviews_are_checked() {
     let user = st.user.unwrap();
     assert_eq!(
         user.username.as_deref(),
-        Some("system:serviceaccount:prewarm-system:prewarm-agent")
+        Some("system:serviceaccount:prewarm-node:prewarm-agent")
     );
     assert_eq!(
         user.extra.unwrap()["authentication.kubernetes.io/node-name"],

@@ -9,7 +9,7 @@ use super::*;
 /// malformed group does not keep a valid one from being adopted.
 #[tokio::test]
 async fn bad_groups_are_invalid_with_a_clear_message_and_touch_nothing() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, false));
     api.put(DEPLOYMENTS, deployment("billing", BILLING_1, false));
     api.put(DEPLOYMENTS, deployment("web", WEB_1, false));
@@ -64,7 +64,7 @@ async fn bad_groups_are_invalid_with_a_clear_message_and_touch_nothing() {
             "{name}"
         );
     }
-    let malformed = "DeployGroup shop/malformed is malformed: spec.quiesce: \
+    let malformed = "DeployGroup erp/malformed is malformed: spec.quiesce: \
                      invalid duration \"soon\": expected numbers with units h, m, s or ms, \
                      like \"90s\", \"10m\", \"1h\" or \"1h30m\"";
     let st = wait_status(&api, "malformed", "malformed", |s| s["phase"] == "Invalid").await;
@@ -118,7 +118,7 @@ async fn bad_groups_are_invalid_with_a_clear_message_and_touch_nothing() {
 /// Warning `NotPaused` Event.
 #[tokio::test]
 async fn a_member_unpaused_out_of_turn_is_paused_again() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, false));
     api.put(DEPLOYMENTS, deployment("billing", BILLING_1, false));
     api.put(
@@ -183,7 +183,7 @@ async fn a_member_unpaused_out_of_turn_is_paused_again() {
 /// Warning `NoScaledObject` Event and no write to any ScaledObject.
 #[tokio::test]
 async fn a_member_without_a_scaled_object_steps_without_keda() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
     // Neither is orders' own: another Deployment's, and another namespace's.
     api.put(SCALED, scaled_object(NS, "web-so", "web"));
@@ -221,7 +221,7 @@ async fn a_member_without_a_scaled_object_steps_without_keda() {
         "NoScaledObject",
         "orders: no ScaledObject found; autoscaling is not paused during the step",
     );
-    for so in [("shop", "web-so"), ("staging", "orders-so")] {
+    for so in [(NS, "web-so"), ("staging", "orders-so")] {
         let o = api.object(SCALED, so.0, so.1).unwrap();
         assert!(o["metadata"].get("annotations").is_none(), "{o:#}");
     }
@@ -235,7 +235,7 @@ async fn a_member_without_a_scaled_object_steps_without_keda() {
 /// pause, one unpause) and finishes once the check passes.
 #[tokio::test]
 async fn a_restarted_effector_resumes_the_step_where_it_stood() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
     api.put(SCALED, scaled_object(NS, "orders-so", "orders"));
     let ep = Endpoint::start(503).await;
@@ -314,7 +314,7 @@ async fn a_restarted_effector_resumes_the_step_where_it_stood() {
 /// A replica that is not the leader writes nothing; once it leads, it acts.
 #[tokio::test]
 async fn a_follower_writes_nothing_until_it_leads() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, false));
     api.put(
         GROUPS,
@@ -363,7 +363,7 @@ async fn a_step_is_never_decided_from_a_copy_older_than_our_own_write() {
         ..opts()
     };
     for round in 0..20 {
-        let api = MockApi::new();
+        let api = api();
         api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
         api.put(SCALED, scaled_object(NS, "orders-so", "orders"));
         api.put(

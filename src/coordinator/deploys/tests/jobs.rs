@@ -79,7 +79,7 @@ async fn job_group(api: &MockApi, overrides: Value) -> (Harness, String) {
 /// Jobs, so the step sat in Validating until its timeout.
 #[tokio::test]
 async fn a_validation_job_left_from_an_earlier_step_is_replaced() {
-    let api = MockApi::new();
+    let api = api();
     let name = deploy::job_name("orders", &hash_of(&template("orders", ORDERS_2)));
     api.put(
         JOBS,
@@ -116,7 +116,7 @@ async fn a_validation_job_left_from_an_earlier_step_is_replaced() {
 /// labelled with it, and its completion passes validation.
 #[tokio::test]
 async fn a_validation_job_is_created_and_its_completion_passes_the_step() {
-    let api = MockApi::new();
+    let api = api();
     let (h, name, _) = job_step(&api).await;
     // Not done yet: the step waits and the Job is not created again.
     let again = api
@@ -162,7 +162,7 @@ async fn a_validation_job_is_created_and_its_completion_passes_the_step() {
 /// and its timeout say why, not "has not completed".
 #[tokio::test]
 async fn a_validation_job_that_cannot_be_started_says_why() {
-    let api = MockApi::with_policy(Policy::shipped().without("jobs.batch", "delete"));
+    let api = MockApi::with_policy(deploygroup_policy().without("jobs.batch", "delete"));
     let name = deploy::job_name("orders", &hash_of(&template("orders", ORDERS_2)));
     api.put(
         JOBS,
@@ -195,7 +195,7 @@ async fn a_validation_job_that_cannot_be_started_says_why() {
 /// A Job that fails halts the group at once, with the Job's message.
 #[tokio::test]
 async fn a_failed_validation_job_halts_the_group_at_once() {
-    let api = MockApi::new();
+    let api = api();
     let (h, name, post) = job_step(&api).await;
     api.update(JOBS, NS, &name, |j| {
         j["status"] = json!({"failed": 1, "conditions": [

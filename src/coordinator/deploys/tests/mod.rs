@@ -15,7 +15,9 @@ use crate::plan::view::POOL_LABEL;
 use crate::testkit::apiserver::{MockApi, Policy, Recorded};
 use crate::wire::v1::{image_state::Phase, ImageState, Snapshot};
 
-const NS: &str = "shop";
+/// The namespace of config/integrations-deploygroup.yaml, whose RoleBinding
+/// grants the coordinator ClusterRole prewarm-deploygroup there.
+const NS: &str = "erp";
 const GROUP_NAME: &str = "g";
 const DEPLOYMENTS: &str = "apis/apps/v1/deployments";
 const REPLICASETS: &str = "apis/apps/v1/replicasets";
@@ -40,6 +42,17 @@ fn opts() -> DeployOptions {
         http_timeout: Duration::from_secs(2),
         intent_ttl: Duration::from_secs(600),
     }
+}
+
+/// The shipped RBAC plus the example's RoleBinding of NS to ClusterRole
+/// prewarm-deploygroup: what a namespace running DeployGroups installs.
+fn deploygroup_policy() -> Policy {
+    Policy::shipped().with_file("config/integrations-deploygroup.yaml")
+}
+
+/// An API server enforcing [`deploygroup_policy`].
+fn api() -> MockApi {
+    MockApi::with_policy(deploygroup_policy())
 }
 
 fn dynamic(v: Value) -> DynamicObject {
@@ -427,5 +440,6 @@ fn a_malformed_group_names_the_field() {
 
 mod inputs;
 mod jobs;
+mod rbac;
 mod restart;
 mod steps;

@@ -87,7 +87,7 @@ fn assert_one_step(api: &MockApi, st: &Value, started: &Value) {
 /// rolls on, still validates, and resumes the KEDA pause the step made.
 #[tokio::test]
 async fn killed_after_the_steps_first_action_the_next_coordinator_finishes_the_step() {
-    let api = MockApi::new();
+    let api = api();
     let ep = Endpoint::start(200).await;
     let nodes = adopted_group(&api, &ep.url).await;
     let first = coordinator(&api, nodes.clone());
@@ -140,7 +140,7 @@ async fn killed_after_the_steps_first_action_the_next_coordinator_finishes_the_s
 /// and finishes once the check passes.
 #[tokio::test]
 async fn killed_while_validating_the_next_coordinator_validates_again() {
-    let api = MockApi::new();
+    let api = api();
     let ep = Endpoint::start(503).await;
     let nodes = adopted_group(&api, &ep.url).await;
     let first = coordinator(&api, nodes.clone());

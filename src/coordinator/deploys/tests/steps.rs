@@ -8,7 +8,7 @@ use super::*;
 /// Normal `Adopted` Event and their current templates become the baseline.
 #[tokio::test]
 async fn members_are_adopted_paused_with_their_templates_as_baseline() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, false));
     api.put(DEPLOYMENTS, deployment("billing", BILLING_1, false));
     api.put(
@@ -114,7 +114,7 @@ async fn members_are_adopted_paused_with_their_templates_as_baseline() {
 /// resumed. The second member and its ScaledObject are never written.
 #[tokio::test]
 async fn a_changed_member_warms_rolls_validates_and_pauses_with_keda_paused() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
     api.put(DEPLOYMENTS, deployment("billing", BILLING_1, true));
     api.put(SCALED, scaled_object(NS, "orders-so", "orders"));
@@ -274,7 +274,7 @@ async fn a_changed_member_warms_rolls_validates_and_pauses_with_keda_paused() {
 /// the member and the failure, and a later changed member never starts.
 #[tokio::test]
 async fn a_failing_http_check_halts_the_group_and_later_members_wait() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
     api.put(DEPLOYMENTS, deployment("billing", BILLING_1, true));
     api.put(SCALED, scaled_object(NS, "orders-so", "orders"));
@@ -364,7 +364,7 @@ async fn a_failing_http_check_halts_the_group_and_later_members_wait() {
 /// patch, rolled out, paused again and the group halts as RolledBack.
 #[tokio::test]
 async fn a_failed_member_is_rolled_back_to_its_previous_replicaset_template() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
     api.put(SCALED, scaled_object(NS, "orders-so", "orders"));
     let rs = |name: &str, owner_uid: &str, image: &str, hash: &str| {
@@ -483,7 +483,7 @@ async fn a_failed_member_is_rolled_back_to_its_previous_replicaset_template() {
 /// and the status say the same thing.
 #[tokio::test]
 async fn a_rollback_without_a_replicaset_to_restore_halts_at_once() {
-    let api = MockApi::new();
+    let api = api();
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
     api.put(SCALED, scaled_object(NS, "orders-so", "orders"));
     let ep = Endpoint::start(503).await;
