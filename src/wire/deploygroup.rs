@@ -128,6 +128,10 @@ pub struct DeployGroupSpec {
     /// Roll a failed member back to its previous template.
     #[serde(default)]
     pub rollback: bool,
+    /// ServiceAccount (of the group's namespace) every validation Job's pod
+    /// runs as; a member's Job may not name another.
+    #[serde(default = "default_validation_service_account")]
+    pub validation_service_account: String,
 }
 
 fn default_quiesce() -> Dur {
@@ -142,6 +146,9 @@ fn default_rollout_timeout() -> Dur {
 fn default_validation_timeout() -> Dur {
     Dur::secs(5 * 60)
 }
+fn default_validation_service_account() -> String {
+    "default".to_string()
+}
 fn default_check_interval() -> Dur {
     Dur::secs(5)
 }
@@ -155,6 +162,7 @@ impl Default for DeployGroupSpec {
             rollout_timeout: default_rollout_timeout(),
             validation_timeout: default_validation_timeout(),
             rollback: false,
+            validation_service_account: default_validation_service_account(),
         }
     }
 }
@@ -321,6 +329,28 @@ pub enum DeployGroupError {
     BadJob { member: String, reason: String },
     #[error("member {member}: no Deployment {member} in this namespace")]
     MissingDeployment { member: String },
+    #[error(
+        "spec.validationServiceAccount {0:?} is not a ServiceAccount name \
+         (lower case letters, digits, '-' and '.', at most 253)"
+    )]
+    BadServiceAccount(String),
+    #[error(
+        "member {member}: spec.members[{index}].job.template.spec.{field} is {found:?}; \
+         validation Jobs run as spec.validationServiceAccount ({expected:?}): remove the \
+         field or name that ServiceAccount there"
+    )]
+    JobServiceAccount {
+        member: String,
+        index: usize,
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error(
+        "member {member}: spec.members[{index}].job.template.metadata.namespace is set; \
+         a validation Job always runs in the DeployGroup's namespace: remove the field"
+    )]
+    JobNamespace { member: String, index: usize },
 }
 
 /// Checks the spec alone (Deployments are checked by
@@ -329,6 +359,10 @@ pub enum DeployGroupError {
 pub fn validate(spec: &DeployGroupSpec) -> Result<(), DeployGroupError> {
     if spec.members.is_empty() {
         return Err(DeployGroupError::NoMembers);
+    }
+    let sa = &spec.validation_service_account;
+    if !is_dns_subdomain(sa) {
+        return Err(DeployGroupError::BadServiceAccount(sa.clone()));
     }
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, m) in spec.members.iter().enumerate() {
@@ -367,9 +401,78 @@ pub fn validate(spec: &DeployGroupSpec) -> Result<(), DeployGroupError> {
                     reason,
                 });
             }
+            check_job_identity(job, sa).map_err(|e| e.at(name, i))?;
         }
     }
     Ok(())
+}
+
+/// What in a member's Job would change who or where it runs.
+enum JobIdentity {
+    ServiceAccount {
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+    Namespace,
+}
+
+impl JobIdentity {
+    fn at(self, member: &str, index: usize) -> DeployGroupError {
+        let member = member.to_string();
+        match self {
+            JobIdentity::ServiceAccount {
+                field,
+                found,
+                expected,
+            } => DeployGroupError::JobServiceAccount {
+                member,
+                index,
+                field,
+                found,
+                expected,
+            },
+            JobIdentity::Namespace => DeployGroupError::JobNamespace { member, index },
+        }
+    }
+}
+
+/// The Job runs as the group's ServiceAccount in the group's namespace:
+/// its template may not name another account (nor the deprecated
+/// `serviceAccount` alias) or a namespace.
+fn check_job_identity(job: &serde_json::Value, sa: &str) -> Result<(), JobIdentity> {
+    let template = &job["template"];
+    for field in ["serviceAccountName", "serviceAccount"] {
+        match &template["spec"][field] {
+            serde_json::Value::Null => {}
+            v if v.as_str() == Some(sa) => {}
+            v => {
+                let found = v.as_str().map(str::to_string).unwrap_or(v.to_string());
+                let expected = sa.to_string();
+                return Err(JobIdentity::ServiceAccount {
+                    field,
+                    found,
+                    expected,
+                });
+            }
+        }
+    }
+    if !template["metadata"]["namespace"].is_null() {
+        return Err(JobIdentity::Namespace);
+    }
+    Ok(())
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn is_dns_subdomain(name: &str) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.len() <= 253 && name.split('.').all(label_ok)
 }
 
 /// A JobSpec the API server could accept: k8s-openapi defaults missing

@@ -39,7 +39,15 @@ fn opts() -> DeployOptions {
         resync: Duration::from_millis(100),
         http_timeout: Duration::from_secs(2),
         intent_ttl: Duration::from_secs(600),
+        // The local check endpoints are reached as `localhost`, the
+        // operator's opt-in (`--http-check-allow-host localhost`).
+        http_checks: allow_localhost(),
     }
+}
+
+fn allow_localhost() -> deploy::HttpCheckPolicy {
+    let allow = vec!["localhost".parse().unwrap()];
+    deploy::HttpCheckPolicy::new("cluster.local", allow).unwrap()
 }
 
 fn dynamic(v: Value) -> DynamicObject {
@@ -175,7 +183,7 @@ impl Endpoint {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Endpoint {
-            url: format!("http://{addr}/healthz"),
+            url: format!("http://localhost:{}/healthz", addr.port()),
             code,
             hits,
             first_hit,
