@@ -229,8 +229,10 @@ pub async fn run(
             }
         }
     });
+    // No redirects: an allowed host must not bounce a check elsewhere.
     let http = reqwest::Client::builder()
         .timeout(opts.http_timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
     let mut d = Deploys {

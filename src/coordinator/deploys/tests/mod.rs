@@ -433,6 +433,7 @@ fn a_malformed_group_names_the_field() {
     assert!(err.contains("invalid duration \"soon\""), "{err}");
 }
 
+mod checks;
 mod inputs;
 mod jobs;
 mod restart;
