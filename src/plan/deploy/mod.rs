@@ -31,7 +31,10 @@ use crate::wire::deploygroup::{
     Outcome, Stage, StepStatus,
 };
 pub use crate::wire::deploygroup::{validate, DeployGroupError};
-pub use http_policy::{HostPattern, HttpCheckPolicy, NameError, RefusedCheck, UrlRefusal};
+pub use http_policy::{
+    host_name, HostPattern, HttpCheckPolicy, NameError, RefusedCheck, UrlRefusal, ALLOW_FLAG,
+    DEFAULT_CLUSTER_DOMAIN,
+};
 
 mod http_policy;
 
