@@ -445,7 +445,8 @@ fn check_job_identity(job: &serde_json::Value, sa: &str) -> Result<(), JobIdenti
     for field in ["serviceAccountName", "serviceAccount"] {
         match &template["spec"][field] {
             serde_json::Value::Null => {}
-            v if v.as_str() == Some(sa) => {}
+            // Empty is unset to the API server; the Job gets `sa`.
+            v if v.as_str().is_some_and(|v| v.is_empty() || v == sa) => {}
             v => {
                 let found = v.as_str().map(str::to_string).unwrap_or(v.to_string());
                 let expected = sa.to_string();

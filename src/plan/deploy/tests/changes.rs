@@ -319,6 +319,8 @@ fn a_job_naming_another_service_account_or_namespace_is_invalid() {
         validate(&with_pod("serviceAccountName", json!("default"))),
         Ok(())
     );
+    // Empty is unset to the API server; the Job gets the group's account.
+    assert_eq!(validate(&with_pod("serviceAccountName", json!(""))), Ok(()));
     let mut spec = spec3();
     spec.members[1].job.as_mut().unwrap()["template"]["metadata"] =
         json!({"namespace": "kube-system"});
