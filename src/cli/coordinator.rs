@@ -105,6 +105,26 @@ pub struct CoordinatorArgs {
     /// reviewed tokens are cached for a minute.
     #[arg(long, env = "PREWARM_TOKEN_REVIEWS_PER_SECOND", default_value = "50", value_parser = review_rate)]
     pub token_reviews_per_second: f64,
+    // ---- Deploy groups' validation checks ----
+    /// The cluster's DNS domain: httpCheck URLs may name
+    /// `<service>.<namespace>.svc` and `<service>.<namespace>.svc.<domain>`.
+    #[arg(long, env = "PREWARM_CLUSTER_DOMAIN", default_value = prewarm::plan::deploy::DEFAULT_CLUSTER_DOMAIN, value_parser = cluster_domain)]
+    pub cluster_domain: String,
+    /// More hosts httpCheck URLs may name besides in-cluster Services: host
+    /// names or `*.suffix` patterns, comma-separated or repeated. IP
+    /// addresses are never fetched.
+    #[arg(
+        long = "http-check-allow-host",
+        value_name = "HOST",
+        env = "PREWARM_HTTP_CHECK_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    pub http_check_allow_hosts: Vec<prewarm::plan::deploy::HostPattern>,
+}
+
+fn cluster_domain(s: &str) -> Result<String, String> {
+    prewarm::plan::deploy::host_name(s)
+        .map_err(|_| format!("{s:?} is not a DNS domain (e.g. cluster.local)"))
 }
 
 fn review_rate(s: &str) -> Result<f64, String> {
@@ -132,6 +152,7 @@ fn margin(s: &str) -> Result<f64, String> {
 }
 
 pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let deploy_opts = deploy_options(&args)?;
     let auth: Arc<dyn Authenticator> = match &args.static_tokens {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -295,7 +316,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             tokio::spawn(prewarm::coordinator::deploys::run(
                 client.clone(),
                 coordinator.state.clone(),
-                prewarm::coordinator::deploys::DeployOptions::default(),
+                deploy_opts,
                 leadership.is_leader.clone(),
                 cancel.clone(),
             ));
@@ -307,6 +328,29 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     }
     coordinator.join().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deploy groups' options from the flags; logs which hosts checks may reach.
+fn deploy_options(
+    args: &CoordinatorArgs,
+) -> anyhow::Result<prewarm::coordinator::deploys::DeployOptions> {
+    let allow = args.http_check_allow_hosts.clone();
+    let http_checks = prewarm::plan::deploy::HttpCheckPolicy::new(&args.cluster_domain, allow)
+        .context("--cluster-domain")?;
+    let allowed: Vec<String> = args
+        .http_check_allow_hosts
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    tracing::info!(
+        cluster_domain = %args.cluster_domain,
+        allowed = %allowed.join(","),
+        "deploy group httpCheck URLs: in-cluster Services (*.svc, *.svc.<cluster domain>) and the allowed hosts only; no IP addresses, no redirects"
+    );
+    Ok(prewarm::coordinator::deploys::DeployOptions {
+        http_checks,
+        ..Default::default()
+    })
 }
 
 /// The Lease identity: the pod name, or outside a pod `<hostname>_<random>`
@@ -338,6 +382,45 @@ mod lease_identity_tests {
         };
         let from_env = std::env::var("POD_NAME").unwrap_or_default();
         assert_eq!(args.pod_name, from_env);
+    }
+
+    /// Allowed check hosts come as a comma list or repeated, and reach the
+    /// deploy groups' policy with the cluster domain.
+    #[test]
+    fn check_hosts_and_the_cluster_domain_reach_the_policy() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "prewarm",
+            "coordinator",
+            "--http-check-allow-host",
+            "status.example.com,*.corp.internal",
+            "--http-check-allow-host",
+            "localhost",
+            "--cluster-domain",
+            "corp.example",
+        ])
+        .unwrap();
+        let crate::cli::Command::Coordinator(args) = cli.command else {
+            panic!("not the coordinator");
+        };
+        assert_eq!(args.http_check_allow_hosts.len(), 3);
+        let policy = super::deploy_options(&args).unwrap().http_checks;
+        for ok in [
+            "http://status.example.com/",
+            "http://a.corp.internal/",
+            "http://localhost:8080/",
+            "http://orders.prod.svc.corp.example/",
+            "http://orders.prod.svc/",
+        ] {
+            assert_eq!(policy.check(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://orders.prod.svc.cluster.local/",
+            "http://example.com/",
+            "http://127.0.0.1/",
+        ] {
+            assert!(policy.check(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

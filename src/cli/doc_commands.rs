@@ -232,6 +232,7 @@ fn samples(placeholder: &str) -> Vec<String> {
                 "BYTES" => "50MiB",
                 "ADDR" => "127.0.0.1:9000",
                 "NAME" => "aks-integrations-0",
+                "HOST,..." => "status.example.com,*.corp.internal",
                 "URL" => "http://127.0.0.1:9465",
                 "TIME" => "2026-11-23T06:30:00Z",
                 "k=v,..." => "kubernetes.azure.com/agentpool=integrations,zone=1",

@@ -9,6 +9,7 @@ use std::time::Duration;
 use prewarm::coordinator::deploys::{self, DeployOptions};
 use prewarm::coordinator::gate::{self, GateOptions};
 use prewarm::node::runtime::ImageStore;
+use prewarm::plan::deploy::HttpCheckPolicy;
 use prewarm::testkit::apiserver::{MockApi, Recorded};
 use prewarm::testkit::containerd::Version;
 use prewarm::wire::v1::image_state::Phase;
@@ -232,7 +233,8 @@ async fn healthy_endpoint() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/healthz")
+    // Reached by name: checks never go to IP literals (see the opt-in below).
+    format!("http://localhost:{}/healthz", addr.port())
 }
 
 /// A changed template in a two-member group: the first member's new image
@@ -273,8 +275,12 @@ async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
     );
     roll_unpaused(&api, cancel);
     let (_leader_tx, leader) = watch::channel(true);
+    // The local check endpoint is outside the cluster's Services: opted in
+    // as with `--http-check-allow-host localhost`.
+    let allow = vec!["localhost".parse().unwrap()];
     let opts = DeployOptions {
         resync: Duration::from_millis(200),
+        http_checks: HttpCheckPolicy::new("cluster.local", allow).unwrap(),
         ..Default::default()
     };
     tokio::spawn(deploys::run(

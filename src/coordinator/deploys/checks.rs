@@ -149,6 +149,7 @@ impl Deploys {
         tokio::spawn(async move {
             let result = match http.get(&url).send().await {
                 Ok(r) if r.status().is_success() => CheckObs::Passed,
+                Ok(r) if r.status().is_redirection() => CheckObs::Failed(redirected(&url, &r)),
                 Ok(r) => CheckObs::Failed(format!("GET {url}: HTTP {}", r.status())),
                 Err(e) => CheckObs::Failed(format!("GET {url}: {e}")),
             };
@@ -161,4 +162,21 @@ impl Deploys {
             let _ = poke.send(key).await;
         });
     }
+}
+
+/// A check answered with a redirect fails: following it could take the
+/// request to a host the policy refuses.
+fn redirected(url: &str, r: &reqwest::Response) -> String {
+    let location = r
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(|l| l.chars().take(200).collect::<String>());
+    let to = location
+        .map(|l| format!(", redirecting to {l}"))
+        .unwrap_or_default();
+    format!(
+        "GET {url}: HTTP {}{to}; redirects are not followed",
+        r.status()
+    )
 }

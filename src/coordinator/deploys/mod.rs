@@ -60,6 +60,8 @@ pub struct DeployOptions {
     pub http_timeout: Duration,
     /// Warm intents expire this long after they were last published.
     pub intent_ttl: Duration,
+    /// Hosts `httpCheck` URLs may name.
+    pub http_checks: deploy::HttpCheckPolicy,
 }
 
 impl Default for DeployOptions {
@@ -68,6 +70,7 @@ impl Default for DeployOptions {
             resync: Duration::from_secs(5),
             http_timeout: Duration::from_secs(5),
             intent_ttl: Duration::from_secs(1800),
+            http_checks: deploy::HttpCheckPolicy::default(),
         }
     }
 }
@@ -229,8 +232,10 @@ pub async fn run(
             }
         }
     });
+    // No redirects: an allowed host must not bounce a check elsewhere.
     let http = reqwest::Client::builder()
         .timeout(opts.http_timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
     let mut d = Deploys {
@@ -349,7 +354,14 @@ impl Deploys {
             Err(Unobserved::Api) => return,
         };
         let obs = &observed.members;
-        let mut decision = deploy::decide(&group.spec, generation, &status, obs, Utc::now());
+        let mut decision = deploy::decide(
+            &group.spec,
+            &self.opts.http_checks,
+            generation,
+            &status,
+            obs,
+            Utc::now(),
+        );
         // A new step is recorded before it acts: killed after pausing KEDA
         // but before saying so, the next leader would take the pause for
         // someone else's and never resume it. A step that cannot be

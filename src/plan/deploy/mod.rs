@@ -31,6 +31,12 @@ use crate::wire::deploygroup::{
     Outcome, Stage, StepStatus,
 };
 pub use crate::wire::deploygroup::{validate, DeployGroupError};
+pub use http_policy::{
+    host_name, HostPattern, HttpCheckPolicy, NameError, RefusedCheck, UrlRefusal, ALLOW_FLAG,
+    DEFAULT_CLUSTER_DOMAIN,
+};
+
+mod http_policy;
 
 /// What the coordinator observed about one member right now.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -194,9 +200,11 @@ pub fn summary(status: &DeployGroupStatus) -> String {
     status.summary()
 }
 
-/// The next status and actions for a DeployGroup at `generation`.
+/// The next status and actions for a DeployGroup at `generation`; its
+/// `httpCheck` URLs must pass `checks`.
 pub fn decide(
     spec: &DeployGroupSpec,
+    checks: &HttpCheckPolicy,
     generation: i64,
     status: &DeployGroupStatus,
     obs: &BTreeMap<String, MemberObs>,
@@ -212,8 +220,10 @@ pub fn decide(
     };
     cx.st.observed_generation = generation;
     // Invalid freezes everything: no Deployment is touched until it is fixed.
-    if let Some(e) = validate(spec).err().or_else(|| cx.missing_member()) {
-        let message = e.to_string();
+    let invalid = (validate(spec).err().map(|e| e.to_string()))
+        .or_else(|| checks.check_spec(spec).err().map(|e| e.to_string()))
+        .or_else(|| cx.missing_member().map(|e| e.to_string()));
+    if let Some(message) = invalid {
         if status.phase != GroupPhase::Invalid || status.message != message {
             cx.event(None, true, "Invalid", message.clone());
         }

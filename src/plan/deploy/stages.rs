@@ -202,7 +202,8 @@ impl Ctx<'_> {
             }
             let not_started = matches!(o.job, None | Some(CheckObs::Blocked(_)));
             if let (Some(spec), true, Some(name)) = (job, not_started, &step.job_name) {
-                let (deployment, name, spec) = (m.clone(), name.clone(), spec.clone());
+                let (deployment, name) = (m.clone(), name.clone());
+                let spec = job_as(spec, &self.spec.validation_service_account);
                 self.actions.push(Action::CreateJob {
                     deployment,
                     name,
@@ -353,4 +354,17 @@ impl Ctx<'_> {
         self.st.results.push(entry);
         self.st.results.sort_by_key(|r| position(&r.member));
     }
+}
+
+/// The member's JobSpec with its pod running as `service_account`
+/// (validation already refused a template naming another).
+fn job_as(spec: &serde_json::Value, service_account: &str) -> serde_json::Value {
+    let mut spec = spec.clone();
+    let pod = spec
+        .pointer_mut("/template/spec")
+        .and_then(|p| p.as_object_mut());
+    if let Some(pod) = pod {
+        pod.insert("serviceAccountName".into(), service_account.into());
+    }
+    spec
 }

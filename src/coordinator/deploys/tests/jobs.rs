@@ -32,10 +32,17 @@ async fn job_step(api: &MockApi) -> (Harness, String, Recorded) {
                             "labels": {"prewarm.dev/deploy-group": GROUP_NAME,
                                        "prewarm.dev/member": "orders",
                                        STEP_LABEL: step}},
-               "spec": job_spec()})
+               "spec": job_as("default")})
     );
     assert!(api.object(JOBS, NS, &name).is_some());
     (h, name, post)
+}
+
+/// The member's JobSpec as created: run as `service_account`.
+fn job_as(service_account: &str) -> Value {
+    let mut spec = job_spec();
+    spec["template"]["spec"]["serviceAccountName"] = json!(service_account);
+    spec
 }
 
 /// The `n`th Job creation request.
@@ -54,13 +61,17 @@ async fn wait_job_post(api: &MockApi, n: usize) -> Recorded {
 /// A one-member group with a Job check, adopted, then changed; returns the
 /// harness and the name of the changed template's Job.
 async fn job_group(api: &MockApi, overrides: Value) -> (Harness, String) {
+    job_group_with(api, job_spec(), overrides).await
+}
+
+async fn job_group_with(api: &MockApi, job: Value, overrides: Value) -> (Harness, String) {
     api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
     api.put(SCALED, scaled_object(NS, "orders-so", "orders"));
     api.put(
         GROUPS,
         group(
             GROUP_NAME,
-            json!([{"deployment": "orders", "job": job_spec()}]),
+            json!([{"deployment": "orders", "job": job}]),
             overrides,
         ),
     );
@@ -70,6 +81,78 @@ async fn job_group(api: &MockApi, overrides: Value) -> (Harness, String) {
     set_image(api, "orders", ORDERS_2);
     let name = deploy::job_name("orders", &hash_of(&template("orders", ORDERS_2)));
     (h, name)
+}
+
+/// The validation Job runs as the group's `validationServiceAccount`, in
+/// the group's namespace: a `metadata` smuggled into the JobSpec does not
+/// move it (a JobSpec has none; it is dropped).
+#[tokio::test]
+async fn a_validation_job_runs_as_the_groups_service_account_in_its_namespace() {
+    let api = api();
+    let mut job = job_spec();
+    job["metadata"] = json!({"namespace": "kube-system"});
+    let overrides = json!({"validationServiceAccount": "smoke-runner"});
+    let (h, name) = job_group_with(&api, job, overrides).await;
+    let post = wait_job_post(&api, 1).await;
+    assert_eq!(post.path, format!("/apis/batch/v1/namespaces/{NS}/jobs"));
+    let body = post.body.clone().unwrap();
+    assert_eq!(body["metadata"]["namespace"], NS);
+    assert_eq!(body["spec"], job_as("smoke-runner"), "{body:#}");
+    let created = api.object(JOBS, NS, &name).unwrap();
+    assert_eq!(
+        created["spec"]["template"]["spec"]["serviceAccountName"],
+        "smoke-runner"
+    );
+    assert!(api.object(JOBS, "kube-system", &name).is_none());
+    let st = complete_job(&api, &name).await;
+    assert_eq!(st["phase"], "Idle", "{st:#}");
+    h.stop().await;
+}
+
+/// A member Job naming another ServiceAccount, or a namespace, makes the
+/// group Invalid with the field named; no Job is created and no member is
+/// touched.
+#[tokio::test]
+async fn a_job_naming_another_service_account_or_namespace_is_invalid() {
+    let mut admin = job_spec();
+    admin["template"]["spec"]["serviceAccountName"] = json!("admin");
+    let mut elsewhere = job_spec();
+    elsewhere["template"]["metadata"] = json!({"namespace": "kube-system"});
+    for (job, message) in [
+        (
+            admin,
+            "member orders: spec.members[0].job.template.spec.serviceAccountName is \"admin\"; \
+             validation Jobs run as spec.validationServiceAccount (\"default\"): remove the \
+             field or name that ServiceAccount there",
+        ),
+        (
+            elsewhere,
+            "member orders: spec.members[0].job.template.metadata.namespace is set; a \
+             validation Job always runs in the DeployGroup's namespace: remove the field",
+        ),
+    ] {
+        let api = api();
+        api.put(DEPLOYMENTS, deployment("orders", ORDERS_1, true));
+        api.put(
+            GROUPS,
+            group(
+                GROUP_NAME,
+                json!([{"deployment": "orders", "job": job}]),
+                json!({}),
+            ),
+        );
+        let h = Harness::start(&api, true, vec![snap("n1", "apps", &[ORDERS_2])]);
+        let st = wait_status(&api, GROUP_NAME, "invalid", |s| s["phase"] == "Invalid").await;
+        assert_eq!(st["message"], message);
+        assert_group_event(&api, GROUP_NAME, "Invalid", message);
+        set_image(&api, "orders", ORDERS_2);
+        let created = api
+            .wait_for(QUIET / 3, |r| r.iter().any(|r| r.path.contains("/jobs")))
+            .await;
+        assert!(!created, "{:#?}", api.writes());
+        assert!(member_writes(&api.requests()).is_empty());
+        h.stop().await;
+    }
 }
 
 /// A template deployed again (an earlier version, or a halted group's

@@ -41,6 +41,9 @@ fn opts() -> DeployOptions {
         resync: Duration::from_millis(100),
         http_timeout: Duration::from_secs(2),
         intent_ttl: Duration::from_secs(600),
+        // The local check endpoints are reached as `localhost`, the
+        // operator's opt-in (`--http-check-allow-host localhost`).
+        http_checks: allow_localhost(),
     }
 }
 
@@ -53,6 +56,11 @@ fn deploygroup_policy() -> Policy {
 /// An API server enforcing [`deploygroup_policy`].
 fn api() -> MockApi {
     MockApi::with_policy(deploygroup_policy())
+}
+
+fn allow_localhost() -> deploy::HttpCheckPolicy {
+    let allow = vec!["localhost".parse().unwrap()];
+    deploy::HttpCheckPolicy::new("cluster.local", allow).unwrap()
 }
 
 fn dynamic(v: Value) -> DynamicObject {
@@ -188,7 +196,7 @@ impl Endpoint {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Endpoint {
-            url: format!("http://{addr}/healthz"),
+            url: format!("http://localhost:{}/healthz", addr.port()),
             code,
             hits,
             first_hit,
@@ -438,6 +446,7 @@ fn a_malformed_group_names_the_field() {
     assert!(err.contains("invalid duration \"soon\""), "{err}");
 }
 
+mod checks;
 mod inputs;
 mod jobs;
 mod rbac;

@@ -21,7 +21,7 @@ fn a_restarted_coordinator_resumes_from_the_status() {
     assert!(
         w.result("orders-api")
             .reason
-            .ends_with("HTTP check http://orders-api.shop/healthz failed: timeout"),
+            .ends_with("HTTP check http://orders-api.shop.svc/healthz failed: timeout"),
         "{}",
         w.result("orders-api").reason
     );
@@ -288,6 +288,117 @@ fn spec_errors_name_the_member() {
     assert_eq!(validate(&spec3()), Ok(()));
 }
 
+/// A member Job that would run as another ServiceAccount, or elsewhere,
+/// makes the group Invalid, naming the field; the group's own account
+/// is fine, and every Job is created as that account.
+#[test]
+fn a_job_naming_another_service_account_or_namespace_is_invalid() {
+    let err = |spec: &DeployGroupSpec| validate(spec).unwrap_err().to_string();
+    let with_pod = |field: &str, value: serde_json::Value| {
+        let mut spec = spec3();
+        spec.members[1].job.as_mut().unwrap()["template"]["spec"][field] = value;
+        spec
+    };
+    assert_eq!(
+        err(&with_pod("serviceAccountName", json!("admin"))),
+        "member billing-api: spec.members[1].job.template.spec.serviceAccountName is \"admin\"; \
+         validation Jobs run as spec.validationServiceAccount (\"default\"): remove the field \
+         or name that ServiceAccount there"
+    );
+    // The deprecated alias the API server still honours.
+    assert_eq!(
+        err(&with_pod("serviceAccount", json!("admin"))),
+        "member billing-api: spec.members[1].job.template.spec.serviceAccount is \"admin\"; \
+         validation Jobs run as spec.validationServiceAccount (\"default\"): remove the field \
+         or name that ServiceAccount there"
+    );
+    let mut spec = with_pod("serviceAccountName", json!("smoke"));
+    spec.validation_service_account = "smoke".into();
+    assert_eq!(validate(&spec), Ok(()));
+    assert_eq!(
+        validate(&with_pod("serviceAccountName", json!("default"))),
+        Ok(())
+    );
+    // Empty is unset to the API server; the Job gets the group's account.
+    assert_eq!(validate(&with_pod("serviceAccountName", json!(""))), Ok(()));
+    let mut spec = spec3();
+    spec.members[1].job.as_mut().unwrap()["template"]["metadata"] =
+        json!({"namespace": "kube-system"});
+    assert_eq!(
+        err(&spec),
+        "member billing-api: spec.members[1].job.template.metadata.namespace is set; \
+         a validation Job always runs in the DeployGroup's namespace: remove the field"
+    );
+    for bad in ["", "Admin", "a b", "-x", "x..y"] {
+        let mut spec = spec3();
+        spec.validation_service_account = bad.into();
+        assert_eq!(
+            err(&spec),
+            format!(
+                "spec.validationServiceAccount {bad:?} is not a ServiceAccount name \
+                 (lower case letters, digits, '-' and '.', at most 253)"
+            )
+        );
+    }
+
+    // The Job is created as the group's account.
+    let mut spec = spec3();
+    spec.validation_service_account = "smoke-runner".into();
+    let mut w = World::new(spec);
+    w.set_template("billing-api", "v2");
+    w.wait(10).tick();
+    w.o("billing-api").warm_nodes = 3;
+    w.wait(10).tick();
+    w.rolled_out("billing-api");
+    w.wait(10).tick();
+    match w.last.as_slice() {
+        [Action::CreateJob { spec, .. }] => {
+            assert_eq!(
+                spec["template"]["spec"]["serviceAccountName"],
+                "smoke-runner"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A check URL the policy refuses makes the group Invalid before anything
+/// is adopted or checked; the operator's opt-in lets the same URL through.
+#[test]
+fn a_check_url_outside_the_cluster_is_invalid_unless_allowed() {
+    let mut spec = spec3();
+    let url = "http://status.example.com/healthz";
+    spec.members[0].http_check.as_mut().unwrap().url = url.into();
+    let mut w = World::fresh(spec.clone());
+    assert_eq!(w.tick(), ["Event Warning Invalid -"]);
+    assert_eq!(w.status.phase, GroupPhase::Invalid);
+    assert_eq!(
+        w.status.message,
+        "member orders-api: spec.members[0].httpCheck.url \"http://status.example.com/healthz\" \
+         is refused: host status.example.com is not an in-cluster Service name \
+         (<service>.<namespace>.svc or <service>.<namespace>.svc.cluster.local); the \
+         coordinator fetches other hosts only when allowed with --http-check-allow-host"
+    );
+    assert!(w.status.deployed.is_empty());
+    assert!(w.wait(10).tick().is_empty());
+
+    let mut w = World::fresh(spec);
+    let allow = vec!["*.example.com".parse().unwrap()];
+    w.checks = HttpCheckPolicy::new("cluster.local", allow).unwrap();
+    w.tick();
+    assert_eq!(w.status.phase, GroupPhase::Idle);
+    w.set_template("orders-api", "v2");
+    w.wait(10).tick();
+    w.o("orders-api").warm_nodes = 3;
+    w.wait(10).tick();
+    w.rolled_out("orders-api");
+    let actions = w.wait(10).tick();
+    assert!(
+        actions.contains(&format!("HttpCheck orders-api {url}")),
+        "{actions:?}"
+    );
+}
+
 #[test]
 fn an_invalid_spec_freezes_the_group_until_fixed() {
     let mut w = World::new(spec3());
@@ -318,7 +429,7 @@ fn deciding_twice_gives_the_same_status_and_no_repeat_events() {
     let mut check = |w: &World| {
         let a = w.decision();
         assert_eq!(a, w.decision());
-        let again = decide(&w.spec, w.generation, &a.status, &w.obs, w.now);
+        let again = decide(&w.spec, &w.checks, w.generation, &a.status, &w.obs, w.now);
         assert_eq!(again.status, a.status);
         assert!(messages(&again.actions, "StepStarted").is_empty());
         checkpoints.push(a.status.step.as_ref().map(|s| s.stage));
@@ -334,7 +445,7 @@ fn deciding_twice_gives_the_same_status_and_no_repeat_events() {
     w.o("orders-api").http = Some(CheckObs::Failed("x".into()));
     check(&w);
     let d = w.decision();
-    let again = decide(&w.spec, w.generation, &d.status, &w.obs, w.now);
+    let again = decide(&w.spec, &w.checks, w.generation, &d.status, &w.obs, w.now);
     assert_eq!(
         again.actions.iter().map(show).collect::<Vec<_>>(),
         [format!("HttpCheck orders-api {URL}")]

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::*;
 use crate::wire::deploygroup::HttpCheck;
 
-const URL: &str = "http://orders-api.shop/healthz";
+const URL: &str = "http://orders-api.shop.svc/healthz";
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
@@ -114,6 +114,7 @@ fn messages(actions: &[Action], reason: &str) -> Vec<String> {
 
 struct World {
     spec: DeployGroupSpec,
+    checks: HttpCheckPolicy,
     generation: i64,
     status: DeployGroupStatus,
     obs: BTreeMap<String, MemberObs>,
@@ -139,6 +140,7 @@ impl World {
             .collect();
         World {
             spec,
+            checks: HttpCheckPolicy::default(),
             generation: 1,
             status: DeployGroupStatus::default(),
             obs,
@@ -159,6 +161,7 @@ impl World {
     fn decision(&self) -> Decision {
         decide(
             &self.spec,
+            &self.checks,
             self.generation,
             &self.status,
             &self.obs,
@@ -387,7 +390,12 @@ fn job_validation_creates_the_job_and_waits_for_it() {
         Some("billing-api-validate-01234567")
     );
     match w.last.as_slice() {
-        [Action::CreateJob { spec, .. }] => assert_eq!(*spec, job_spec()),
+        [Action::CreateJob { spec, .. }] => {
+            // The member's JobSpec, run as the group's ServiceAccount.
+            let mut want = job_spec();
+            want["template"]["spec"]["serviceAccountName"] = json!("default");
+            assert_eq!(*spec, want);
+        }
         other => panic!("{other:?}"),
     }
     w.o("billing-api").job = Some(CheckObs::Running);
