@@ -487,7 +487,7 @@ fn the_webhook_and_the_view_reach_the_https_listener() {
     assert_eq!(client["port"], https["port"]);
     assert_eq!(client["path"], prewarm::coordinator::webhook::PATH);
     let coordinator = container(r.coordinator_pod(), "coordinator");
-    let args = coordinator_args(&r);
+    let args = coordinator_args(r);
     let target = https["targetPort"].as_str().expect("named targetPort");
     assert_eq!(
         named_port(&coordinator["ports"], target),
