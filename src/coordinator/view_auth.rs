@@ -73,9 +73,11 @@ pub async fn check(
     authorization: Option<&str>,
     path: &str,
 ) -> Result<Caller, ViewAuthError> {
+    // The scheme is case-insensitive, as the API server's bearer parser has it.
     let token = authorization
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .filter(|t| !t.is_empty())
         .ok_or(ViewAuthError::Missing)?;
     let caller = auth.authenticate(token).await?;
