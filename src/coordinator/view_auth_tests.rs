@@ -72,7 +72,7 @@ async fn the_view_needs_a_token_whose_user_is_bound_to_prewarm_view() {
             path: "/v1/nodes".into()
         })
     );
-    let ok = check(Some("Bearer tok-viewer"), "/v1/deploys")
+    let ok = check(Some("bearer tok-viewer"), "/v1/deploys")
         .await
         .unwrap();
     assert_eq!(ok.user, viewer().user);
