@@ -161,7 +161,10 @@ async fn prewarm(nodes: &[Node], api: &MockApi, cancel: &CancellationToken) -> R
     let opts = CoordinatorOptions {
         grpc_listen: "127.0.0.1:0".parse()?,
         http_listen: "127.0.0.1:0".parse()?,
+        https_listen: "127.0.0.1:0".parse()?,
         tls: None,
+        insecure: true,
+        view_auth: None,
         retention: Default::default(),
         watch_api: false,
     };

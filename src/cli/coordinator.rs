@@ -13,6 +13,7 @@ use prewarm::config::units::ByteSize;
 use prewarm::coordinator::auth::{Authenticator, StaticAuth, TokenReviewAuth, AUDIENCE};
 use prewarm::coordinator::auth_cache::{CacheConfig, CachedAuth};
 use prewarm::coordinator::http::{DeployGroupRow, ImageRow, NodeSummary};
+use prewarm::coordinator::view_auth::{view_cache_config, CachedViewAuth, KubeViewAuth, ViewAuth};
 use prewarm::coordinator::{Coordinator, CoordinatorOptions};
 use prewarm::plan::gate::TimeoutPolicy;
 
@@ -23,9 +24,20 @@ pub struct CoordinatorArgs {
     /// gRPC address agents attach to.
     #[arg(long, env = "PREWARM_GRPC_LISTEN", default_value = "0.0.0.0:8443")]
     pub grpc_listen: SocketAddr,
-    /// HTTP address of the cluster view API and metrics.
+    /// Plain HTTP address of /metrics, /healthz and /readyz (open: for
+    /// Prometheus and the probes).
     #[arg(long, env = "PREWARM_HTTP_LISTEN", default_value = "0.0.0.0:9465")]
     pub http_listen: SocketAddr,
+    /// HTTPS address (with --tls-cert/--tls-key) of the admission webhook
+    /// and of the cluster view, which requires a bearer token whose user
+    /// may get the path (ClusterRole prewarm-view).
+    #[arg(long, env = "PREWARM_HTTPS_LISTEN", default_value = "0.0.0.0:9443")]
+    pub https_listen: SocketAddr,
+    /// Allow running without a serving certificate (local tests only):
+    /// plaintext link, and the cluster view on --http-listen without
+    /// authentication. Logged loudly.
+    #[arg(long, env = "PREWARM_INSECURE")]
+    pub insecure: bool,
     /// Serving certificate (PEM), e.g. tls.crt of a cert-manager Secret.
     #[arg(long, env = "PREWARM_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -91,10 +103,6 @@ pub struct CoordinatorArgs {
     /// Do not release gated pods or run deploy groups.
     #[arg(long)]
     pub no_gate: bool,
-    /// HTTPS address of the admission webhook that adds the warm gate to
-    /// pods labelled prewarm.dev/gate=true (uses --tls-cert/--tls-key).
-    #[arg(long, env = "PREWARM_WEBHOOK_LISTEN", requires = "tls_cert")]
-    pub webhook_listen: Option<SocketAddr>,
     /// A node whose agent has been disconnected and silent this long is
     /// forgotten (view, metrics, intents); nodes deleted from the API
     /// server are forgotten once their agent disconnects.
@@ -206,19 +214,24 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             });
         }
     }
+    let tls = args.tls_cert.clone().zip(args.tls_key.clone());
+    let view_auth = match &tls {
+        Some(_) => Some(view_auth().await?),
+        None => None,
+    };
     let opts = CoordinatorOptions {
         grpc_listen: args.grpc_listen,
         http_listen: args.http_listen,
-        tls: args.tls_cert.zip(args.tls_key),
+        https_listen: args.https_listen,
+        tls,
+        insecure: args.insecure,
+        view_auth,
         retention: prewarm::plan::forget::Retention {
             silent_ttl: args.forget_nodes_after,
         },
         watch_api: !args.no_watch,
     };
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
-    if let Some((addr, cert)) = args.webhook_listen.zip(coordinator.tls.clone()) {
-        prewarm::coordinator::webhook::serve(addr, cert, cancel.clone()).await?;
-    }
     if !args.no_watch {
         let client = kube::Client::try_default()
             .await
@@ -353,6 +366,16 @@ fn deploy_options(
     })
 }
 
+/// The view's authenticator on the HTTPS listener: TokenReview and
+/// SubjectAccessReview, cached briefly.
+async fn view_auth() -> anyhow::Result<Arc<dyn ViewAuth>> {
+    let client = kube::Client::try_default()
+        .await
+        .context("Kubernetes client (cluster view authentication on --https-listen)")?;
+    let reviews = KubeViewAuth::new(client);
+    Ok(Arc::new(CachedViewAuth::new(reviews, view_cache_config())))
+}
+
 /// The Lease identity: the pod name, or outside a pod `<hostname>_<random>`
 /// (as kube-controller-manager does), so two processes on one host never
 /// share it.
@@ -438,15 +461,30 @@ mod lease_identity_tests {
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// The coordinator's HTTP address (also accepted after `deploys`).
+    /// The coordinator's cluster view: its HTTPS address, or the plain
+    /// HTTP one of a coordinator run with --insecure (also accepted after
+    /// `deploys`, as are the flags below).
     #[arg(
         long,
         global = true,
         env = "PREWARM_COORDINATOR",
-        default_value = "http://prewarm-coordinator.prewarm-system.svc:9465"
+        default_value = "https://prewarm-coordinator.prewarm-system.svc:9443"
     )]
     pub coordinator: String,
-    /// Print JSON instead of tables (also accepted after `deploys`).
+    /// A bearer token (e.g. from `kubectl create token`) whose user is
+    /// bound to the ClusterRole prewarm-view.
+    #[arg(long, global = true, env = "PREWARM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA (PEM) to check the coordinator's certificate against instead of
+    /// the system's: ca.crt of the ConfigMap prewarm-coordinator-ca.
+    #[arg(long, global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// The name the certificate must carry when --coordinator is another
+    /// address, e.g. prewarm-coordinator.prewarm-system.svc through
+    /// `kubectl port-forward` to localhost.
+    #[arg(long, global = true)]
+    pub tls_server_name: Option<String>,
+    /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -459,28 +497,108 @@ pub enum StatusWhat {
     Deploys,
 }
 
-pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let base = args.coordinator.trim_end_matches('/');
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?;
-    let get = |path: &'static str| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let resp = client
-                .get(&url)
-                .send()
-                .await
-                .with_context(|| format!("GET {url}"))?;
-            anyhow::ensure!(
-                resp.status().is_success(),
-                "GET {url}: HTTP {}",
-                resp.status()
-            );
-            resp.text().await.with_context(|| format!("GET {url}"))
-        }
+/// How to bind the view, for 401 and 403 answers.
+const BIND_VIEW: &str = "kubectl create clusterrolebinding prewarm-view-<name> \
+--clusterrole=prewarm-view --serviceaccount=<namespace>:<serviceaccount>";
+
+/// The view's URL, an HTTP client for it and the token to send.
+fn view_client(args: &StatusArgs) -> anyhow::Result<(url::Url, reqwest::Client, Option<String>)> {
+    let mut url = url::Url::parse(&args.coordinator)
+        .with_context(|| format!("--coordinator {:?}: not a URL", args.coordinator))?;
+    let https = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        _ => anyhow::bail!(
+            "--coordinator {url}: use https:// (or http:// for a coordinator run with --insecure)"
+        ),
     };
+    let token = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file {}", path.display()))?;
+            let token = text.trim().to_string();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "--token-file {}: the file is empty",
+                path.display()
+            );
+            Some(token)
+        }
+        None => None,
+    };
+    if !https {
+        anyhow::ensure!(
+            token.is_none(),
+            "--token-file: the token is not sent over plain http:// (--coordinator {url}); use the https:// address"
+        );
+        anyhow::ensure!(
+            args.ca_file.is_none() && args.tls_server_name.is_none(),
+            "--ca-file and --tls-server-name apply to an https:// --coordinator only"
+        );
+    }
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .with_context(|| format!("--ca-file {}: no PEM certificate in it", path.display()))?;
+        builder = certs
+            .into_iter()
+            .fold(builder.tls_built_in_root_certs(false), |b, c| {
+                b.add_root_certificate(c)
+            });
+    }
+    if let Some(name) = &args.tls_server_name {
+        // Connect where --coordinator points, but ask for and check `name`.
+        let addrs = url
+            .socket_addrs(|| None)
+            .with_context(|| format!("--coordinator {url}"))?;
+        url.set_host(Some(name))
+            .ok()
+            .filter(|_| url.host_str() == Some(name.as_str()))
+            .with_context(|| format!("--tls-server-name {name:?}: not a host name"))?;
+        builder = builder.resolve_to_addrs(name, &addrs);
+    }
+    Ok((url, builder.build()?, token))
+}
+
+/// GETs `path` of the view; 401 and 403 say what to do.
+async fn view_get(
+    client: &reqwest::Client,
+    base: &url::Url,
+    token: Option<&str>,
+    path: &str,
+) -> anyhow::Result<String> {
+    let url = base
+        .join(path)
+        .with_context(|| format!("--coordinator {base}"))?;
+    let mut req = client.get(url.clone());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.with_context(|| format!("GET {url}"))?;
+    let code = resp.status();
+    let body = resp.text().await.with_context(|| format!("GET {url}"))?;
+    let said = body.trim();
+    match code.as_u16() {
+        200..=299 => Ok(body),
+        401 if token.is_none() => anyhow::bail!(
+            "GET {url}: {said}\nPass --token-file with a token whose user is bound to the ClusterRole prewarm-view, e.g. `kubectl create token <serviceaccount> -n <namespace>`; bind it with: {BIND_VIEW}"
+        ),
+        401 => anyhow::bail!(
+            "GET {url}: {said}\nThe token of --token-file was refused (expired, or not issued for the API server's audience); make a new one with `kubectl create token <serviceaccount> -n <namespace>`"
+        ),
+        403 => anyhow::bail!(
+            "GET {url}: {said}\nBind the ClusterRole prewarm-view to the token's user: {BIND_VIEW}"
+        ),
+        _ => anyhow::bail!("GET {url}: HTTP {code}: {said}"),
+    }
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (base, client, token) = view_client(&args)?;
+    let get = |path: &'static str| view_get(&client, &base, token.as_deref(), path);
     if args.what == Some(StatusWhat::Deploys) {
         let rows: Vec<DeployGroupRow> =
             serde_json::from_str(&get("/v1/deploys").await?).context("bad /v1/deploys reply")?;

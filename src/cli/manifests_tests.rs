@@ -705,3 +705,54 @@ fn network_policies_open_only_the_listened_ports() {
     assert_eq!(open, others);
     assert!(rules[1]["from"].is_null());
 }
+
+/// The gate webhook and `prewarm status` reach the HTTPS listener through
+/// the Service's `https` port; metrics stay on the `http` port.
+#[test]
+fn the_webhook_and_the_view_reach_the_https_listener() {
+    let r = base();
+    let svc = r.find("Service", "prewarm-coordinator");
+    let port = |name: &str| {
+        items(&svc["spec"]["ports"])
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("Service port {name}"))
+    };
+    let https = port("https");
+    let webhook = r.find("MutatingWebhookConfiguration", "prewarm-gate");
+    let client = &items(&webhook["webhooks"])[0]["clientConfig"]["service"];
+    assert_eq!(client["port"], https["port"]);
+    assert_eq!(client["path"], prewarm::coordinator::webhook::PATH);
+    let coordinator = container(r.coordinator_pod(), "coordinator");
+    let args = coordinator_args(r);
+    let target = https["targetPort"].as_str().expect("named targetPort");
+    assert_eq!(
+        named_port(&coordinator["ports"], target),
+        i64::from(args.https_listen.port())
+    );
+    // `prewarm status`'s default URL is that Service port.
+    let status = match Cli::try_parse_from(["prewarm", "status"]).unwrap().command {
+        Command::Status(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let ns = svc["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(
+        status.coordinator,
+        format!(
+            "https://prewarm-coordinator.{ns}.svc:{}",
+            https["port"].as_i64().unwrap()
+        )
+    );
+    let http = port("http");
+    let annotations =
+        &r.find("Deployment", "prewarm-coordinator")["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        args.http_listen.port().to_string()
+    );
+    assert_eq!(
+        named_port(&coordinator["ports"], http["targetPort"].as_str().unwrap()),
+        i64::from(args.http_listen.port())
+    );
+}

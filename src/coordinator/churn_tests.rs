@@ -113,6 +113,7 @@ async fn nodes_that_leave_leave_the_view_the_metrics_and_the_intents() {
     let http = super::http::serve(
         "127.0.0.1:0".parse().unwrap(),
         state.clone(),
+        false,
         cancel.clone(),
     )
     .await

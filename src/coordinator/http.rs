@@ -1,5 +1,9 @@
-//! The cluster view over HTTP: `/v1/nodes`, `/v1/images`, `/v1/windows`,
-//! plus `/metrics`, `/healthz` and `/readyz`. Read-only JSON.
+//! The plain HTTP port (`--http-listen`, 9465): `/metrics`, `/healthz` and
+//! `/readyz`, open to Prometheus and the kubelet's probes. The cluster view
+//! (`/v1/nodes`, `/v1/images`, `/v1/windows`, `/v1/deploys`, read-only
+//! JSON) is defined here but served on the HTTPS listener behind
+//! authentication ([`super::https`]); only `--insecure` without a
+//! certificate serves it here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,20 +64,34 @@ pub struct DeployGroupRow {
     pub status: crate::wire::deploygroup::DeployGroupStatus,
 }
 
-pub async fn serve(
-    addr: SocketAddr,
-    state: Arc<LinkState>,
-    cancel: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    let app = Router::new()
+/// The cluster view's routes (`/v1/...`), without authentication: the
+/// HTTPS listener puts [`super::https::view_routes`] in front of them.
+pub fn view_routes(state: Arc<LinkState>) -> Router {
+    Router::new()
         .route("/v1/nodes", get(nodes))
         .route("/v1/images", get(images))
         .route("/v1/windows", get(windows))
         .route("/v1/deploys", get(deploys))
+        .with_state(state)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until cancelled,
+/// and the view too when `with_view` (insecure mode only: it is then
+/// unauthenticated); returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<LinkState>,
+    with_view: bool,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(state);
+        .with_state(state.clone());
+    if with_view {
+        app = app.merge(view_routes(state));
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {

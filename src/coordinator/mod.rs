@@ -10,6 +10,7 @@ pub mod deploys;
 pub mod events;
 pub mod gate;
 pub mod http;
+pub mod https;
 pub mod leader;
 pub mod leader_label;
 pub mod link;
@@ -18,6 +19,7 @@ pub mod nodes;
 pub mod ready;
 pub mod rollouts;
 pub mod tls;
+pub mod view_auth;
 pub mod webhook;
 
 #[cfg(test)]
@@ -43,6 +45,7 @@ use self::auth::Authenticator;
 use self::link::{LinkService, LinkState};
 use self::metrics::CoordinatorMetrics;
 use self::tls::CertReloader;
+use self::view_auth::ViewAuth;
 use crate::plan::forget::Retention;
 use crate::wire::v1::Intent;
 
@@ -102,9 +105,19 @@ impl std::fmt::Debug for WallClock {
 #[derive(Debug, Clone)]
 pub struct CoordinatorOptions {
     pub grpc_listen: SocketAddr,
+    /// Plain HTTP: metrics and probes (and the view when `insecure` and no
+    /// `tls`).
     pub http_listen: SocketAddr,
+    /// HTTPS, with `tls` only: the admission webhook and the view.
+    pub https_listen: SocketAddr,
     /// Serving certificate and key (PEM), e.g. from a cert-manager Secret.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Plaintext allowed (local tests only): without `tls` the view is then
+    /// served on `http_listen` without authentication.
+    pub insecure: bool,
+    /// Checks view callers on the HTTPS listener; without it the view is
+    /// not served there.
+    pub view_auth: Option<Arc<dyn ViewAuth>>,
     /// How long disconnected nodes are remembered.
     pub retention: Retention,
     /// Whether Nodes, workloads and the leader Lease are watched (the
@@ -122,11 +135,15 @@ pub enum CoordinatorError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Https(#[from] https::HttpsError),
 }
 
 pub struct Coordinator {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The HTTPS listener's address (with a serving certificate only).
+    pub https_addr: Option<SocketAddr>,
     pub state: Arc<LinkState>,
     /// The serving certificate, reloaded on change (shared with the
     /// webhook).
@@ -258,16 +275,32 @@ impl Coordinator {
                 (None, tokio::spawn(server))
             }
         };
-        let http_addr = http::serve(opts.http_listen, state.clone(), cancel)
+        let https_addr = match &tls {
+            Some(cert) => {
+                let view = opts.view_auth.clone().map(|a| (state.clone(), a));
+                if view.is_none() {
+                    tracing::info!("no view authenticator: the cluster view is not served");
+                }
+                let addr = opts.https_listen;
+                Some(https::serve(addr, cert.clone(), view, cancel.clone()).await?)
+            }
+            None => None,
+        };
+        let open_view = tls.is_none() && opts.insecure;
+        let http_addr = http::serve(opts.http_listen, state.clone(), open_view, cancel)
             .await
             .map_err(|source| CoordinatorError::Listen {
                 addr: opts.http_listen,
                 source,
             })?;
-        tracing::info!(%grpc_addr, %http_addr, tls = opts.tls.is_some(), "coordinator serving");
+        if open_view {
+            tracing::warn!(%http_addr, "INSECURE: no serving certificate, so the cluster view is served over plain HTTP WITHOUT authentication to anyone who can reach this port");
+        }
+        tracing::info!(%grpc_addr, %http_addr, ?https_addr, tls = opts.tls.is_some(), "coordinator serving");
         Ok(Self {
             grpc_addr,
             http_addr,
+            https_addr,
             state,
             tls,
             server,

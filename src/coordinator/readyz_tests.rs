@@ -50,7 +50,10 @@ async fn readyz_says_what_is_missing_until_the_replica_can_serve() {
     let opts = CoordinatorOptions {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        https_listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
+        insecure: true,
+        view_auth: None,
         retention: Default::default(),
         watch_api: true,
     };

@@ -126,7 +126,10 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let opts = super::super::CoordinatorOptions {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        https_listen: "127.0.0.1:0".parse().unwrap(),
         tls: Some((vol.path("tls.crt"), vol.path("tls.key"))),
+        insecure: false,
+        view_auth: None,
         retention: Default::default(),
         watch_api: false,
     };
@@ -135,10 +138,8 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         .await
         .unwrap();
     let cert = coord.tls.clone().expect("TLS on");
-    let webhook =
-        super::super::webhook::serve("127.0.0.1:0".parse().unwrap(), cert.clone(), cancel.clone())
-            .await
-            .unwrap();
+    // The HTTPS listener (webhook and view) presents the same certificate.
+    let webhook = coord.https_addr.expect("HTTPS listener with TLS");
     let ca = c.join("ca.crt");
     assert_eq!(
         served(coord.grpc_addr, &ca, &[b"h2"]).await,

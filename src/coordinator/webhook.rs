@@ -5,39 +5,18 @@
 //! ignores it when it fails (`failurePolicy: Ignore`), so the cluster never
 //! stalls on it; such a pod is then simply not gated.
 //!
-//! [`review`] is pure (AdmissionReview in, AdmissionReview out); [`serve`]
-//! is its HTTPS endpoint with the coordinator's serving certificate.
+//! [`review`] is pure (AdmissionReview in, AdmissionReview out); [`routes`]
+//! is its endpoint, served on the coordinator's HTTPS listener.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
+use crate::plan::gate::{GATE, GATE_LABEL};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
-
-use super::tls::CertReloader;
-
-use crate::plan::gate::{GATE, GATE_LABEL};
 
 /// Path the webhook configuration points at.
 pub const PATH: &str = "/mutate-pods";
-
-#[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
-    #[error(transparent)]
-    Tls(#[from] super::tls::TlsError),
-    #[error("listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
 
 /// The JSON Patch that gates `pod`, or `None` when it needs none: not
 /// labelled, already gated, or already bound to a node (the API server
@@ -89,55 +68,9 @@ async fn mutate(Json(body): Json<Value>) -> Result<Json<Value>, (StatusCode, Str
         .map_err(|e| (StatusCode::BAD_REQUEST, e))
 }
 
-/// TLS connections whose handshake completed, accepted on their own tasks
-/// so one slow client does not hold up the others.
-struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The acceptor stopped (shutdown): wait for the server to end.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Serves [`PATH`] over HTTPS on `addr` until cancelled, with the serving
-/// certificate `cert` holds now (reloaded on change); returns the bound
-/// address.
-pub async fn serve(
-    addr: SocketAddr,
-    cert: Arc<CertReloader>,
-    cancel: CancellationToken,
-) -> Result<SocketAddr, WebhookError> {
-    let config = cert.server_config(&[])?;
-    let tcp = TcpListener::bind(addr)
-        .await
-        .map_err(|source| WebhookError::Listen { addr, source })?;
-    let local = tcp
-        .local_addr()
-        .map_err(|source| WebhookError::Listen { addr, source })?;
-    let rx = super::tls::accept(tcp, config, "webhook", cancel.clone());
-    let app = Router::new().route(PATH, post(mutate));
-    let listener = TlsListener { rx, local };
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await;
-    });
-    tracing::info!(%local, "admission webhook serving");
-    Ok(local)
+/// The webhook's route, served on the HTTPS listener ([`super::https`]).
+pub fn routes() -> Router {
+    Router::new().route(PATH, post(mutate))
 }
 
 #[cfg(test)]

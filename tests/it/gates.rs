@@ -405,10 +405,14 @@ async fn the_webhook_gates_labelled_pods_over_https() {
     let cert =
         prewarm::coordinator::tls::CertReloader::load(&d.join("tls.crt"), &d.join("tls.key"))
             .unwrap();
-    let addr =
-        prewarm::coordinator::webhook::serve("127.0.0.1:0".parse().unwrap(), cert, cancel.clone())
-            .await
-            .unwrap();
+    let addr = prewarm::coordinator::https::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        cert,
+        None,
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(d.join("ca.crt")).unwrap()).unwrap();
     let http = reqwest::Client::builder()
         .add_root_certificate(ca)

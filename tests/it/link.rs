@@ -37,7 +37,10 @@ pub(crate) async fn coordinator(grpc: &str, cancel: &CancellationToken) -> Coord
     let opts = CoordinatorOptions {
         grpc_listen: grpc.parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        https_listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
+        insecure: true,
+        view_auth: None,
         retention: Default::default(),
         watch_api: false,
     };
@@ -660,7 +663,10 @@ async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
     let opts = CoordinatorOptions {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        https_listen: "127.0.0.1:0".parse().unwrap(),
         tls: Some((d.join("tls.crt"), d.join("tls.key"))),
+        insecure: false,
+        view_auth: None,
         retention: Default::default(),
         watch_api: false,
     };

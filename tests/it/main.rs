@@ -17,4 +17,5 @@ mod rbac;
 mod reattach;
 mod root;
 mod snapshotter;
+mod view;
 mod windows;

@@ -17,7 +17,10 @@ async fn coordinator(tls: Option<&std::path::Path>, cancel: &CancellationToken) 
     let opts = CoordinatorOptions {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        https_listen: "127.0.0.1:0".parse().unwrap(),
         tls: tls.map(|d| (d.join("tls.crt"), d.join("tls.key"))),
+        insecure: tls.is_none(),
+        view_auth: None,
         retention: Default::default(),
         watch_api: false,
     };

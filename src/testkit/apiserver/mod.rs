@@ -14,7 +14,11 @@
 //!   to `/status` change only the status; generations count spec changes.
 //! - **Validation** ([`validate`]): gated pods may only be narrowed, other
 //!   pod updates are `Forbidden`; Leases and Events are checked.
-//! - **TokenReview** answers for tokens issued with [`MockApi::issue_token`].
+//! - **TokenReview** answers for tokens issued with [`MockApi::issue_token`]
+//!   (a review without audiences asks for the server's own, [`API_AUDIENCE`]).
+//! - **SubjectAccessReview** answers by evaluating the same RBAC for the
+//!   user and groups it names, resource and non-resource (`nonResourceURLs`)
+//!   attributes alike.
 //!
 //! It lists, gets, watches (label and field selectors), creates, replaces,
 //! patches (JSON Patch; merge and strategic merge treated as merge) and
@@ -46,6 +50,10 @@ pub use rbac::{Identity, Policy};
 use store::{key_of, parse_path, query_map, status, Inner, Parked, Reply, Target};
 
 type Respond = tower_test::mock::SendResponse<http::Response<Body>>;
+
+/// The audience of tokens for the API server itself (`kubectl create
+/// token` without `--audience`): what a TokenReview without audiences asks.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// One request as the server saw it, and its answer's status code.
 #[derive(Debug, Clone)]
@@ -446,6 +454,7 @@ impl MockApi {
                 None => store::not_found(&t, name),
             },
             ("POST", None) if t.plural() == "tokenreviews" => self.review(body),
+            ("POST", None) if t.plural() == "subjectaccessreviews" => self.access_review(body),
             ("POST", None) => inner.create(&t, body),
             ("PATCH", Some(name)) => inner.patch(&t, name, content_type, body),
             ("PUT", Some(name)) => inner.replace(&t, name, body),
@@ -472,12 +481,18 @@ impl MockApi {
                     .collect()
             })
             .unwrap_or_default();
+        // No audiences: the API server's own, as the real one does.
+        let wanted = if wanted.is_empty() {
+            vec![API_AUDIENCE.to_string()]
+        } else {
+            wanted
+        };
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let status = match tokens.get(token) {
             None => {
                 json!({"authenticated": false, "error": "[invalid bearer token, service account token has been invalidated]"})
             }
-            Some(b) if !wanted.is_empty() && !wanted.iter().any(|w| b.audiences.contains(w)) => {
+            Some(b) if !wanted.iter().any(|w| b.audiences.contains(w)) => {
                 json!({"authenticated": false, "error": "[invalid bearer token, token audiences do not match the target audiences]"})
             }
             Some(b) => {
@@ -493,6 +508,53 @@ impl MockApi {
                        "user": {"username": who.user, "uid": format!("sa-{}", b.service_account),
                                 "groups": who.groups, "extra": extra}})
             }
+        };
+        let mut out = body.clone();
+        out["status"] = status;
+        (201, out)
+    }
+
+    /// SubjectAccessReview: whether the user and groups of the spec may do
+    ///     /// what its resource or non-resource attributes say, by the policy's RBAC.
+    fn access_review(&self, body: Option<Value>) -> Reply {
+        let body = body.unwrap_or(Value::Null);
+        let spec = &body["spec"];
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let who = Identity {
+            user: text(&spec["user"]),
+            groups: spec["groups"]
+                .as_array()
+                .map(|g| g.iter().map(text).collect())
+                .unwrap_or_default(),
+        };
+        let grant = if let Some(nr) = spec.get("nonResourceAttributes") {
+            self.policy
+                .authorize_path(&who, &text(&nr["path"]), &text(&nr["verb"]))
+        } else if let Some(ra) = spec.get("resourceAttributes") {
+            let opt = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+            let a = rbac::Attributes {
+                verb: text(&ra["verb"]),
+                group: text(&ra["group"]),
+                resource: text(&ra["resource"]),
+                subresource: opt(&ra["subresource"]),
+                namespace: opt(&ra["namespace"]),
+                name: opt(&ra["name"]),
+            };
+            self.policy.authorize(&who, &a)
+        } else {
+            return status(
+                422,
+                "Invalid",
+                "SubjectAccessReview: exactly one of nonResourceAttributes, resourceAttributes must be specified".into(),
+            );
+        };
+        let status = match grant {
+            Some(g) => {
+                let reason = format!("RBAC: allowed by {}", g.role);
+                rbac::record_use(g);
+                json!({"allowed": true, "reason": reason})
+            }
+            None => json!({"allowed": false}),
         };
         let mut out = body.clone();
         out["status"] = status;

@@ -110,6 +110,9 @@ struct Rule {
     verbs: Vec<String>,
     #[serde(default)]
     resource_names: Vec<String>,
+    /// Paths outside the API (`/healthz`, `/v1/*`): a ClusterRole's only.
+    #[serde(default, rename = "nonResourceURLs")]
+    non_resource_urls: Vec<String>,
 }
 
 fn listed(list: &[String], v: &str) -> bool {
@@ -130,6 +133,21 @@ impl Rule {
                 .as_ref()
                 .is_some_and(|n| self.resource_names.contains(n));
         listed(&self.api_groups, &a.group) && resource_ok && listed(&self.verbs, &a.verb) && name_ok
+    }
+
+    /// The entry of `nonResourceURLs` that allows `verb` on `path`, matched
+    /// as the real authorizer does: `*`, the exact path, or a prefix ending
+    /// in `*`.
+    fn allows_path(&self, path: &str, verb: &str) -> Option<&String> {
+        if !listed(&self.verbs, verb) {
+            return None;
+        }
+        self.non_resource_urls.iter().find(|u| {
+            *u == "*"
+                || *u == path
+                || u.strip_suffix('*')
+                    .is_some_and(|prefix| path.starts_with(prefix))
+        })
     }
 }
 
@@ -366,6 +384,46 @@ impl Policy {
         })
     }
 
+    /// The grant that allows `verb` on the non-resource `path` (as a
+    /// SubjectAccessReview's nonResourceAttributes ask), or None. Only
+    /// ClusterRoleBindings grant paths, as in the real authorizer.
+    pub fn authorize_path(&self, who: &Identity, path: &str, verb: &str) -> Option<Grant> {
+        if who.groups.iter().any(|g| g == "system:masters") {
+            return Some(Grant {
+                role: "system:masters".into(),
+                resource: path.to_string(),
+                verb: verb.to_string(),
+            });
+        }
+        self.roles_for(who, None)
+            .filter(|r| r.kind == "ClusterRole")
+            .find_map(|r| {
+                r.rules.iter().find_map(|rule| {
+                    rule.allows_path(path, verb).map(|url| Grant {
+                        role: format!("{} {} ({})", r.kind, r.name, r.file),
+                        resource: url.clone(),
+                        verb: verb.to_string(),
+                    })
+                })
+            })
+    }
+
+    /// This policy plus a ClusterRoleBinding of ClusterRole `role` to the
+    /// user `who` (what an administrator adds, e.g. for `prewarm-view`).
+    pub fn with_cluster_role_binding(mut self, role: &str, who: &Identity) -> Self {
+        self.bindings.push(Binding {
+            namespace: None,
+            role_kind: "ClusterRole".into(),
+            role_name: role.to_string(),
+            subjects: vec![Subject {
+                kind: "User".into(),
+                name: who.user.clone(),
+                namespace: None,
+            }],
+        });
+        self
+    }
+
     /// This policy with `verb` on `resource` (`plural.group`, or a core
     /// plural) taken out of every rule: what a narrower install would be.
     pub fn without(mut self, resource: &str, verb: &str) -> Self {
@@ -402,6 +460,15 @@ impl Policy {
         let mut out = BTreeSet::new();
         for r in &self.roles {
             for rule in &r.rules {
+                for url in &rule.non_resource_urls {
+                    for v in &rule.verbs {
+                        out.insert(Grant {
+                            role: format!("{} {} ({})", r.kind, r.name, r.file),
+                            resource: url.clone(),
+                            verb: v.clone(),
+                        });
+                    }
+                }
                 for g in &rule.api_groups {
                     for res in &rule.resources {
                         for v in &rule.verbs {

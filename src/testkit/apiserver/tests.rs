@@ -502,3 +502,52 @@ async fn outages_refuse_or_stall_requests_until_they_end() {
     );
     assert!(pods.get("a").await.is_ok());
 }
+
+/// SubjectAccessReview evaluates the same RBAC for the user it names:
+/// resource attributes by the rules' resources, non-resource paths by
+/// `nonResourceURLs` (exact, or a prefix before a trailing `*`), granted by
+/// ClusterRoleBindings only.
+#[tokio::test]
+async fn subject_access_reviews_evaluate_the_policy() {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let viewer = Identity::service_account("ops", "viewer");
+    let api =
+        MockApi::with_policy(Policy::shipped().with_cluster_role_binding("prewarm-view", &viewer));
+    let reviews: Api<SubjectAccessReview> = Api::all(api.client_as(Identity::admin()));
+    let ask = |who: &Identity, attrs: Value| {
+        let mut spec = json!({"user": who.user, "groups": who.groups});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(attrs.as_object().unwrap().clone());
+        let review: SubjectAccessReview = serde_json::from_value(json!({"spec": spec})).unwrap();
+        let reviews = reviews.clone();
+        async move {
+            let out = reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap();
+            out.status.unwrap().allowed
+        }
+    };
+    let path = |p: &str| json!({"nonResourceAttributes": {"path": p, "verb": "get"}});
+    assert!(ask(&viewer, path("/v1/nodes")).await);
+    assert!(ask(&viewer, path("/v1/a/b")).await);
+    for p in ["/v1", "/v1x", "/v2/nodes", "/metrics"] {
+        assert!(!ask(&viewer, path(p)).await, "{p}");
+    }
+    let post = json!({"nonResourceAttributes": {"path": "/v1/nodes", "verb": "post"}});
+    assert!(!ask(&viewer, post).await);
+    assert!(
+        !ask(
+            &Identity::service_account("ops", "other"),
+            path("/v1/nodes")
+        )
+        .await
+    );
+    // The coordinator's own rights, by resource.
+    let coordinator = Identity::coordinator();
+    let res = |verb: &str, resource: &str| json!({"resourceAttributes": {"verb": verb, "group": "", "resource": resource, "namespace": "erp"}});
+    assert!(ask(&coordinator, res("list", "pods")).await);
+    assert!(!ask(&coordinator, res("get", "secrets")).await);
+    assert!(!ask(&viewer, res("list", "pods")).await);
+}
