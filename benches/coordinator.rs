@@ -89,7 +89,7 @@ async fn main() {
             "--http-listen",
             &format!("127.0.0.1:{http}"),
         ])
-        .args(["--no-watch", "--static-tokens"])
+        .args(["--no-watch", "--insecure", "--static-tokens"])
         .arg(dir.path().join("tokens"))
         .env("RUST_LOG", "warn")
         .spawn()

@@ -162,6 +162,7 @@ async fn prewarm(nodes: &[Node], api: &MockApi, cancel: &CancellationToken) -> R
         grpc_listen: "127.0.0.1:0".parse()?,
         http_listen: "127.0.0.1:0".parse()?,
         tls: None,
+        insecure: true,
         retention: Default::default(),
         watch_api: false,
     };

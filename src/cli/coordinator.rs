@@ -35,6 +35,10 @@ pub struct CoordinatorArgs {
     /// publishes it as the ConfigMap --ca-configmap for the agents.
     #[arg(long, env = "PREWARM_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Without --tls-cert/--tls-key, serve in plain text instead of
+    /// refusing to start (local tests only; logged loudly at start).
+    #[arg(long, env = "PREWARM_INSECURE")]
+    pub insecure: bool,
     /// ConfigMap (key ca.crt, in --namespace) the CA is published as.
     #[arg(long, default_value = prewarm::coordinator::ca::CA_CONFIGMAP)]
     pub ca_configmap: String,
@@ -183,6 +187,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         grpc_listen: args.grpc_listen,
         http_listen: args.http_listen,
         tls: args.tls_cert.zip(args.tls_key),
+        insecure: args.insecure,
         retention: prewarm::plan::forget::Retention {
             silent_ttl: args.forget_nodes_after,
         },

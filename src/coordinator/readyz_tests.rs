@@ -51,6 +51,7 @@ async fn readyz_says_what_is_missing_until_the_replica_can_serve() {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
+        insecure: true,
         retention: Default::default(),
         watch_api: true,
     };

@@ -166,3 +166,103 @@ fn plan_errors_name_file_window_and_field() {
         );
     }
 }
+
+/// `prewarm coordinator` outside a cluster (static tokens, no watch) on
+/// loopback ports, with the TLS and insecure settings taken from `args`
+/// and `env` only.
+fn coordinator_command(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "tok-a node-a\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prewarm"));
+    cmd.args(["--log-format", "json", "coordinator", "--no-watch"])
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--static-tokens")
+        .arg(&tokens)
+        .args(args);
+    for var in ["PREWARM_INSECURE", "PREWARM_TLS_CERT", "PREWARM_TLS_KEY", "PREWARM_WEBHOOK_LISTEN"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).env("RUST_LOG", "info");
+    cmd
+}
+
+/// Without a serving certificate the coordinator exits at once with an
+/// error naming the certificate flags and the opt-out.
+#[test]
+fn the_coordinator_refuses_plaintext_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = coordinator_command(dir.path(), &[], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prewarm");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a coordinator without a certificate and without --insecure kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for flag in ["--tls-cert", "--tls-key", "--insecure"] {
+        assert!(err.contains(flag), "{flag} not named: {err}");
+    }
+}
+
+/// With `--insecure` (or PREWARM_INSECURE) and no certificate the
+/// coordinator serves in plain text and says so at WARN before serving.
+#[test]
+fn an_insecure_coordinator_serves_plaintext_and_warns() {
+    use std::io::BufRead as _;
+    for (args, env) in [
+        (&["--insecure"][..], &[][..]),
+        (&[][..], &[("PREWARM_INSECURE", "true")][..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = coordinator_command(dir.path(), args, env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run prewarm");
+        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut warned, mut http) = (false, None);
+        let mut seen = Vec::new();
+        // Read until the serving line (the process keeps running).
+        for line in lines {
+            let line = line.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let msg = v["message"].as_str().unwrap_or_default();
+            if v["level"] == "WARN" && msg.contains("plain text") && msg.contains("--insecure") {
+                warned = true;
+            }
+            if msg == "coordinator serving" {
+                http = v["http_addr"].as_str().map(str::to_string);
+                break;
+            }
+            seen.push(line);
+        }
+        let http = http.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("{args:?} {env:?}: never served:\n{}", seen.join("\n"))
+        });
+        assert!(warned, "{args:?} {env:?}: no WARN about plain text:\n{}", seen.join("\n"));
+        let healthy = http_get_status(&http, "/healthz").is_some_and(|s| s.contains(" 200 "));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(healthy, "{args:?} {env:?}: /healthz on {http} did not answer");
+    }
+}
+
+/// The status line of a plain HTTP/1.0 GET, if the server answered.
+fn http_get_status(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply.lines().next().map(str::to_string)
+}

@@ -38,6 +38,7 @@ pub(crate) async fn coordinator(grpc: &str, cancel: &CancellationToken) -> Coord
         grpc_listen: grpc.parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
+        insecure: true,
         retention: Default::default(),
         watch_api: false,
     };
@@ -661,6 +662,7 @@ async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: Some((d.join("tls.crt"), d.join("tls.key"))),
+        insecure: false,
         retention: Default::default(),
         watch_api: false,
     };

@@ -18,6 +18,7 @@ async fn coordinator(tls: Option<&std::path::Path>, cancel: &CancellationToken) 
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls: tls.map(|d| (d.join("tls.crt"), d.join("tls.key"))),
+        insecure: tls.is_none(),
         retention: Default::default(),
         watch_api: false,
     };
