@@ -138,6 +138,9 @@ impl Agent {
         metrics.coordinator_configured.set(link.is_some() as i64);
         let reports = match link {
             Some(c) => {
+                if c.insecure && c.endpoint.starts_with("http://") {
+                    tracing::warn!(endpoint = %c.endpoint, "INSECURE: coordinator.insecure is set and the endpoint is plain http://: this agent's ServiceAccount token crosses the network in clear text; for local tests only, never in a cluster");
+                }
                 tracing::info!(endpoint = %c.endpoint, token = %c.token_file.display(), ca = ?c.ca_file.as_ref().map(|p| p.display().to_string()), "coordinator link configured; prewarm_coordinator_linked shows when it is up");
                 let (tx, mut reports_rx) = watch::channel(Arc::new(NodeReport::default()));
                 let cfg = link::LinkConfig {

@@ -109,6 +109,27 @@ fn agent_with_invalid_config_exits_with_field_error() {
     );
 }
 
+/// A plain http:// coordinator endpoint is refused at start unless the
+/// config says `insecure: true`.
+#[test]
+fn agent_refuses_a_plaintext_coordinator_without_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, "coordinator: {endpoint: \"http://127.0.0.1:1\"}\n").unwrap();
+    let (code, _, err) = prewarm(&[
+        "agent",
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("coordinator.endpoint") && err.contains("coordinator.insecure: true"),
+        "{err}"
+    );
+}
+
 #[test]
 fn plan_shows_the_aks_example() {
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/config/aks-integrations.yaml");
@@ -227,33 +248,90 @@ fn an_insecure_coordinator_serves_plaintext_and_warns() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run prewarm");
-        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let (mut warned, mut http) = (false, None);
-        let mut seen = Vec::new();
-        // Read until the serving line (the process keeps running).
-        for line in lines {
-            let line = line.unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            let msg = v["message"].as_str().unwrap_or_default();
-            if v["level"] == "WARN" && msg.contains("plain text") && msg.contains("--insecure") {
-                warned = true;
-            }
-            if msg == "coordinator serving" {
-                http = v["http_addr"].as_str().map(str::to_string);
-                break;
-            }
-            seen.push(line);
-        }
-        let http = http.unwrap_or_else(|| {
+        let log = log_until(&mut child, "coordinator serving");
+        let what = format!("{args:?} {env:?}");
+        let Some(serving) = log.last().filter(|l| l["message"] == "coordinator serving") else {
             let _ = child.kill();
-            panic!("{args:?} {env:?}: never served:\n{}", seen.join("\n"))
-        });
-        assert!(warned, "{args:?} {env:?}: no WARN about plain text:\n{}", seen.join("\n"));
+            panic!("{what}: never served:\n{log:#?}");
+        };
+        let http = serving["http_addr"].as_str().unwrap_or_default().to_string();
         let healthy = http_get_status(&http, "/healthz").is_some_and(|s| s.contains(" 200 "));
         let _ = child.kill();
         let _ = child.wait();
-        assert!(healthy, "{args:?} {env:?}: /healthz on {http} did not answer");
+        assert!(
+            log.iter().any(|l| warns(l, &["plain text", "--insecure"])),
+            "{what}: no WARN about plain text before serving:\n{log:#?}"
+        );
+        assert!(healthy, "{what}: /healthz on {http} did not answer");
     }
+}
+
+/// The agent with `coordinator.insecure: true` and an http:// endpoint
+/// starts, and warns that its token travels in clear text.
+#[test]
+fn an_insecure_agent_link_warns_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        "coordinator: {endpoint: \"http://127.0.0.1:1\", tokenFile: /nonexistent/token, insecure: true}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args(["--log-format", "json", "agent", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prewarm");
+    let log = log_until(&mut child, "coordinator link configured; prewarm_coordinator_linked shows when it is up");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        log.iter().any(|l| l["message"] == "agent started"),
+        "the agent did not start:\n{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| warns(l, &["coordinator.insecure", "clear text"])),
+        "no WARN about the plaintext link:\n{log:#?}"
+    );
+}
+
+/// Whether a JSON log line is a WARN whose message holds every word.
+fn warns(line: &serde_json::Value, words: &[&str]) -> bool {
+    let msg = line["message"].as_str().unwrap_or_default();
+    line["level"] == "WARN" && words.iter().all(|w| msg.contains(w))
+}
+
+/// The JSON log lines of a running `child` up to and including the first
+/// whose message is `last` (or all of them, if it exits or 60 s pass first:
+/// then it is killed).
+fn log_until(child: &mut std::process::Child, last: &str) -> Vec<serde_json::Value> {
+    use std::io::BufRead as _;
+    let pid = child.id().to_string();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // A safety net only: the wait is on the log line itself.
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = Command::new("kill").arg(&pid).status();
+        }
+    });
+    let mut log = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let Ok(line) = line else { break };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+        let end = v["message"] == last;
+        log.push(v);
+        if end {
+            break;
+        }
+    }
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    log
 }
 
 /// The status line of a plain HTTP/1.0 GET, if the server answered.
