@@ -52,6 +52,9 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The node stack cannot work here (e.g. a mount is missing).
+    #[error(transparent)]
+    Node(#[from] crate::node::setup::SetupError),
 }
 
 /// How often the config file (and the registry credential files) are
@@ -68,8 +71,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         c.cancel();
     });
     let agent = Agent::start(opts, cancel).await?;
-    agent.join().await;
-    Ok(())
+    agent.wait().await
 }
 
 async fn wait_for_signal() {
@@ -90,7 +92,7 @@ async fn wait_for_signal() {
 pub struct Agent {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), crate::node::setup::SetupError>>,
 }
 
 impl Agent {
@@ -189,8 +191,18 @@ impl Agent {
         })
     }
 
+    /// Waits until the agent stops: cancelled, or on its own at start
+    /// because it cannot work in this pod (the error says why).
+    pub async fn wait(self) -> Result<(), AgentError> {
+        match self.task.await {
+            Ok(r) => r.map_err(AgentError::Node),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Waits until the agent stops, whatever the reason.
     pub async fn join(self) {
-        let _ = self.task.await;
+        let _ = self.wait().await;
     }
 }
 

@@ -523,7 +523,10 @@ mod tests {
     fn a_plaintext_endpoint_needs_insecure() {
         let err = parse_err("coordinator: {endpoint: \"http://127.0.0.1:8443\"}\n");
         assert_eq!(err.field, "coordinator.endpoint", "{err}");
-        assert!(err.to_string().contains("coordinator.insecure: true"), "{err}");
+        assert!(
+            err.to_string().contains("coordinator.insecure: true"),
+            "{err}"
+        );
         let ok = AgentConfig::from_yaml(
             "coordinator: {endpoint: \"http://127.0.0.1:8443\", insecure: true}\n",
         )

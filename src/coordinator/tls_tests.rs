@@ -177,6 +177,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         served(coord.grpc_addr, &ca, &[b"h2"]).await,
         der_of(&c.join("b.crt"))
     );
+    assert_eq!(served(webhook, &ca, &[]).await, der_of(&c.join("b.crt")));
     cancel.cancel();
 }
 
@@ -246,7 +247,10 @@ async fn plaintext_is_refused_without_insecure() {
     let auth = Arc::new(super::super::auth::StaticAuth(Default::default()));
     let started = super::super::Coordinator::start(plaintext_options(), auth, cancel.clone()).await;
     let err = match started {
-        Ok(c) => panic!("a plaintext coordinator started on {} without --insecure", c.grpc_addr),
+        Ok(c) => panic!(
+            "a plaintext coordinator started on {} without --insecure",
+            c.grpc_addr
+        ),
         Err(e) => e.to_string(),
     };
     for flag in ["--tls-cert", "--tls-key", "--insecure"] {

@@ -196,11 +196,21 @@ fn coordinator_command(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)
     std::fs::write(&tokens, "tok-a node-a\n").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_prewarm"));
     cmd.args(["--log-format", "json", "coordinator", "--no-watch"])
-        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--static-tokens")
         .arg(&tokens)
         .args(args);
-    for var in ["PREWARM_INSECURE", "PREWARM_TLS_CERT", "PREWARM_TLS_KEY", "PREWARM_WEBHOOK_LISTEN"] {
+    for var in [
+        "PREWARM_INSECURE",
+        "PREWARM_TLS_CERT",
+        "PREWARM_TLS_KEY",
+        "PREWARM_WEBHOOK_LISTEN",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied()).env("RUST_LOG", "info");
@@ -237,7 +247,6 @@ fn the_coordinator_refuses_plaintext_by_default() {
 /// coordinator serves in plain text and says so at WARN before serving.
 #[test]
 fn an_insecure_coordinator_serves_plaintext_and_warns() {
-    use std::io::BufRead as _;
     for (args, env) in [
         (&["--insecure"][..], &[][..]),
         (&[][..], &[("PREWARM_INSECURE", "true")][..]),
@@ -254,7 +263,10 @@ fn an_insecure_coordinator_serves_plaintext_and_warns() {
             let _ = child.kill();
             panic!("{what}: never served:\n{log:#?}");
         };
-        let http = serving["http_addr"].as_str().unwrap_or_default().to_string();
+        let http = serving["http_addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let healthy = http_get_status(&http, "/healthz").is_some_and(|s| s.contains(" 200 "));
         let _ = child.kill();
         let _ = child.wait();
@@ -278,14 +290,24 @@ fn an_insecure_agent_link_warns_at_start() {
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
-        .args(["--log-format", "json", "agent", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "--log-format",
+            "json",
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&path)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run prewarm");
-    let log = log_until(&mut child, "coordinator link configured; prewarm_coordinator_linked shows when it is up");
+    let log = log_until(
+        &mut child,
+        "coordinator link configured; prewarm_coordinator_linked shows when it is up",
+    );
     let _ = child.kill();
     let _ = child.wait();
     assert!(
