@@ -187,6 +187,11 @@ fn the_default_install_links_agents_to_the_coordinator() {
     let target = port["targetPort"].as_str().expect("named targetPort");
     let coordinator = container(r.coordinator_pod(), "coordinator");
     let args = coordinator_args(r);
+    // TLS only: the coordinator has its certificate and no opt-out, and
+    // the agents do not accept plain text either.
+    assert!(args.tls_cert.is_some() && args.tls_key.is_some());
+    assert!(!args.insecure, "the shipped coordinator runs --insecure");
+    assert!(!link.insecure, "the shipped agent config sets insecure");
     assert_eq!(
         named_port(&coordinator["ports"], target),
         i64::from(args.grpc_listen.port())
