@@ -179,7 +179,7 @@ async fn prewarm(nodes: &[Node], api: &MockApi, cancel: &CancellationToken) -> R
             &cfg,
             format!(
                 "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\n\
-                 pacing: {{ diskFloor: 0 }}\ncoordinator: {{ endpoint: \"http://{}\", tokenFile: {} }}\n\
+                 pacing: {{ diskFloor: 0 }}\ncoordinator: {{ endpoint: \"http://{}\", tokenFile: {}, insecure: true }}\n\
                  images:\n  - image: {}\n",
                 n.ctd.socket.display(),
                 n.ctd.root.display(),

@@ -52,6 +52,9 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The node stack cannot work here (e.g. a mount is missing).
+    #[error(transparent)]
+    Node(#[from] crate::node::setup::SetupError),
 }
 
 /// How often the config file (and the registry credential files) are
@@ -68,8 +71,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         c.cancel();
     });
     let agent = Agent::start(opts, cancel).await?;
-    agent.join().await;
-    Ok(())
+    agent.wait().await
 }
 
 async fn wait_for_signal() {
@@ -90,7 +92,7 @@ async fn wait_for_signal() {
 pub struct Agent {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), crate::node::setup::SetupError>>,
 }
 
 impl Agent {
@@ -138,6 +140,9 @@ impl Agent {
         metrics.coordinator_configured.set(link.is_some() as i64);
         let reports = match link {
             Some(c) => {
+                if c.insecure && c.endpoint.starts_with("http://") {
+                    tracing::warn!(endpoint = %c.endpoint, "INSECURE: coordinator.insecure is set and the endpoint is plain http://: this agent's ServiceAccount token crosses the network in clear text; for local tests only, never in a cluster");
+                }
                 tracing::info!(endpoint = %c.endpoint, token = %c.token_file.display(), ca = ?c.ca_file.as_ref().map(|p| p.display().to_string()), "coordinator link configured; prewarm_coordinator_linked shows when it is up");
                 let (tx, mut reports_rx) = watch::channel(Arc::new(NodeReport::default()));
                 let cfg = link::LinkConfig {
@@ -186,8 +191,18 @@ impl Agent {
         })
     }
 
+    /// Waits until the agent stops: cancelled, or on its own at start
+    /// because it cannot work in this pod (the error says why).
+    pub async fn wait(self) -> Result<(), AgentError> {
+        match self.task.await {
+            Ok(r) => r.map_err(AgentError::Node),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Waits until the agent stops, whatever the reason.
     pub async fn join(self) {
-        let _ = self.task.await;
+        let _ = self.wait().await;
     }
 }
 

@@ -67,6 +67,8 @@ struct Loop {
     receipts: Receipts,
     refused: BTreeMap<String, Refusal>,
     backoffs: Backoffs,
+    /// Whether a stack was ever built: before that, a missing mount is fatal.
+    connected: bool,
 }
 
 /// A finished pull: its name, whether it worked and, if it moved bytes,
@@ -78,11 +80,13 @@ struct PullDone {
 }
 
 /// Runs until cancelled, then gives pulls [`SHUTDOWN_GRACE`] to stop.
+/// At start, a node stack that cannot work in this pod (a mount missing)
+/// ends it with that error, cancelling `cancel`.
 pub async fn reconcile_loop(
     mut rx: watch::Receiver<Arc<AgentConfig>>,
     parts: LoopParts,
     cancel: CancellationToken,
-) {
+) -> Result<(), SetupError> {
     let mut lp = Loop {
         p: parts,
         cancel: cancel.clone(),
@@ -92,12 +96,20 @@ pub async fn reconcile_loop(
         receipts: Receipts::new(),
         refused: BTreeMap::new(),
         backoffs: Backoffs::default(),
+        connected: false,
     };
     let mut creds = tokio::time::interval(CREDENTIALS_POLL);
     creds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !cancel.is_cancelled() {
         let cfg = rx.borrow_and_update().clone();
-        let wait = lp.pass(&cfg).await;
+        let wait = match lp.pass(&cfg).await {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::error!(error = %e, "the agent cannot work in this pod; stopping");
+                cancel.cancel();
+                return Err(e);
+            }
+        };
         let until = tokio::time::Instant::now() + wait;
         // Wait for a reason to look again.
         loop {
@@ -129,6 +141,7 @@ pub async fn reconcile_loop(
     })
     .await;
     tracing::info!("agent stopped");
+    Ok(())
 }
 
 fn stack_inputs_changed(a: &AgentConfig, b: &AgentConfig) -> bool {
@@ -163,10 +176,12 @@ async fn observe_present(
 }
 
 impl Loop {
-    /// One reconcile; a failure drops the stack and retries soon.
-    async fn pass(&mut self, cfg: &Arc<AgentConfig>) -> Duration {
-        match self.reconcile(cfg).await {
+    /// One reconcile; a failure drops the stack and retries soon, except
+    /// a missing mount before the first stack was built (returned).
+    async fn pass(&mut self, cfg: &Arc<AgentConfig>) -> Result<Duration, SetupError> {
+        Ok(match self.reconcile(cfg).await {
             Ok(wait) => wait,
+            Err(e) if e.needs_mount() && !self.connected => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "reconcile failed; retrying");
                 self.p.health.ready.store(false, Ordering::Relaxed);
@@ -174,7 +189,7 @@ impl Loop {
                 self.stack = None;
                 RUNTIME_RETRY
             }
-        }
+        })
     }
 
     fn finished(&mut self, done: PullDone, cfg: &AgentConfig) {
@@ -237,6 +252,7 @@ impl Loop {
         }
         self.p.metrics.pin_supported.set(stack.pin_supported as i64);
         self.stack = Some((stack, cfg.clone()));
+        self.connected = true;
         Ok(())
     }
 

@@ -30,6 +30,8 @@ struct FakeConnector {
     rt: FakeRuntime,
     disk: Arc<FakeDisk>,
     connects: Arc<AtomicUsize>,
+    /// Connects that fail as if the content store were not mounted.
+    unmounted: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -40,6 +42,19 @@ impl Connector for FakeConnector {
         observer: Arc<dyn PullObserver>,
     ) -> Result<Stack, SetupError> {
         self.connects.fetch_add(1, AtomicOrdering::SeqCst);
+        let fail =
+            self.unmounted
+                .fetch_update(AtomicOrdering::SeqCst, AtomicOrdering::SeqCst, |n| {
+                    n.checked_sub(1)
+                });
+        if fail.is_ok() {
+            return Err(SetupError::ContentStore {
+                path: "/var/lib/containerd/io.containerd.content.v1.content".into(),
+                what: "under the default containerd root".into(),
+                reason: "No such file or directory".into(),
+                hint: "set runtime.root",
+            });
+        }
         let engine = Engine::new(
             Arc::new(self.reg.clone()),
             Arc::new(self.rt.clone()),
@@ -67,9 +82,11 @@ struct Rig {
     intents: Option<watch::Sender<Vec<Intent>>>,
     reports: watch::Receiver<Arc<NodeReport>>,
     connects: Arc<AtomicUsize>,
+    /// How many connects from now fail as unmounted.
+    unmounted: Arc<AtomicUsize>,
     t0: Instant,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), SetupError>>,
 }
 
 /// Test config: quick failures (one attempt, a 30 s agent backoff), no
@@ -99,11 +116,13 @@ impl Rig {
             total: 2 << 40,
         })));
         let connects = Arc::new(AtomicUsize::new(0));
+        let unmounted = Arc::new(AtomicUsize::new(0));
         let connector = FakeConnector {
             reg: reg.clone(),
             rt: rt.clone(),
             disk,
             connects: connects.clone(),
+            unmounted: unmounted.clone(),
         };
         let t0 = Instant::now();
         let clock: WallClock =
@@ -132,6 +151,7 @@ impl Rig {
             intents: Some(intents_tx),
             reports,
             connects,
+            unmounted,
             t0,
             cancel,
             task,
@@ -186,7 +206,7 @@ impl Rig {
 
     async fn stop(self) {
         self.cancel.cancel();
-        self.task.await.unwrap();
+        self.task.await.unwrap().expect("the loop ran to its end");
     }
 }
 
@@ -361,5 +381,46 @@ async fn with_the_coordinator_gone_windows_and_intents_keep_working() {
         .until("window active", |r| r.windows.contains_key("w"))
         .await;
     assert_eq!(r.windows["w"].phase, "active");
+    rig.stop().await;
+}
+
+/// A content store missing at start stops the agent with that error (its
+/// other tasks cancelled); once a stack was built, the same error is
+/// retried like any other, as after a config change.
+#[tokio::test(start_paused = true)]
+async fn a_missing_mount_at_start_stops_the_agent() {
+    let rig = Rig::start(config(""));
+    rig.unmounted.store(1, AtomicOrdering::SeqCst);
+    let ended = tokio::time::timeout(Duration::from_secs(3600), rig.task)
+        .await
+        .expect("the loop did not stop")
+        .unwrap();
+    let err = ended.expect_err("the loop ended without the error");
+    assert!(err.needs_mount(), "{err}");
+    assert!(
+        rig.cancel.is_cancelled(),
+        "the agent's other tasks keep running"
+    );
+    assert_eq!(rig.connects.load(AtomicOrdering::SeqCst), 1);
+
+    let mut rig = Rig::start(config(""));
+    rig.until("connected", |r| r.pin_supported).await;
+    rig.unmounted.store(1, AtomicOrdering::SeqCst);
+    // A pacing change rebuilds the stack: that connect fails, the next works.
+    rig.cfg.send(config_with(", bandwidth: 1MiB", "")).unwrap();
+    let reconnected = async {
+        while rig.connects.load(AtomicOrdering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3600), reconnected)
+        .await
+        .expect("no reconnect after the failure");
+    assert_eq!(
+        rig.unmounted.load(AtomicOrdering::SeqCst),
+        0,
+        "the failure happened"
+    );
+    assert!(!rig.cancel.is_cancelled());
     rig.stop().await;
 }

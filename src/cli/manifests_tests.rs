@@ -187,6 +187,11 @@ fn the_default_install_links_agents_to_the_coordinator() {
     let target = port["targetPort"].as_str().expect("named targetPort");
     let coordinator = container(r.coordinator_pod(), "coordinator");
     let args = coordinator_args(r);
+    // TLS only: the coordinator has its certificate and no opt-out, and
+    // the agents do not accept plain text either.
+    assert!(args.tls_cert.is_some() && args.tls_key.is_some());
+    assert!(!args.insecure, "the shipped coordinator runs --insecure");
+    assert!(!link.insecure, "the shipped agent config sets insecure");
     assert_eq!(
         named_port(&coordinator["ports"], target),
         i64::from(args.grpc_listen.port())
@@ -304,9 +309,31 @@ fn the_base_mounts_only_host_paths_every_containerd_node_has() {
     let got = host_paths(base().agent_pod());
     let want = [
         ("/run/containerd".to_string(), "Directory".to_string()),
-        ("/var/lib/containerd".to_string(), "Directory".to_string()),
+        (
+            "/var/lib/containerd/io.containerd.content.v1.content".to_string(),
+            "Directory".to_string(),
+        ),
     ];
     assert_eq!(got, want);
+    // containerd's root is not mounted (it holds every container's root
+    // filesystem); its content store is, read-only, at the same path,
+    // which is where the agent measures the disk floor.
+    let pod = base().agent_pod();
+    let mounts = items(&container(pod, "agent")["volumeMounts"]).to_vec();
+    let content = mounts
+        .iter()
+        .find(|m| m["name"] == "containerd-content")
+        .expect("content store mount");
+    let want = Path::new(prewarm::config::DEFAULT_CONTAINERD_ROOT)
+        .join(prewarm::node::setup::CONTENT_STORE_DIR);
+    assert_eq!(content["mountPath"], want.display().to_string());
+    assert_eq!(content["readOnly"], true);
+    assert!(
+        !mounts
+            .iter()
+            .any(|m| m["mountPath"] == "/var/lib/containerd"),
+        "containerd's root is mounted"
+    );
     // Host files the config names but the base does not mount are simply
     // absent in the pod, which the agent treats as "not configured".
     let cfg = base().agent_config();

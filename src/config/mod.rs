@@ -294,7 +294,7 @@ impl AgentConfig {
 #[serde(
     rename_all = "camelCase",
     deny_unknown_fields,
-    expecting = "a mapping with endpoint, tokenFile and caFile"
+    expecting = "a mapping with endpoint, tokenFile, caFile and insecure"
 )]
 pub struct CoordinatorLink {
     /// gRPC endpoint, e.g. `https://prewarm-coordinator.prewarm-system.svc:8443`.
@@ -305,6 +305,10 @@ pub struct CoordinatorLink {
     /// CA of the coordinator's serving certificate (required for https).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Allows a plain `http://` endpoint (local tests only): without it
+    /// such an endpoint is refused, since the token would travel in clear.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 fn default_token_file() -> PathBuf {
@@ -320,6 +324,12 @@ impl CoordinatorLink {
             format!("{at}.endpoint"),
             "must be an http:// or https:// URL",
         )?;
+        if self.endpoint.starts_with("http://") && !self.insecure {
+            return Err(ConfigError::invalid(
+                format!("{at}.endpoint"),
+                format!("{:?} is plain text, so the agent's service account token would cross the network in clear text: use an https:// endpoint (with {at}.caFile), or set {at}.insecure: true (local tests only)", self.endpoint),
+            ));
+        }
         ensure(
             !self.endpoint.starts_with("https://") || self.ca_file.is_some(),
             format!("{at}.caFile"),
@@ -505,6 +515,26 @@ mod tests {
             let c = AgentConfig::from_yaml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(c.coordinator, shipped, "{name}");
         }
+    }
+
+    /// A plain http:// link sends the agent's token in clear text: refused
+    /// unless `insecure` says so; https is unaffected by it.
+    #[test]
+    fn a_plaintext_endpoint_needs_insecure() {
+        let err = parse_err("coordinator: {endpoint: \"http://127.0.0.1:8443\"}\n");
+        assert_eq!(err.field, "coordinator.endpoint", "{err}");
+        assert!(
+            err.to_string().contains("coordinator.insecure: true"),
+            "{err}"
+        );
+        let ok = AgentConfig::from_yaml(
+            "coordinator: {endpoint: \"http://127.0.0.1:8443\", insecure: true}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok.coordinator.is_some_and(|c| c.insecure));
+        let tls = "coordinator: {endpoint: \"https://c.svc:8443\", caFile: /ca.crt}\n";
+        let c = AgentConfig::from_yaml(tls).unwrap().coordinator.unwrap();
+        assert!(!c.insecure, "insecure is off by default");
     }
 
     #[test]

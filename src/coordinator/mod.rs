@@ -1,6 +1,7 @@
-//! The coordinator: serves the agent link (gRPC, optionally TLS) and the
-//! cluster view (HTTP JSON and metrics), and publishes intents. It only
-//! wires `auth`, `link`, `http` and the pure view together.
+//! The coordinator: serves the agent link (gRPC over TLS; plain text only
+//! when explicitly `insecure`) and the cluster view (HTTP JSON and
+//! metrics), and publishes intents. It only wires `auth`, `link`, `http`
+//! and the pure view together.
 
 pub mod announce;
 pub mod auth;
@@ -112,8 +113,9 @@ pub struct CoordinatorOptions {
     pub https_listen: SocketAddr,
     /// Serving certificate and key (PEM), e.g. from a cert-manager Secret.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// Plaintext allowed (local tests only): without `tls` the view is then
-    /// served on `http_listen` without authentication.
+    /// Plaintext allowed (local tests only): without `tls` the coordinator
+    /// then serves in plain text instead of refusing to start, and the view
+    /// is served on `http_listen` without authentication. No effect with `tls`.
     pub insecure: bool,
     /// Checks view callers on the HTTPS listener; without it the view is
     /// not served there.
@@ -137,6 +139,8 @@ pub enum CoordinatorError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Https(#[from] https::HttpsError),
+    #[error("no serving certificate: pass --tls-cert and --tls-key (tls.crt and tls.key of the Secret prewarm-coordinator-tls), or --insecure to serve agents' tokens and the cluster view in plain text (local tests only)")]
+    NoCertificate,
 }
 
 pub struct Coordinator {
@@ -216,12 +220,33 @@ pub async fn follow_leadership(state: Arc<LinkState>, leadership: leader::Leader
     }
 }
 
+/// TLS unless explicitly opted out: refuses plaintext without `insecure`,
+/// and says loudly when it is on.
+fn check_transport(opts: &CoordinatorOptions) -> Result<(), CoordinatorError> {
+    match (&opts.tls, opts.insecure) {
+        (Some(_), insecure) => {
+            if insecure {
+                tracing::info!("--insecure has no effect: a serving certificate is configured");
+            }
+            Ok(())
+        }
+        (None, true) => {
+            tracing::warn!(grpc = %opts.grpc_listen, http = %opts.http_listen, "INSECURE: no serving certificate and --insecure: the agent link is served in plain text, so agents' ServiceAccount tokens cross the network in clear text; for local tests only, never in a cluster");
+            Ok(())
+        }
+        (None, false) => Err(CoordinatorError::NoCertificate),
+    }
+}
+
 impl Coordinator {
+    /// Starts the link and the view. Without a serving certificate it
+    /// refuses to start unless `opts.insecure` says plain text is meant.
     pub async fn start(
         opts: CoordinatorOptions,
         auth: Arc<dyn Authenticator>,
         cancel: CancellationToken,
     ) -> Result<Self, CoordinatorError> {
+        check_transport(&opts)?;
         let metrics = Arc::new(CoordinatorMetrics::new());
         let state = LinkState::with_retention(auth, metrics, cancel.clone(), opts.retention);
         tokio::spawn(forget_loop(state.clone(), cancel.clone()));

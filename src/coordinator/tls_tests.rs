@@ -177,6 +177,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         served(coord.grpc_addr, &ca, &[b"h2"]).await,
         der_of(&c.join("b.crt"))
     );
+    assert_eq!(served(webhook, &ca, &[]).await, der_of(&c.join("b.crt")));
     cancel.cancel();
 }
 
@@ -224,4 +225,54 @@ fn bad_pairs_are_refused_with_the_file_named_and_the_old_pair_kept() {
             .starts_with(&format!("TLS {}", c.join("missing.crt").display())),
         "{e}"
     );
+}
+
+/// Options for a coordinator on loopback without a serving certificate.
+fn plaintext_options() -> super::super::CoordinatorOptions {
+    super::super::CoordinatorOptions {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        https_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        insecure: false,
+        view_auth: None,
+        retention: Default::default(),
+        watch_api: false,
+    }
+}
+
+/// Without a certificate the coordinator does not start, and says which
+/// flags would make it: the certificate's, or the explicit opt-out.
+#[tokio::test]
+async fn plaintext_is_refused_without_insecure() {
+    let cancel = CancellationToken::new();
+    let auth = Arc::new(super::super::auth::StaticAuth(Default::default()));
+    let started = super::super::Coordinator::start(plaintext_options(), auth, cancel.clone()).await;
+    let err = match started {
+        Ok(c) => panic!(
+            "a plaintext coordinator started on {} without --insecure",
+            c.grpc_addr
+        ),
+        Err(e) => e.to_string(),
+    };
+    for flag in ["--tls-cert", "--tls-key", "--insecure"] {
+        assert!(err.contains(flag), "{flag} not named: {err}");
+    }
+
+    // Opted out explicitly: the link serves plain gRPC.
+    let opts = super::super::CoordinatorOptions {
+        insecure: true,
+        ..plaintext_options()
+    };
+    let auth = Arc::new(super::super::auth::StaticAuth(Default::default()));
+    let coord = super::super::Coordinator::start(opts, auth, cancel.clone())
+        .await
+        .expect("--insecure starts without a certificate");
+    assert!(coord.tls.is_none());
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", coord.grpc_addr))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(plain.is_ok(), "plain gRPC connect: {:?}", plain.err());
+    cancel.cancel();
 }

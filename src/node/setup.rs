@@ -18,6 +18,15 @@ pub enum SetupError {
     Keyring(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// containerd's content store is not there: in a pod, it is not
+    /// mounted (retrying cannot help).
+    #[error("containerd's content store {path} ({what}) cannot be read here: {reason}; the disk floor is measured on its filesystem, so it must be visible at that path: mount it (in the DaemonSet: hostPath {path}, type Directory, readOnly, at the same path), or {hint}")]
+    ContentStore {
+        path: String,
+        what: String,
+        reason: String,
+        hint: &'static str,
+    },
     #[error("runtime.snapshotter is {configured:?}, but containerd's CRI plugin unpacks images into {reported:?}; remove runtime.snapshotter (prewarm asks containerd) or set it to {reported:?}")]
     Snapshotter {
         configured: String,
@@ -31,7 +40,7 @@ pub struct NodeStack {
     pub runtime_version: String,
     /// Whether this containerd honours the CRI pinned label (>= 1.7).
     pub pin_supported: bool,
-    /// containerd's root, whose filesystem the disk floor guards.
+    /// containerd's root; the disk floor guards its content store's filesystem.
     pub root: ContainerdRoot,
     /// Free space on that filesystem (the engine's disk floor uses the same).
     pub disk: Arc<StatvfsProbe>,
@@ -50,11 +59,25 @@ pub enum RootSetting {
     ConfigKey,
 }
 
+impl SetupError {
+    /// The process lacks a mount: retrying cannot fix it.
+    pub fn needs_mount(&self) -> bool {
+        matches!(self, SetupError::ContentStore { .. })
+    }
+}
+
+/// containerd's content store (image blobs) under its root: the disk floor
+/// is measured there, so only this directory of the root needs mounting
+/// (the rest holds every container's root filesystem).
+pub const CONTENT_STORE_DIR: &str = "io.containerd.content.v1.content";
+
 impl RootSetting {
     fn hint(self) -> &'static str {
         match self {
             RootSetting::Flag => "pass --root to name containerd's root directory",
-            RootSetting::ConfigKey => "set runtime.root in the agent config to containerd's root directory (the agent needs it mounted at that path)",
+            RootSetting::ConfigKey => {
+                "set runtime.root in the agent config to containerd's root directory"
+            }
         }
     }
 
@@ -87,6 +110,11 @@ pub struct ContainerdRoot {
 }
 
 impl ContainerdRoot {
+    /// containerd's content store under this root.
+    pub fn content_store(&self) -> PathBuf {
+        self.path.join(CONTENT_STORE_DIR)
+    }
+
     /// What the path is, for errors.
     pub fn describe(&self) -> &'static str {
         match self.source {
@@ -94,6 +122,34 @@ impl ContainerdRoot {
             RootSource::Containerd => "containerd's root as containerd reports it",
             RootSource::Default => "the default containerd root; containerd did not report its own",
         }
+    }
+}
+
+/// The disk probe on `root`'s content store, which must be a directory
+/// here: never statvfs whatever filesystem happens to hold the path (in a
+/// pod that mounts only the content store, the root is the pod's own).
+pub fn content_store_probe(
+    root: &ContainerdRoot,
+    setting: RootSetting,
+) -> Result<StatvfsProbe, SetupError> {
+    let path = root.content_store();
+    let what = format!("under {}", root.describe());
+    let reason = match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some("not a directory".to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    match reason {
+        None => Ok(StatvfsProbe::new(&path).described(
+            &format!("containerd's content store, {what}"),
+            setting.hint(),
+        )),
+        Some(reason) => Err(SetupError::ContentStore {
+            path: path.display().to_string(),
+            what,
+            reason,
+            hint: setting.hint(),
+        }),
     }
 }
 
@@ -190,8 +246,8 @@ pub async fn connect_with(
         .with_lease_owner(setting.lease_owner());
     let runtime_version = containerd.version().await?;
     let root = resolve_root(cfg.runtime.root.as_deref(), &containerd).await;
-    tracing::info!(root = %root.path.display(), source = ?root.source, "containerd root for the disk floor");
-    let disk = Arc::new(StatvfsProbe::new(&root.path).described(root.describe(), setting.hint()));
+    let disk = Arc::new(content_store_probe(&root, setting)?);
+    tracing::info!(root = %root.path.display(), source = ?root.source, content_store = %disk.path().display(), "containerd content store for the disk floor");
     let snapshotter = resolve_snapshotter(cfg.runtime.snapshotter.as_deref(), &containerd).await?;
     tracing::info!(snapshotter, "CRI snapshotter warm images are unpacked in");
     let engine = Engine::new(
@@ -333,5 +389,46 @@ mod tests {
             );
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    /// The probe is on the content store; a root without one (a directory
+    /// that exists, as a mount's parents do in a pod) is refused with the
+    /// path, the mount and the setting named, never measured.
+    #[test]
+    fn the_disk_floor_is_measured_on_the_content_store_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = ContainerdRoot {
+            path: dir.path().to_path_buf(),
+            source: RootSource::Containerd,
+        };
+        let content = dir.path().join(CONTENT_STORE_DIR);
+        for (setting, want) in [
+            (RootSetting::Flag, "--root"),
+            (RootSetting::ConfigKey, "runtime.root in the agent config"),
+        ] {
+            let Err(err) = content_store_probe(&root, setting) else {
+                panic!("a root without a content store was measured");
+            };
+            assert!(err.needs_mount());
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "containerd's content store {} (under containerd's root as containerd reports it) cannot be read here: No such file or directory",
+                    content.display()
+                )),
+                "{msg}"
+            );
+            assert!(msg.contains("mount it") && msg.contains(want), "{msg}");
+        }
+        std::fs::write(&content, "").unwrap();
+        let Err(err) = content_store_probe(&root, RootSetting::Flag) else {
+            panic!("a file was taken for the content store");
+        };
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        std::fs::remove_file(&content).unwrap();
+        std::fs::create_dir(&content).unwrap();
+        let probe = content_store_probe(&root, RootSetting::ConfigKey).unwrap();
+        assert_eq!(probe.path(), content);
+        assert!(probe.usage().unwrap().total > 0);
     }
 }

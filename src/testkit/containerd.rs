@@ -104,6 +104,10 @@ impl TestContainerd {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
         let root = dir.join("root");
+        // containerd makes its content store on the first write; a node's
+        // has long existed (the kubelet pulled the agent's own image), and
+        // the disk floor is measured on it.
+        std::fs::create_dir_all(root.join(crate::node::setup::CONTENT_STORE_DIR))?;
         let hosts_dir = dir.join("certs.d");
         std::fs::create_dir_all(&hosts_dir)?;
         std::fs::write(dir.join("config.toml"), config(version, dir, snapshotter))?;

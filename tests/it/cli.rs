@@ -109,6 +109,27 @@ fn agent_with_invalid_config_exits_with_field_error() {
     );
 }
 
+/// A plain http:// coordinator endpoint is refused at start unless the
+/// config says `insecure: true`.
+#[test]
+fn agent_refuses_a_plaintext_coordinator_without_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, "coordinator: {endpoint: \"http://127.0.0.1:1\"}\n").unwrap();
+    let (code, _, err) = prewarm(&[
+        "agent",
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("coordinator.endpoint") && err.contains("coordinator.insecure: true"),
+        "{err}"
+    );
+}
+
 #[test]
 fn plan_shows_the_aks_example() {
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/config/aks-integrations.yaml");
@@ -165,4 +186,183 @@ fn plan_errors_name_file_window_and_field() {
             "want {want:?} in {err}"
         );
     }
+}
+
+/// `prewarm coordinator` outside a cluster (static tokens, no watch) on
+/// loopback ports, with the TLS and insecure settings taken from `args`
+/// and `env` only.
+fn coordinator_command(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "tok-a node-a\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prewarm"));
+    cmd.args(["--log-format", "json", "coordinator", "--no-watch"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--static-tokens")
+        .arg(&tokens)
+        .args(args);
+    for var in [
+        "PREWARM_INSECURE",
+        "PREWARM_TLS_CERT",
+        "PREWARM_TLS_KEY",
+        "PREWARM_WEBHOOK_LISTEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).env("RUST_LOG", "info");
+    cmd
+}
+
+/// Without a serving certificate the coordinator exits at once with an
+/// error naming the certificate flags and the opt-out.
+#[test]
+fn the_coordinator_refuses_plaintext_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = coordinator_command(dir.path(), &[], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prewarm");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a coordinator without a certificate and without --insecure kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for flag in ["--tls-cert", "--tls-key", "--insecure"] {
+        assert!(err.contains(flag), "{flag} not named: {err}");
+    }
+}
+
+/// With `--insecure` (or PREWARM_INSECURE) and no certificate the
+/// coordinator serves in plain text and says so at WARN before serving.
+#[test]
+fn an_insecure_coordinator_serves_plaintext_and_warns() {
+    for (args, env) in [
+        (&["--insecure"][..], &[][..]),
+        (&[][..], &[("PREWARM_INSECURE", "true")][..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = coordinator_command(dir.path(), args, env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run prewarm");
+        let log = log_until(&mut child, "coordinator serving");
+        let what = format!("{args:?} {env:?}");
+        let Some(serving) = log.last().filter(|l| l["message"] == "coordinator serving") else {
+            let _ = child.kill();
+            panic!("{what}: never served:\n{log:#?}");
+        };
+        let http = serving["http_addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let healthy = http_get_status(&http, "/healthz").is_some_and(|s| s.contains(" 200 "));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            log.iter().any(|l| warns(l, &["plain text", "--insecure"])),
+            "{what}: no WARN about plain text before serving:\n{log:#?}"
+        );
+        assert!(healthy, "{what}: /healthz on {http} did not answer");
+    }
+}
+
+/// The agent with `coordinator.insecure: true` and an http:// endpoint
+/// starts, and warns that its token travels in clear text.
+#[test]
+fn an_insecure_agent_link_warns_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        "coordinator: {endpoint: \"http://127.0.0.1:1\", tokenFile: /nonexistent/token, insecure: true}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .args([
+            "--log-format",
+            "json",
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prewarm");
+    let log = log_until(
+        &mut child,
+        "coordinator link configured; prewarm_coordinator_linked shows when it is up",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        log.iter().any(|l| l["message"] == "agent started"),
+        "the agent did not start:\n{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| warns(l, &["coordinator.insecure", "clear text"])),
+        "no WARN about the plaintext link:\n{log:#?}"
+    );
+}
+
+/// Whether a JSON log line is a WARN whose message holds every word.
+fn warns(line: &serde_json::Value, words: &[&str]) -> bool {
+    let msg = line["message"].as_str().unwrap_or_default();
+    line["level"] == "WARN" && words.iter().all(|w| msg.contains(w))
+}
+
+/// The JSON log lines of a running `child` up to and including the first
+/// whose message is `last` (or all of them, if it exits or 60 s pass first:
+/// then it is killed).
+fn log_until(child: &mut std::process::Child, last: &str) -> Vec<serde_json::Value> {
+    use std::io::BufRead as _;
+    let pid = child.id().to_string();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // A safety net only: the wait is on the log line itself.
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = Command::new("kill").arg(&pid).status();
+        }
+    });
+    let mut log = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let Ok(line) = line else { break };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+        let end = v["message"] == last;
+        log.push(v);
+        if end {
+            break;
+        }
+    }
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    log
+}
+
+/// The status line of a plain HTTP/1.0 GET, if the server answered.
+fn http_get_status(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply.lines().next().map(str::to_string)
 }

@@ -127,10 +127,13 @@ pub(crate) async fn real_agent(
     let token_file = dir.join(format!("{node}.agent-token"));
     std::fs::write(&token_file, token).unwrap();
     let cfg = dir.join(format!("{node}-agent.yaml"));
+    // The loopback coordinators here are --insecure; the agent must opt in
+    // to a plain http:// link too.
+    let insecure = endpoint.starts_with("http://");
     std::fs::write(
         &cfg,
         format!(
-            "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 0 }}\nresync: 2s\ncoordinator: {{ endpoint: \"{endpoint}\", tokenFile: {} }}\n{extra}",
+            "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\npacing: {{ diskFloor: 0 }}\nresync: 2s\ncoordinator: {{ endpoint: \"{endpoint}\", tokenFile: {}, insecure: {insecure} }}\n{extra}",
             ctd.socket.display(),
             ctd.root.display(),
             ctd.hosts_dir.display(),

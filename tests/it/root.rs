@@ -56,22 +56,26 @@ async fn pull_without_root_uses_containerds_own(v: Version) {
         "the log does not name the root containerd reported ({root}):\n{err}"
     );
 
-    // A root that cannot be read: the error names it and the flag (another
-    // image: a warm one needs no disk check).
+    // A root without containerd's content store (a directory that exists,
+    // as the parents of a mount do in a pod): the disk floor would measure
+    // some other filesystem, so nothing is pulled and the error names the
+    // content store, the flag and the mount.
     let other = up.image("shapes/zstd");
-    let (code, out, err) = prewarm(
-        &[
-            &common[..],
-            &["--root", "/nonexistent/ctd-root", "--json", &other],
-        ]
-        .concat(),
-    )
-    .await;
-    assert_eq!(code, 2, "{out}\n{err}");
-    assert!(
-        out.contains("/nonexistent/ctd-root") && out.contains("--root"),
-        "{out}"
-    );
+    let empty = tempfile::tempdir().unwrap();
+    let content = empty.path().join("io.containerd.content.v1.content");
+    for root in [empty.path().to_str().unwrap(), "/nonexistent/ctd-root"] {
+        let args = [&common[..], &["--root", root, "--json", &other]].concat();
+        let (code, out, err) = prewarm(&args).await;
+        assert_eq!(code, 1, "--root {root}: {out}\n{err}");
+        let want = std::path::Path::new(root).join("io.containerd.content.v1.content");
+        assert!(
+            err.contains(&want.display().to_string())
+                && err.contains("--root")
+                && err.contains("mount"),
+            "--root {root}: {err}"
+        );
+    }
+    assert!(!content.exists(), "created {}", content.display());
 }
 on_both!(pull_without_root_uses_containerds_own);
 
@@ -95,14 +99,21 @@ async fn containerd_reports_its_root(v: Version) {
     assert_eq!(stack.root.source, RootSource::Containerd);
     let usage = prewarm::node::pace::DiskProbe::usage(stack.disk.as_ref()).expect("statvfs");
     assert!(usage.total > 0);
-    // A configured root wins.
-    cfg.runtime.root = Some("/var/tmp".into());
+    // The disk floor is measured on the content store, not the root.
+    assert_eq!(
+        stack.disk.path(),
+        ctd.root.join("io.containerd.content.v1.content")
+    );
+    // A configured root wins (one with a content store of its own).
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other.path().join("io.containerd.content.v1.content")).unwrap();
+    cfg.runtime.root = Some(other.path().to_path_buf());
     let stack = setup::connect(&cfg, Arc::new(NoopObserver))
         .await
         .expect("connect");
     assert_eq!(
-        (stack.root.path.to_str(), stack.root.source),
-        (Some("/var/tmp"), RootSource::Configured)
+        (stack.root.path.as_path(), stack.root.source),
+        (other.path(), RootSource::Configured)
     );
 }
 on_both!(containerd_reports_its_root);
@@ -143,4 +154,33 @@ async fn agent_without_root_warms() {
     tokio::time::timeout(Duration::from_secs(30), agent.join())
         .await
         .expect("agent stops");
+}
+
+/// An agent whose containerd content store is not there (not mounted into
+/// its pod) stops at start with an error naming the path and the mount,
+/// instead of measuring the disk floor on its own filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_without_the_content_store_stops_at_start() {
+    let ctd = TestContainerd::start(Version::V2).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("var/lib/containerd");
+    std::fs::create_dir_all(&root).unwrap();
+    let path = dir.path().join("config.yaml");
+    let yaml = format!(
+        "runtime: {{ socket: {}, root: {} }}\nregistry: {{ dockerConfig: [], hostsDir: {} }}\n",
+        ctd.socket.display(),
+        root.display(),
+        ctd.hosts_dir.display(),
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let config = path.to_str().unwrap();
+    let (code, _, err) = prewarm(&["agent", "--listen", "127.0.0.1:0", "--config", config]).await;
+    let content = root.join("io.containerd.content.v1.content");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&content.display().to_string())
+            && err.contains("runtime.root")
+            && err.contains("mount"),
+        "{err}"
+    );
 }
