@@ -565,3 +565,7 @@ fn go_duration(d: Duration) -> String {
 #[cfg(test)]
 #[path = "gate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "gate_fixture_tests.rs"]
+mod fixture_tests;

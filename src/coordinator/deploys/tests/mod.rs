@@ -13,6 +13,7 @@ use super::*;
 use crate::plan::rollout::images_hash;
 use crate::plan::view::POOL_LABEL;
 use crate::testkit::apiserver::{MockApi, Policy, Recorded};
+use crate::wire::deploygroup::template_hash;
 use crate::wire::v1::{image_state::Phase, ImageState, Snapshot};
 
 /// The namespace of config/integrations-deploygroup.yaml, whose RoleBinding
