@@ -10,7 +10,7 @@ use prewarm::coordinator::deploys::{self, DeployOptions};
 use prewarm::coordinator::gate::{self, GateOptions};
 use prewarm::node::runtime::ImageStore;
 use prewarm::plan::deploy::HttpCheckPolicy;
-use prewarm::testkit::apiserver::{MockApi, Recorded};
+use prewarm::testkit::apiserver::{Identity, MockApi, Policy, Recorded};
 use prewarm::testkit::containerd::Version;
 use prewarm::wire::v1::image_state::Phase;
 use serde_json::{json, Value};
@@ -249,7 +249,14 @@ async fn a_deploy_group_warms_rolls_validates_and_pauses_one_member() {
     let state = coord.state.clone();
     wait_for("the agent attached", 30, || state.view().connected() == 1).await;
 
-    let api = MockApi::new();
+    // The namespace grants the coordinator its deploy-group rights, as
+    // config/integrations-deploygroup.yaml's RoleBinding does for `erp`.
+    let policy = Policy::shipped().with_role_binding(
+        "integrations",
+        deploys::DEPLOYGROUP_ROLE,
+        &Identity::coordinator(),
+    );
+    let api = MockApi::with_policy(policy);
     api.put(
         DEPLOYMENTS,
         deployment("orders-api", "reg.invalid/orders-api:1"),

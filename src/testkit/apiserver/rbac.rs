@@ -408,6 +408,22 @@ impl Policy {
             })
     }
 
+    /// This policy plus a RoleBinding in `namespace` of ClusterRole `role`
+    /// to `who`: what a namespace owner grants, e.g. `prewarm-deploygroup`.
+    pub fn with_role_binding(mut self, namespace: &str, role: &str, who: &Identity) -> Self {
+        self.bindings.push(Binding {
+            namespace: Some(namespace.to_string()),
+            role_kind: "ClusterRole".into(),
+            role_name: role.to_string(),
+            subjects: vec![Subject {
+                kind: "User".into(),
+                name: who.user.clone(),
+                namespace: None,
+            }],
+        });
+        self
+    }
+
     /// This policy plus a ClusterRoleBinding of ClusterRole `role` to the
     /// user `who` (what an administrator adds, e.g. for `prewarm-view`).
     pub fn with_cluster_role_binding(mut self, role: &str, who: &Identity) -> Self {
