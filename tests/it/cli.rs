@@ -1,30 +1,53 @@
 //! The binary's edge: exit codes and messages for bad input.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs the binary; a run that does not end within 30 s is killed and fails.
 fn prewarm(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run prewarm");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("prewarm {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("collect output");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prewarm"));
+    cmd.args(args);
+    let out = run_to_exit(cmd, &format!("prewarm {args:?} did not exit"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `cmd` with its output collected, waiting for its exit; one still
+/// running after 30 s is killed and the test fails with `stuck`.
+fn run_to_exit(cmd: Command, stuck: &str) -> std::process::Output {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let child = cmd.spawn().expect("run prewarm");
+        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{stuck}"))
+            .expect("collect output")
+    })
+}
+
+/// The agent with `config` as its config file: (exit code, stdout, stderr).
+fn agent_with_config(config: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, config).unwrap();
+    prewarm(&[
+        "agent",
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
 }
 
 #[test]
@@ -92,16 +115,7 @@ fn bad_flags_are_explained() {
 
 #[test]
 fn agent_with_invalid_config_exits_with_field_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.yaml");
-    std::fs::write(&path, "images:\n  - image: reg.io/Team/app:1\n").unwrap();
-    let (code, _, err) = prewarm(&[
-        "agent",
-        "--config",
-        path.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let (code, _, err) = agent_with_config("images:\n  - image: reg.io/Team/app:1\n");
     assert_ne!(code, 0);
     assert!(
         err.contains("images[0].image") && err.contains("invalid image reference"),
@@ -113,16 +127,7 @@ fn agent_with_invalid_config_exits_with_field_error() {
 /// config says `insecure: true`.
 #[test]
 fn agent_refuses_a_plaintext_coordinator_without_insecure() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.yaml");
-    std::fs::write(&path, "coordinator: {endpoint: \"http://127.0.0.1:1\"}\n").unwrap();
-    let (code, _, err) = prewarm(&[
-        "agent",
-        "--config",
-        path.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let (code, _, err) = agent_with_config("coordinator: {endpoint: \"http://127.0.0.1:1\"}\n");
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("coordinator.endpoint") && err.contains("coordinator.insecure: true"),
@@ -209,7 +214,7 @@ fn coordinator_command(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)
         "PREWARM_INSECURE",
         "PREWARM_TLS_CERT",
         "PREWARM_TLS_KEY",
-        "PREWARM_WEBHOOK_LISTEN",
+        "PREWARM_HTTPS_LISTEN",
     ] {
         cmd.env_remove(var);
     }
@@ -222,20 +227,10 @@ fn coordinator_command(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)
 #[test]
 fn the_coordinator_refuses_plaintext_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = coordinator_command(dir.path(), &[], &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run prewarm");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a coordinator without a certificate and without --insecure kept running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = run_to_exit(
+        coordinator_command(dir.path(), &[], &[]),
+        "a coordinator without a certificate and without --insecure kept running",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     for flag in ["--tls-cert", "--tls-key", "--insecure"] {
