@@ -410,25 +410,21 @@ impl Policy {
 
     /// This policy plus a RoleBinding in `namespace` of ClusterRole `role`
     /// to `who`: what a namespace owner grants, e.g. `prewarm-deploygroup`.
-    pub fn with_role_binding(mut self, namespace: &str, role: &str, who: &Identity) -> Self {
-        self.bindings.push(Binding {
-            namespace: Some(namespace.to_string()),
-            role_kind: "ClusterRole".into(),
-            role_name: role.to_string(),
-            subjects: vec![Subject {
-                kind: "User".into(),
-                name: who.user.clone(),
-                namespace: None,
-            }],
-        });
-        self
+    pub fn with_role_binding(self, namespace: &str, role: &str, who: &Identity) -> Self {
+        self.bind_cluster_role(Some(namespace), role, who)
     }
 
     /// This policy plus a ClusterRoleBinding of ClusterRole `role` to the
     /// user `who` (what an administrator adds, e.g. for `prewarm-view`).
-    pub fn with_cluster_role_binding(mut self, role: &str, who: &Identity) -> Self {
+    pub fn with_cluster_role_binding(self, role: &str, who: &Identity) -> Self {
+        self.bind_cluster_role(None, role, who)
+    }
+
+    /// Binds ClusterRole `role` to the user `who`, in `namespace` (a
+    /// RoleBinding) or cluster-wide (a ClusterRoleBinding).
+    fn bind_cluster_role(mut self, namespace: Option<&str>, role: &str, who: &Identity) -> Self {
         self.bindings.push(Binding {
-            namespace: None,
+            namespace: namespace.map(str::to_string),
             role_kind: "ClusterRole".into(),
             role_name: role.to_string(),
             subjects: vec![Subject {
