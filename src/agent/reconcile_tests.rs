@@ -29,7 +29,8 @@ struct FakeConnector {
     reg: FakeRegistry,
     rt: FakeRuntime,
     disk: Arc<FakeDisk>,
-    connects: Arc<AtomicUsize>,
+    /// Connects so far, watched by the test.
+    connects: watch::Sender<usize>,
     /// Connects that fail as if the content store were not mounted.
     unmounted: Arc<AtomicUsize>,
 }
@@ -41,7 +42,7 @@ impl Connector for FakeConnector {
         cfg: &AgentConfig,
         observer: Arc<dyn PullObserver>,
     ) -> Result<Stack, SetupError> {
-        self.connects.fetch_add(1, AtomicOrdering::SeqCst);
+        self.connects.send_modify(|n| *n += 1);
         let fail =
             self.unmounted
                 .fetch_update(AtomicOrdering::SeqCst, AtomicOrdering::SeqCst, |n| {
@@ -81,7 +82,7 @@ struct Rig {
     cfg: watch::Sender<Arc<AgentConfig>>,
     intents: Option<watch::Sender<Vec<Intent>>>,
     reports: watch::Receiver<Arc<NodeReport>>,
-    connects: Arc<AtomicUsize>,
+    connects: watch::Receiver<usize>,
     /// How many connects from now fail as unmounted.
     unmounted: Arc<AtomicUsize>,
     t0: Instant,
@@ -115,13 +116,13 @@ impl Rig {
             free: 1 << 40,
             total: 2 << 40,
         })));
-        let connects = Arc::new(AtomicUsize::new(0));
+        let (connects_tx, connects) = watch::channel(0);
         let unmounted = Arc::new(AtomicUsize::new(0));
         let connector = FakeConnector {
             reg: reg.clone(),
             rt: rt.clone(),
             disk,
-            connects: connects.clone(),
+            connects: connects_tx,
             unmounted: unmounted.clone(),
         };
         let t0 = Instant::now();
@@ -233,7 +234,7 @@ async fn a_config_change_replans() {
     rig.until("b warm after the reload", |r| warm_pinned(r, &b))
         .await;
     // Images changed, the stack's inputs did not: no reconnect.
-    assert_eq!(rig.connects.load(AtomicOrdering::SeqCst), 1);
+    assert_eq!(*rig.connects.borrow(), 1);
     // A pacing change rebuilds the stack.
     let c = rig.image("reg.test/c:1", 3);
     let more = ", maxConcurrentPulls: 3";
@@ -244,7 +245,7 @@ async fn a_config_change_replans() {
         ))
         .unwrap();
     rig.until("c warm", |r| warm_pinned(r, &c)).await;
-    assert_eq!(rig.connects.load(AtomicOrdering::SeqCst), 2);
+    assert_eq!(*rig.connects.borrow(), 2);
     rig.stop().await;
 }
 
@@ -401,21 +402,18 @@ async fn a_missing_mount_at_start_stops_the_agent() {
         rig.cancel.is_cancelled(),
         "the agent's other tasks keep running"
     );
-    assert_eq!(rig.connects.load(AtomicOrdering::SeqCst), 1);
+    assert_eq!(*rig.connects.borrow(), 1);
 
     let mut rig = Rig::start(config(""));
     rig.until("connected", |r| r.pin_supported).await;
     rig.unmounted.store(1, AtomicOrdering::SeqCst);
     // A pacing change rebuilds the stack: that connect fails, the next works.
     rig.cfg.send(config_with(", bandwidth: 1MiB", "")).unwrap();
-    let reconnected = async {
-        while rig.connects.load(AtomicOrdering::SeqCst) < 3 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    };
+    let reconnected = rig.connects.wait_for(|n| *n >= 3);
     tokio::time::timeout(Duration::from_secs(3600), reconnected)
         .await
-        .expect("no reconnect after the failure");
+        .expect("no reconnect after the failure")
+        .expect("the connector is alive");
     assert_eq!(
         rig.unmounted.load(AtomicOrdering::SeqCst),
         0,
