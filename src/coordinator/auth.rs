@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 
@@ -63,31 +63,49 @@ impl TokenReviewAuth {
     }
 }
 
+/// What a TokenReview said of a token.
+pub(crate) enum Review {
+    Authenticated(UserInfo),
+    /// Why not, in the API server's words.
+    Rejected(String),
+}
+
+/// Asks the API server who `token` is, for `audiences` (None: the API
+/// server's own). Agents' link tokens and the view's callers both go here.
+pub(crate) async fn review_token(
+    client: &kube::Client,
+    token: &str,
+    audiences: Option<Vec<String>>,
+) -> Result<Review, kube::Error> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_string()),
+            audiences,
+        },
+        ..Default::default()
+    };
+    let out = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    let status = out.status.unwrap_or_default();
+    Ok(match status.authenticated {
+        Some(true) => Review::Authenticated(status.user.unwrap_or_default()),
+        _ => Review::Rejected(status.error.unwrap_or_else(|| "not authenticated".into())),
+    })
+}
+
 #[async_trait]
 impl Authenticator for TokenReviewAuth {
     async fn node_of(&self, token: &str) -> Result<String, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let reviews: Api<TokenReview> = Api::all(self.client.clone());
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_string()),
-                audiences: Some(vec![self.audience.clone()]),
-            },
-            ..Default::default()
+        let audiences = Some(vec![self.audience.clone()]);
+        let user = match review_token(&self.client, token, audiences).await {
+            Ok(Review::Authenticated(user)) => user,
+            Ok(Review::Rejected(why)) => return Err(AuthError::Rejected(why)),
+            Err(e) => return Err(AuthError::Unavailable(e.to_string())),
         };
-        let out = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
-        let status = out.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(AuthError::Rejected(
-                status.error.unwrap_or_else(|| "not authenticated".into()),
-            ));
-        }
-        let user = status.user.unwrap_or_default();
         let name = user.username.unwrap_or_default();
         if name != self.agent_user {
             return Err(AuthError::WrongIdentity(name));

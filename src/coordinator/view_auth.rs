@@ -15,7 +15,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -23,6 +22,7 @@ use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use super::auth::{review_token, Review};
 use super::auth_cache::{jwt_expiry, CacheConfig};
 
 /// The ClusterRole that grants the view (README, "Nothing exposed").
@@ -99,25 +99,12 @@ impl KubeViewAuth {
 #[async_trait]
 impl ViewAuth for KubeViewAuth {
     async fn authenticate(&self, token: &str) -> Result<Caller, ViewAuthError> {
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_string()),
-                // None: the API server's own audiences.
-                audiences: None,
-            },
-            ..Default::default()
+        // None: the API server's own audiences, not the agents' link one.
+        let user = match review_token(&self.client, token, None).await {
+            Ok(Review::Authenticated(user)) => user,
+            Ok(Review::Rejected(why)) => return Err(ViewAuthError::Rejected(why)),
+            Err(e) => return Err(ViewAuthError::Unavailable(e.to_string())),
         };
-        let out = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| ViewAuthError::Unavailable(e.to_string()))?;
-        let status = out.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(ViewAuthError::Rejected(
-                status.error.unwrap_or_else(|| "not authenticated".into()),
-            ));
-        }
-        let user = status.user.unwrap_or_default();
         Ok(Caller {
             user: user.username.unwrap_or_default(),
             uid: user.uid.unwrap_or_default(),
