@@ -12,7 +12,7 @@ use prewarm::node::runtime::ImageStore;
 use prewarm::node::setup::{self, NodeStack};
 use prewarm::testkit::containerd::{TestContainerd, Version};
 use prewarm::testkit::corpus::{corpus_shapes_with, CorpusEntry};
-use prewarm::testkit::faultproxy::FaultProxy;
+use prewarm::testkit::faultproxy::{Fault, FaultProxy, Hold, Rule};
 use prewarm::testkit::registry::Registry;
 
 pub const MIB: usize = 1 << 20;
@@ -152,6 +152,18 @@ pub fn large_layer(up: &Upstream) -> (String, u64) {
         .expect("shapes/large in the corpus");
     let layer = &built.images()[0].layers[0];
     (layer.digest.clone(), layer.data.len() as u64)
+}
+
+/// Holds the first GET of the blob `digest` once `after` bytes of it have
+/// gone through, until the test releases the returned [`Hold`].
+pub fn hold_first_get(up: &Upstream, digest: &str, after: usize) -> Hold {
+    let hold = Hold::new(after);
+    up.proxy.add(
+        Rule::new(digest.to_string(), Fault::Hold(hold.clone()))
+            .method("GET")
+            .times(1),
+    );
+    hold
 }
 
 /// Polls `check` until it holds; panics naming `what` after `limit` (a

@@ -14,12 +14,12 @@ use std::time::Duration;
 use prewarm::node::containerd::Containerd;
 use prewarm::node::runtime::{ContentStore, ImageStore};
 use prewarm::testkit::containerd::{TestContainerd, Version};
-use prewarm::testkit::faultproxy::{Fault, Hold, Rule};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::common::{
-    chain_id, ingest_offset, large_layer, metric, range_starts, wait_until, Upstream, MIB,
+    chain_id, hold_first_get, ingest_offset, large_layer, metric, range_starts, wait_until,
+    Upstream, MIB,
 };
 
 /// A running `prewarm agent`; its stderr is kept for failure messages.
@@ -164,12 +164,7 @@ async fn agent_killed_mid_pull_resumes_and_leaves_nothing_behind() {
     );
 
     // The first agent gets 8 MiB into the big blob, then the proxy holds it.
-    let hold = Hold::new(8 * MIB);
-    up.proxy.add(
-        Rule::new(digest.clone(), Fault::Hold(hold.clone()))
-            .method("GET")
-            .times(1),
-    );
+    let hold = hold_first_get(&up, &digest, 8 * MIB);
     let mut first = AgentProcess::spawn(&config).await;
     tokio::time::timeout(Duration::from_secs(60), hold.reached())
         .await
@@ -222,12 +217,7 @@ async fn a_cli_pull_keeps_its_lease_when_an_agent_starts() {
     let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
     let image = up.image("shapes/large");
     let (digest, _) = large_layer(&up);
-    let hold = Hold::new(8 * MIB);
-    up.proxy.add(
-        Rule::new(digest.clone(), Fault::Hold(hold.clone()))
-            .method("GET")
-            .times(1),
-    );
+    let hold = hold_first_get(&up, &digest, 8 * MIB);
     let cli = Command::new(env!("CARGO_BIN_EXE_prewarm"))
         .arg("pull")
         .args(["--socket", &ctd.socket.to_string_lossy()])

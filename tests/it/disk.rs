@@ -11,10 +11,9 @@ use prewarm::config::reference::ImageRef;
 use prewarm::config::units::DiskFloor;
 use prewarm::node::pace::DiskProbe;
 use prewarm::testkit::containerd::{TestContainerd, Version};
-use prewarm::testkit::faultproxy::{Fault, Hold, Rule};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{large_layer, opts, Node, Upstream, MIB};
+use crate::common::{hold_first_get, large_layer, opts, Node, Upstream, MIB};
 
 /// A tmpfs of `size` bytes at `path`, lazily unmounted on drop (also when
 /// the test panics, and even if containerd still has files open there).
@@ -73,12 +72,7 @@ async fn disk_filling_up_mid_pull_stops_at_the_floor() {
         .unwrap();
     let node = Node::on(ctd, |c| c.pacing.disk_floor = DiskFloor::Bytes(FLOOR)).await;
     let (digest, _) = large_layer(&up);
-    let hold = Hold::new(8 * MIB);
-    up.proxy.add(
-        Rule::new(digest.clone(), Fault::Hold(hold.clone()))
-            .method("GET")
-            .times(1),
-    );
+    let hold = hold_first_get(&up, &digest, 8 * MIB);
     let image: ImageRef = up.image("shapes/large").parse().unwrap();
     let (o, never) = (opts(false), CancellationToken::new());
     let pull = node.stack.engine.warm(&image, &o, &never);

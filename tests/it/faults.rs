@@ -7,10 +7,12 @@ use prewarm::config::reference::ImageRef;
 use prewarm::config::units::DiskFloor;
 use prewarm::node::setup;
 use prewarm::testkit::containerd::Version;
-use prewarm::testkit::faultproxy::{Fault, Hold, Rule};
+use prewarm::testkit::faultproxy::{Fault, Rule};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{ingest_offset, large_layer, opts, range_starts, Node, Upstream, MIB};
+use crate::common::{
+    hold_first_get, ingest_offset, large_layer, opts, range_starts, Node, Upstream, MIB,
+};
 
 fn large_layer_path(up: &Upstream) -> String {
     format!("/blobs/{}", large_layer(up).0)
@@ -187,12 +189,7 @@ async fn containerd_restart_mid_pull_is_survived() {
     let up = Upstream::start(None, 24 * MIB).await;
     let mut node = Node::start(Version::V2, |c| c.pacing.retry.attempts = 20).await;
     let (digest, size) = large_layer(&up);
-    let hold = Hold::new(8 * MIB);
-    up.proxy.add(
-        Rule::new(digest.clone(), Fault::Hold(hold.clone()))
-            .method("GET")
-            .times(1),
-    );
+    let hold = hold_first_get(&up, &digest, 8 * MIB);
     let image: ImageRef = up.image("shapes/large").parse().unwrap();
     let engine = node.stack.engine.clone();
     let img2 = image.clone();
@@ -254,12 +251,7 @@ async fn cancelled_pull_releases_its_lease() {
     let up = Upstream::start(None, 16 * MIB).await;
     let node = Node::start(Version::V17, |_| {}).await;
     let (digest, _) = large_layer(&up);
-    let hold = Hold::new(4 * MIB);
-    up.proxy.add(
-        Rule::new(digest, Fault::Hold(hold.clone()))
-            .method("GET")
-            .times(1),
-    );
+    let hold = hold_first_get(&up, &digest, 4 * MIB);
     let image: ImageRef = up.image("shapes/large").parse().unwrap();
     let cancel = CancellationToken::new();
     let o = opts(false);
