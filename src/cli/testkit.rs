@@ -1,5 +1,7 @@
 //! `prewarm testkit push`: generate an image corpus and push it to a
 //! registry over the distribution API. Used by the demo and the benches.
+//! `prewarm testkit up`: a throwaway containerd and registry.
+//! `prewarm testkit apiserver`: the cluster demo's in-memory API server.
 
 use std::process::ExitCode;
 
@@ -41,6 +43,34 @@ pub enum TestkitCommand {
         dir: std::path::PathBuf,
         #[arg(long, value_enum, default_value = "2")]
         containerd: CtdVersion,
+    },
+    /// Serve the in-memory API server over HTTPS for the cluster demo:
+    /// writes DIR/kubeconfig, DIR/env and the tokens, seeds the demo's
+    /// objects, plays the scheduler, kubelet and controllers, and steps
+    /// through the demo as the script asks (see src/testkit/cluster).
+    /// Exits 0 when the gated pod went to the warm node and the deploy
+    /// group deployed both members in order.
+    Apiserver {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        tls_cert: std::path::PathBuf,
+        #[arg(long)]
+        tls_key: std::path::PathBuf,
+        /// The CA of --tls-cert, written into the kubeconfig.
+        #[arg(long)]
+        ca_file: std::path::PathBuf,
+        /// The gated pod's image.
+        #[arg(long)]
+        gate_image: String,
+        /// The deploy group members' new images, one per member, in order.
+        #[arg(long, required = true)]
+        deploy_image: Vec<String>,
+        /// How long each part of the demo may take.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -93,6 +123,36 @@ pub async fn run(args: TestkitArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TestkitCommand::Up { dir, containerd } => up(&dir, containerd).await,
+        TestkitCommand::Apiserver {
+            dir,
+            listen,
+            tls_cert,
+            tls_key,
+            ca_file,
+            gate_image,
+            deploy_image,
+            timeout,
+        } => {
+            use prewarm::testkit::cluster::{run, ClusterOptions};
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("--dir {}: {e}", dir.display()))?;
+            let ok = run(ClusterOptions {
+                dir,
+                listen,
+                tls_cert,
+                tls_key,
+                ca_file,
+                gate_image,
+                deploy_images: deploy_image,
+                timeout,
+            })
+            .await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 

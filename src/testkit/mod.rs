@@ -11,8 +11,11 @@
 //! - [`faultproxy`]: an HTTP proxy in front of a registry that injects faults.
 //! - [`apiserver`]: an in-memory Kubernetes API server (tower-test) that
 //!   records requests.
+//! - [`cluster`]: that server over HTTPS with the cluster demo's objects
+//!   and simulated controllers (`prewarm testkit apiserver`).
 
 pub mod apiserver;
+pub mod cluster;
 pub mod containerd;
 pub mod corpus;
 pub mod faultproxy;
