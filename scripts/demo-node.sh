@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Local demo of prewarm's main job on a fresh Debian machine (needs root):
+# The node demo (scripts/demo.sh runs it, then the cluster demo; needs root):
 # starts a throwaway containerd 2.x and registry, pushes demo images, warms
 # them with progress, then shows the node exactly as a kubelet pull leaves it.
 set -euo pipefail
