@@ -193,8 +193,15 @@ async fn metrics(State(s): State<Arc<LinkState>>) -> impl IntoResponse {
 /// Brings the view-derived metrics up to date and renders them all.
 fn refresh_metrics(s: &LinkState) -> String {
     let now = Utc::now();
-    let lag = s.view().report_lag(now).into_iter().fold(0.0, f64::max);
-    s.metrics.report_lag.set(lag);
+    {
+        let view = s.view();
+        let lag = view.report_lag(now).into_iter().fold(0.0, f64::max);
+        s.metrics.report_lag.set(lag);
+        let disconnected = view.nodes().filter(|n| !n.connected).count();
+        s.metrics.disconnected.set(disconnected as i64);
+        s.metrics
+            .set_window_pools(&crate::plan::window_pools::window_pools(view.nodes()));
+    }
     s.metrics
         .set_warm_fractions(image_rows(s).into_iter().map(|r| {
             let frac = if r.nodes == 0 {
