@@ -57,6 +57,18 @@ pub struct CoordinatorMetrics {
     pub deploy_last_result: IntGaugeVec,
 }
 
+/// Label values of `rejected_reports_total` (src/coordinator/link.rs).
+const REJECT_REASONS: [&str; 8] = [
+    "auth",
+    "auth_unavailable",
+    "rate_limited",
+    "foreign_node",
+    "invalid",
+    "protocol",
+    "out_of_order",
+    "not_leader",
+];
+
 /// Label values of `deploy_group_stage`.
 const STAGES: [(Stage, &str); 5] = [
     (Stage::Warming, "warming"),
@@ -247,6 +259,9 @@ impl CoordinatorMetrics {
         for policy in ["fail-open", "fail-closed"] {
             m.gate_timeouts.with_label_values(&[policy]);
         }
+        for reason in REJECT_REASONS {
+            m.rejected.with_label_values(&[reason]);
+        }
         m
     }
 
@@ -432,7 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn gate_outcomes_and_policies_exist_before_the_first_release() {
+    fn gate_outcomes_policies_and_reject_reasons_exist_before_the_first_count() {
         let text = CoordinatorMetrics::new().render();
         for s in [
             r#"prewarm_coordinator_gate_released_pods_total{outcome="warm"} 0"#,
@@ -440,6 +455,8 @@ mod tests {
             r#"prewarm_coordinator_gate_released_pods_total{outcome="cold_faster"} 0"#,
             r#"prewarm_coordinator_gate_timeouts_total{policy="fail-open"} 0"#,
             r#"prewarm_coordinator_gate_timeouts_total{policy="fail-closed"} 0"#,
+            r#"prewarm_coordinator_rejected_reports_total{reason="auth"} 0"#,
+            r#"prewarm_coordinator_rejected_reports_total{reason="not_leader"} 0"#,
         ] {
             assert!(text.contains(s), "{s} missing from\n{text}");
         }
