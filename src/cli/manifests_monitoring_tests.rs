@@ -64,11 +64,17 @@ fn the_dashboard_configmap_is_the_json_file_for_grafanas_sidecar() {
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
     let file = root().join("daemonset/components/monitoring/dashboards/prewarm.json");
     let json_text = std::fs::read_to_string(file).unwrap();
-    assert_eq!(cm["data"]["prewarm.json"].as_str(), Some(json_text.as_str()));
+    assert_eq!(
+        cm["data"]["prewarm.json"].as_str(),
+        Some(json_text.as_str())
+    );
     let d: Value = serde_json::from_str(&json_text).unwrap();
     let vars: Vec<&Value> = items(&d["templating"]["list"]).iter().collect();
     let ds = vars.iter().find(|v| v["name"] == "datasource").unwrap();
-    assert_eq!((&ds["type"], &ds["query"]), (&json!("datasource"), &json!("prometheus")));
+    assert_eq!(
+        (&ds["type"], &ds["query"]),
+        (&json!("datasource"), &json!("prometheus"))
+    );
     for name in ["pool", "node"] {
         assert!(vars.iter().any(|v| v["name"] == name), "no variable {name}");
     }
@@ -88,8 +94,14 @@ fn every_alert_has_a_severity_and_a_runbook_in_the_readme() {
                 "{name}: severity"
             );
             let url = a["annotations"]["runbook_url"].as_str().unwrap();
-            assert!(url.ends_with(&format!("#{}", name.to_lowercase())), "{name}: {url}");
-            assert!(readme.contains(&format!("\n#### {name}\n")), "{name}: no runbook");
+            assert!(
+                url.ends_with(&format!("#{}", name.to_lowercase())),
+                "{name}: {url}"
+            );
+            assert!(
+                readme.contains(&format!("\n#### {name}\n")),
+                "{name}: no runbook"
+            );
             alerts += 1;
         }
     }

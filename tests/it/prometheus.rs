@@ -72,7 +72,10 @@ impl Prometheus {
         );
         let mut child = Command::new(&bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -94,12 +97,14 @@ impl Prometheus {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            panic!(
-                "prometheus never listened:\n{}",
-                log.lock().unwrap().join("\n")
-            )
-        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "prometheus never listened:\n{}",
+                    log.lock().unwrap().join("\n")
+                )
+            });
         Prometheus {
             child,
             url: format!("http://{addr}"),
@@ -114,7 +119,9 @@ impl Prometheus {
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        resp.json().await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        resp.json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     /// An instant query; the answer's `data.result`, or the error.
@@ -178,9 +185,10 @@ struct Query {
 /// Every query of every panel (rows included), and the template variables
 /// as (label, metric) of their `label_values(metric, label)`.
 fn dashboard() -> (Vec<Query>, Vec<(String, String)>) {
-    let d: Value =
-        serde_json::from_str(&std::fs::read_to_string(component("dashboards/prewarm.json")).unwrap())
-            .unwrap();
+    let d: Value = serde_json::from_str(
+        &std::fs::read_to_string(component("dashboards/prewarm.json")).unwrap(),
+    )
+    .unwrap();
     let mut queries = Vec::new();
     let mut pending_panels = Vec::new();
     let mut panels: Vec<&Value> = d["panels"].as_array().unwrap().iter().collect();
@@ -192,11 +200,17 @@ fn dashboard() -> (Vec<Query>, Vec<(String, String)>) {
     for p in panels {
         let title = p["title"].as_str().unwrap().to_string();
         let targets = p["targets"].as_array().cloned().unwrap_or_default();
-        if targets.iter().any(|t| uses_pending_series(t["expr"].as_str().unwrap_or(""))) {
+        if targets
+            .iter()
+            .any(|t| uses_pending_series(t["expr"].as_str().unwrap_or("")))
+        {
             pending_panels.push(title.clone());
         }
         for t in targets {
-            let expr = t["expr"].as_str().expect("a target without expr").to_string();
+            let expr = t["expr"]
+                .as_str()
+                .expect("a target without expr")
+                .to_string();
             queries.push(Query {
                 panel: title.clone(),
                 pending: uses_pending_series(&expr),
@@ -256,7 +270,10 @@ async fn gate_and_deploy_group(
     cancel: &CancellationToken,
 ) -> watch::Sender<bool> {
     api.put(PODS, gated_pod("orders-sync-0", image));
-    api.put(DEPLOYMENTS, deployment("orders-api", "reg.invalid/orders-api:1"));
+    api.put(
+        DEPLOYMENTS,
+        deployment("orders-api", "reg.invalid/orders-api:1"),
+    );
     let url = healthy_endpoint().await;
     api.put(
         GROUPS,
@@ -318,7 +335,16 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
     let extra = format!(
         "images: [\"{image}\", \"{absent}\"]\nwindows:\n  - name: erp-sync\n    schedule: \"* * * * *\"\n    duration: 20s\n    leadTime: 10m\n    images: [\"{image}\"]\n"
     );
-    let agent = real_agent(&ctd, dir.path(), &endpoint, "node-a", "tok-a", &extra, &cancel).await;
+    let agent = real_agent(
+        &ctd,
+        dir.path(),
+        &endpoint,
+        "node-a",
+        "tok-a",
+        &extra,
+        &cancel,
+    )
+    .await;
     let store = Containerd::connect(&ctd.socket, "k8s.io").await.unwrap();
     wait_present(&store, &image, "the agent never pulled its config image").await;
 
@@ -356,7 +382,8 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
             .any(|r| r.method == "PATCH" && r.path.ends_with("/pods/orders-sync-0"))
     };
     assert!(
-        api.wait_for(Duration::from_secs(30), |_| released(&api)).await,
+        api.wait_for(Duration::from_secs(30), |_| released(&api))
+            .await,
         "the gated pod was never released"
     );
 
@@ -369,16 +396,28 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
     );
     let prom = Prometheus::start(dir.path(), &config);
 
-    // Both targets scraped successfully.
+    // Ready (its API answers 503 while the TSDB opens), then both targets
+    // scraped successfully.
+    wait_until("prometheus ready", Duration::from_secs(60), async || {
+        reqwest::get(format!("{}/-/ready", prom.url))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
     wait_until("both targets up", Duration::from_secs(60), async || {
         let t = prom.get("/api/v1/targets", &[]).await;
-        let active = t["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+        let active = t["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         active.len() == 2 && active.iter().all(|t| t["health"] == "up")
     })
     .await;
-    wait_until("up == 1 for both jobs", Duration::from_secs(30), async || {
-        prom.query("up == 1").await.is_ok_and(|r| r.len() == 2)
-    })
+    wait_until(
+        "up == 1 for both jobs",
+        Duration::from_secs(30),
+        async || prom.query("up == 1").await.is_ok_and(|r| r.len() == 2),
+    )
     .await;
 
     // Every query evaluates; every one not pending a merge returns data.
@@ -407,7 +446,10 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
     );
     for (label, metric) in &vars {
         let v = prom
-            .get(&format!("/api/v1/label/{label}/values"), &[("match[]", metric)])
+            .get(
+                &format!("/api/v1/label/{label}/values"),
+                &[("match[]", metric)],
+            )
             .await;
         let values = v["data"].as_array().cloned().unwrap_or_default();
         assert!(
@@ -423,19 +465,27 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
             panic!("alert {alert}: {e}");
         }
     }
-    wait_until("every rule evaluated", Duration::from_secs(30), async || {
-        let r = prom.get("/api/v1/rules", &[]).await;
-        let rules: Vec<Value> = r["data"]["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-            .collect();
-        rules.len() == alerts.len()
-            && rules.iter().all(|r| {
-                r["health"] == "ok" && !r["lastEvaluation"].as_str().unwrap_or("0001").starts_with("0001")
-            })
-    })
+    wait_until(
+        "every rule evaluated",
+        Duration::from_secs(30),
+        async || {
+            let r = prom.get("/api/v1/rules", &[]).await;
+            let rules: Vec<Value> = r["data"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            rules.len() == alerts.len()
+                && rules.iter().all(|r| {
+                    r["health"] == "ok"
+                        && !r["lastEvaluation"]
+                            .as_str()
+                            .unwrap_or("0001")
+                            .starts_with("0001")
+                })
+        },
+    )
     .await;
     // The agent's failing pull and the finished step are what the alerts
     // would page on: Prometheus sees them.
@@ -448,7 +498,11 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
         .query(r#"prewarm_coordinator_deploy_group_last_result{namespace="integrations",group="integrations",result="succeeded"} == 1"#)
         .await
         .unwrap();
-    assert_eq!(last.len(), 1, "honor_labels kept the group's namespace: {last:?}");
+    assert_eq!(
+        last.len(),
+        1,
+        "honor_labels kept the group's namespace: {last:?}"
+    );
     assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
     if std::env::var_os("PREWARM_PROMETHEUS_LOG").is_some() {
         eprintln!("{}", prom.log.lock().unwrap().join("\n"));
