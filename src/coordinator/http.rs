@@ -213,3 +213,53 @@ fn refresh_metrics(s: &LinkState) -> String {
         }));
     s.metrics.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::view::POOL_LABEL;
+    use crate::wire::v1::{Snapshot, WindowState};
+
+    // Valid as WindowState gains fields (the KEDA windows add `source`).
+    #[allow(clippy::needless_update)]
+    fn snap(node: &str, phase: &str, warm: bool) -> Snapshot {
+        Snapshot {
+            node: node.into(),
+            labels: [(POOL_LABEL.to_string(), "int".to_string())].into(),
+            windows: vec![WindowState {
+                name: "erp".into(),
+                phase: phase.into(),
+                next_activation_unix: 1_800_000_000,
+                warm,
+                ..Default::default()
+            }],
+            seq: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The scrape brings the view-derived series up to date: the
+    /// disconnected node is counted, and left out of the window rows.
+    #[test]
+    fn metrics_count_disconnected_nodes_and_windows_per_pool() {
+        let state = LinkState::with_nodes(
+            vec![
+                snap("n1", "warming", true),
+                snap("n2", "late", false),
+                snap("n3", "late", false),
+            ],
+            CancellationToken::new(),
+        );
+        state.update_view(|v| v.disconnect("n3"));
+        let text = refresh_metrics(&state);
+        for line in [
+            "prewarm_coordinator_disconnected_agents 1",
+            r#"prewarm_coordinator_window_warm_fraction{pool="int",window="erp"} 0.5"#,
+            r#"prewarm_coordinator_window_nodes{phase="late",pool="int",window="erp"} 1"#,
+            r#"prewarm_coordinator_window_nodes{phase="warming",pool="int",window="erp"} 1"#,
+            r#"prewarm_coordinator_window_next_activation_timestamp_seconds{pool="int",window="erp"} 1800000000"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
