@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything prewarm's demo and tests need on a fresh Debian machine:
 # protoc, the distribution registry, htpasswd, containerd 1.7 (trixie) and
-# 2.x (sid), and kustomize (trixie), unpacked under .tools/ without installing
-# them system-wide.
+# 2.x (sid), kustomize, and Prometheus and promtool (trixie), unpacked under
+# .tools/ without installing them system-wide (so no daemon is started).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${PREWARM_TOOLS:-$ROOT/.tools}"
@@ -56,4 +56,10 @@ fetch_deb sid containerd containerd-sid usr/bin/containerd --version
 # kustomize renders daemonset/ (and its components) for the manifest
 # validation and the rendering tests; trixie ships 5.6.
 fetch_deb trixie kustomize kustomize-trixie usr/bin/kustomize version
+# A real Prometheus server (tests/it/prometheus.rs scrapes a real agent and
+# coordinator with it) and promtool (checks and unit-tests the alert rules);
+# Debian packages promtool separately. Unpacked only: the package's service
+# and user are never created.
+fetch_deb trixie prometheus prometheus-trixie usr/bin/prometheus --version
+fetch_deb trixie promtool promtool-trixie usr/bin/promtool --version
 echo "setup: done (tools in $TOOLS)"

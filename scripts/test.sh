@@ -12,6 +12,8 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 echo "== manifests"
 bash scripts/validate-manifests.sh
+echo "== alerts and dashboard (promtool)"
+bash scripts/test-monitoring.sh
 echo "== supply chain"
 # deny.toml's license, duplicate and source rules and digest-pinned base
 # images; the self-test first shows that each check can fail.

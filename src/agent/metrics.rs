@@ -38,6 +38,7 @@ pub struct Metrics {
     pub credentials_reload_failures: IntCounter,
     pub intent_images_refused: IntGauge,
     pub pull_retries_waiting: IntGauge,
+    pub window_planned_lead: GaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -251,6 +252,17 @@ impl Metrics {
             pull_retries_waiting: g(
                 "pull_retries_waiting",
                 "Images whose last pull failed, waiting out their backoff",
+            ),
+            window_planned_lead: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "window_planned_lead_seconds",
+                        "Seconds before activation warming was planned to start (max of leadTime and the estimated pull time)",
+                    ),
+                    &["window"],
+                )
+                .expect("valid metric"),
             ),
             registry: r,
         }

@@ -22,6 +22,12 @@ struct Occurrence {
     start: DateTime<Utc>,
     warm_seen: bool,
     late_counted: bool,
+    /// The planned lead, frozen once warming for this occurrence began.
+    planned_lead: Option<f64>,
+}
+
+fn secs(d: chrono::TimeDelta) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
 }
 
 #[derive(Default)]
@@ -54,17 +60,41 @@ impl Tracker {
                 (Phase::Active | Phase::Late | Phase::Grace, Some((start, _))) => start,
                 _ => st.next_activation,
             };
-            let occ = self.windows.entry(st.name.clone()).or_insert(Occurrence {
+            // Exported at 0 from the start, so the first late activation
+            // is an increase Prometheus sees.
+            metrics.window_late.with_label_values(&[name]);
+            let fresh = Occurrence {
                 start,
                 warm_seen: false,
                 late_counted: false,
-            });
+                planned_lead: None,
+            };
+            let occ = self.windows.entry(st.name.clone()).or_insert(fresh);
             if occ.start != start {
                 *occ = Occurrence {
                     start,
                     warm_seen: false,
                     late_counted: false,
+                    planned_lead: None,
                 };
+            }
+            let plan_now = secs(st.next_activation - st.warm_start);
+            let planned = match (st.phase, occ.planned_lead) {
+                (_, Some(p)) => Some(p),
+                // The plan that started this occurrence's warming, kept.
+                (Phase::Warming, None) => {
+                    occ.planned_lead = Some(plan_now);
+                    Some(plan_now)
+                }
+                (Phase::Idle | Phase::Grace, None) => Some(plan_now),
+                // Opened before this process saw it warming: unknown.
+                (Phase::Active | Phase::Late, None) => None,
+            };
+            if let Some(p) = planned {
+                metrics
+                    .window_planned_lead
+                    .with_label_values(&[name])
+                    .set(p);
             }
             let preparing = matches!(st.phase, Phase::Warming | Phase::Active | Phase::Late);
             if st.phase == Phase::Late && !occ.late_counted {
@@ -93,9 +123,77 @@ impl Tracker {
             let _ = metrics.window_next_activation.remove_label_values(&[&name]);
             let _ = metrics.window_warm.remove_label_values(&[&name]);
             let _ = metrics.window_lead.remove_label_values(&[&name]);
+            let _ = metrics.window_planned_lead.remove_label_values(&[&name]);
             for (_, label) in PHASES {
                 let _ = metrics.window_phase.remove_label_values(&[&name, label]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    /// A window opening at t(1000) whose warming starts at `warm_start`.
+    fn status(phase: Phase, warm_start: i64, all_warm: bool) -> WindowStatus {
+        WindowStatus {
+            name: "erp".into(),
+            applies: true,
+            phase,
+            next_activation: t(1000),
+            occurrence: (phase != Phase::Idle).then(|| (t(1000), t(2000))),
+            warm_start: t(warm_start),
+            images: vec!["r/a:1".into()],
+            missing_bytes: Some(0),
+            estimated_pull: Default::default(),
+            priority: 0,
+            all_warm,
+        }
+    }
+
+    fn value(m: &Metrics, metric: &str) -> Option<f64> {
+        let prefix = format!("{metric}{{window=\"erp\"}} ");
+        m.render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse().unwrap()))
+    }
+
+    #[test]
+    fn planned_lead_is_the_plan_that_started_warming() {
+        let (m, mut tr) = (Metrics::new(), Tracker::default());
+        tr.observe(&[status(Phase::Idle, 400, false)], t(0), &m);
+        assert_eq!(
+            value(&m, "prewarm_window_planned_lead_seconds"),
+            Some(600.0)
+        );
+        // The late counter is there before any late activation.
+        assert_eq!(value(&m, "prewarm_window_late_total"), Some(0.0));
+        tr.observe(&[status(Phase::Warming, 300, false)], t(300), &m);
+        // As bytes arrive the estimate shrinks; the plan that started stays.
+        tr.observe(&[status(Phase::Warming, 800, false)], t(500), &m);
+        assert_eq!(
+            value(&m, "prewarm_window_planned_lead_seconds"),
+            Some(700.0)
+        );
+        tr.observe(&[status(Phase::Warming, 990, true)], t(600), &m);
+        assert_eq!(value(&m, "prewarm_window_lead_seconds"), Some(400.0));
+        assert_eq!(
+            value(&m, "prewarm_window_planned_lead_seconds"),
+            Some(700.0)
+        );
+    }
+
+    #[test]
+    fn planned_lead_is_unknown_for_a_window_first_seen_open() {
+        let (m, mut tr) = (Metrics::new(), Tracker::default());
+        tr.observe(&[status(Phase::Active, 900, true)], t(1100), &m);
+        assert_eq!(value(&m, "prewarm_window_planned_lead_seconds"), None);
+        tr.observe(&[], t(1200), &m);
+        assert_eq!(value(&m, "prewarm_window_warm"), None);
     }
 }

@@ -783,3 +783,6 @@ fn the_webhook_and_the_view_reach_the_https_listener() {
         i64::from(args.http_listen.port())
     );
 }
+
+#[path = "manifests_monitoring_tests.rs"]
+mod monitoring;

@@ -193,8 +193,15 @@ async fn metrics(State(s): State<Arc<LinkState>>) -> impl IntoResponse {
 /// Brings the view-derived metrics up to date and renders them all.
 fn refresh_metrics(s: &LinkState) -> String {
     let now = Utc::now();
-    let lag = s.view().report_lag(now).into_iter().fold(0.0, f64::max);
-    s.metrics.report_lag.set(lag);
+    {
+        let view = s.view();
+        let lag = view.report_lag(now).into_iter().fold(0.0, f64::max);
+        s.metrics.report_lag.set(lag);
+        let disconnected = view.nodes().filter(|n| !n.connected).count();
+        s.metrics.disconnected.set(disconnected as i64);
+        s.metrics
+            .set_window_pools(&crate::plan::window_pools::window_pools(view.nodes()));
+    }
     s.metrics
         .set_warm_fractions(image_rows(s).into_iter().map(|r| {
             let frac = if r.nodes == 0 {
@@ -205,4 +212,54 @@ fn refresh_metrics(s: &LinkState) -> String {
             (r.image, r.pool, frac)
         }));
     s.metrics.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::view::POOL_LABEL;
+    use crate::wire::v1::{Snapshot, WindowState};
+
+    // Valid as WindowState gains fields (the KEDA windows add `source`).
+    #[allow(clippy::needless_update)]
+    fn snap(node: &str, phase: &str, warm: bool) -> Snapshot {
+        Snapshot {
+            node: node.into(),
+            labels: [(POOL_LABEL.to_string(), "int".to_string())].into(),
+            windows: vec![WindowState {
+                name: "erp".into(),
+                phase: phase.into(),
+                next_activation_unix: 1_800_000_000,
+                warm,
+                ..Default::default()
+            }],
+            seq: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The scrape brings the view-derived series up to date: the
+    /// disconnected node is counted, and left out of the window rows.
+    #[test]
+    fn metrics_count_disconnected_nodes_and_windows_per_pool() {
+        let state = LinkState::with_nodes(
+            vec![
+                snap("n1", "warming", true),
+                snap("n2", "late", false),
+                snap("n3", "late", false),
+            ],
+            CancellationToken::new(),
+        );
+        state.update_view(|v| v.disconnect("n3"));
+        let text = refresh_metrics(&state);
+        for line in [
+            "prewarm_coordinator_disconnected_agents 1",
+            r#"prewarm_coordinator_window_warm_fraction{pool="int",window="erp"} 0.5"#,
+            r#"prewarm_coordinator_window_nodes{phase="late",pool="int",window="erp"} 1"#,
+            r#"prewarm_coordinator_window_nodes{phase="warming",pool="int",window="erp"} 1"#,
+            r#"prewarm_coordinator_window_next_activation_timestamp_seconds{pool="int",window="erp"} 1800000000"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
 }

@@ -10,4 +10,5 @@ pub mod rollout;
 pub mod throughput;
 pub mod view;
 pub mod warm;
+pub mod window_pools;
 pub mod windows;

@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link::{fake_agent, wait_for, wait_present, Rig};
 
-const PODS: &str = "api/v1/pods";
-const DEPLOYMENTS: &str = "apis/apps/v1/deployments";
-const GROUPS: &str = "apis/prewarm.dev/v1alpha1/deploygroups";
+pub(crate) const PODS: &str = "api/v1/pods";
+pub(crate) const DEPLOYMENTS: &str = "apis/apps/v1/deployments";
+pub(crate) const GROUPS: &str = "apis/prewarm.dev/v1alpha1/deploygroups";
 const SCALED: &str = "apis/keda.sh/v1alpha1/scaledobjects";
 
-fn gated_pod(name: &str, image: &str) -> Value {
+pub(crate) fn gated_pod(name: &str, image: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "integrations", "uid": format!("uid-{name}"),
@@ -192,7 +192,7 @@ async fn a_gated_pod_is_released_onto_the_node_that_warmed_its_image() {
     rig.stop().await;
 }
 
-fn deployment(name: &str, image: &str) -> Value {
+pub(crate) fn deployment(name: &str, image: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": "integrations", "uid": format!("uid-{name}"), "generation": 1},
@@ -207,7 +207,7 @@ fn deployment(name: &str, image: &str) -> Value {
 
 /// Plays the deployment controller: an unpaused Deployment whose spec
 /// changed rolls out at once.
-fn roll_unpaused(api: &MockApi, cancel: &CancellationToken) {
+pub(crate) fn roll_unpaused(api: &MockApi, cancel: &CancellationToken) {
     let (api, cancel) = (api.clone(), cancel.clone());
     tokio::spawn(async move {
         while !cancel.is_cancelled() {
@@ -228,7 +228,7 @@ fn roll_unpaused(api: &MockApi, cancel: &CancellationToken) {
 }
 
 /// A validation endpoint answering 200.
-async fn healthy_endpoint() -> String {
+pub(crate) async fn healthy_endpoint() -> String {
     let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -12,6 +12,7 @@ mod gates;
 mod link;
 mod outage;
 mod pins;
+mod prometheus;
 mod pull;
 mod rbac;
 mod reattach;

@@ -34,8 +34,7 @@ use super::link::LinkState;
 use crate::plan::deploy::{self, Action, CheckObs, MemberObs};
 use crate::plan::gate::{pod_images, warm_eligible};
 use crate::wire::deploygroup::{
-    self as dg, DeployGroup, DeployGroupStatus, GroupPhase, Outcome, PAUSED_ANNOTATION,
-    PAUSED_REPLICAS_ANNOTATION,
+    self as dg, DeployGroup, DeployGroupStatus, PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION,
 };
 use crate::wire::v1::Intent;
 
@@ -344,29 +343,9 @@ impl Deploys {
     }
 
     fn count_results(&self, key: &Key, old: &DeployGroupStatus, new: &DeployGroupStatus) {
-        let m = &self.state.metrics;
-        for r in &new.results {
-            if !old.results.contains(r) {
-                let result = match r.result {
-                    Outcome::Succeeded => "succeeded",
-                    Outcome::Failed => "failed",
-                    Outcome::RolledBack => "rolled_back",
-                };
-                m.deploy_steps
-                    .with_label_values(&[&key.0, &key.1, result])
-                    .inc();
-            }
-        }
-        for phase in [
-            GroupPhase::Idle,
-            GroupPhase::Stepping,
-            GroupPhase::Halted,
-            GroupPhase::Invalid,
-        ] {
-            m.deploy_phase
-                .with_label_values(&[&key.0, &key.1, &format!("{phase:?}")])
-                .set((new.phase == phase) as i64);
-        }
+        self.state
+            .metrics
+            .set_deploy_group(&key.0, &key.1, old, new);
     }
 
     async fn observe(

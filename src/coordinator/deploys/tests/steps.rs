@@ -1,6 +1,7 @@
 //! Adoption, a full step and failures.
 
 use super::*;
+use crate::wire::deploygroup::GroupPhase;
 
 // ---- adoption ----
 
