@@ -59,7 +59,6 @@ impl NodeState {
         let sizes = |node: &NodeState| -> BTreeMap<String, u64> {
             node.sizes
                 .iter()
-                .filter(|(_, (_, t))| fresh(t))
                 .map(|(k, (b, _))| (k.clone(), *b))
                 .collect()
         };
