@@ -96,6 +96,7 @@ for n in a b; do
   [ "$n" = a ] && images="[ { image: $GATE_IMAGE } ]"
   cat >"$RUN/node-$n.yaml" <<YAML
 runtime: { socket: $(envof $n SOCKET), root: $(envof $n CTD_ROOT) }
+state: { path: $RUN/node-$n.learned.json }
 registry: { dockerConfig: [], hostsDir: $(envof $n HOSTS_DIR) }
 pacing: { diskFloor: 5%, bandwidth: 8MiB }
 resync: 60s

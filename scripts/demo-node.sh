@@ -49,6 +49,7 @@ OPENS=$(( $(date +%s) + 30 ))
 SCHEDULE="$(date -u -d "@$OPENS" '+%-S %-M %-H %-d %-m *')"
 cat >"$RUN/agent.yaml" <<YAML
 runtime: { socket: $SOCKET, root: $CTD_ROOT }
+state: { path: $RUN/learned.json }
 registry: { dockerConfig: [], hostsDir: $HOSTS_DIR }
 pacing: { diskFloor: 5%, bandwidth: 8MiB }
 resync: 60s

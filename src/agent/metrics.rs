@@ -1,6 +1,9 @@
 //! The agent's Prometheus metrics, on an explicit registry. Also the
 //! engine's observer, so pulls feed them directly.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -39,6 +42,96 @@ pub struct Metrics {
     pub intent_images_refused: IntGauge,
     pub pull_retries_waiting: IntGauge,
     pub window_planned_lead: GaugeVec,
+    pub learned_state_restored: IntGauge,
+    pub images: ImageMetrics,
+}
+
+/// Per-image series, only for the images of the node's desired set: the
+/// label is bounded by the config and the intents' limits, never by what
+/// else the node holds.
+pub struct ImageMetrics {
+    pub warm: IntGaugeVec,
+    pub pinned: IntGaugeVec,
+    pub bytes: IntGaugeVec,
+    pub last_pull_duration: GaugeVec,
+    /// Images that have series now.
+    shown: Mutex<BTreeSet<String>>,
+}
+
+/// What is known of one desired image.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ImageRow {
+    pub warm: bool,
+    pub pinned: bool,
+    /// Size in the CRI image store; 0 until warm.
+    pub bytes: u64,
+    /// The last successful pull of it by this agent, seconds.
+    pub last_pull_seconds: Option<f64>,
+}
+
+impl ImageMetrics {
+    fn new(r: &Registry) -> Self {
+        let ints = |name: &str, help: &str| {
+            reg(
+                r,
+                IntGaugeVec::new(Opts::new(name, help), &["image"]).expect("valid metric"),
+            )
+        };
+        Self {
+            warm: ints(
+                "image_warm",
+                "1 if the desired image is present and unpacked in the CRI image store",
+            ),
+            pinned: ints(
+                "image_pinned",
+                "1 if the desired image is pinned against kubelet image GC",
+            ),
+            bytes: ints(
+                "image_bytes",
+                "Size of the desired image as the CRI image store reports it; 0 until warm",
+            ),
+            last_pull_duration: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "image_last_pull_duration_seconds",
+                        "Duration of this agent's last successful pull of the desired image",
+                    ),
+                    &["image"],
+                )
+                .expect("valid metric"),
+            ),
+            shown: Mutex::default(),
+        }
+    }
+
+    /// Sets the series of `rows` (the desired set, by CRI name) and deletes
+    /// those of images no longer in it.
+    pub fn set(&self, rows: &BTreeMap<String, ImageRow>) {
+        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in shown.iter().filter(|n| !rows.contains_key(*n)) {
+            let l = [gone.as_str()];
+            let _ = self.warm.remove_label_values(&l);
+            let _ = self.pinned.remove_label_values(&l);
+            let _ = self.bytes.remove_label_values(&l);
+            let _ = self.last_pull_duration.remove_label_values(&l);
+        }
+        for (name, row) in rows {
+            let l = [name.as_str()];
+            self.warm.with_label_values(&l).set(row.warm as i64);
+            self.pinned.with_label_values(&l).set(row.pinned as i64);
+            self.bytes
+                .with_label_values(&l)
+                .set(i64::try_from(row.bytes).unwrap_or(i64::MAX));
+            match row.last_pull_seconds {
+                Some(secs) => self.last_pull_duration.with_label_values(&l).set(secs),
+                None => {
+                    let _ = self.last_pull_duration.remove_label_values(&l);
+                }
+            }
+        }
+        *shown = rows.keys().cloned().collect();
+    }
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -264,6 +357,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            learned_state_restored: g(
+                "learned_state_restored",
+                "1 if this agent started from the learned state persisted on the node, 0 if from the defaults",
+            ),
+            images: ImageMetrics::new(&r),
             registry: r,
         }
     }
@@ -356,5 +454,48 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("prewarm_"), "{line}");
         }
+    }
+
+    fn series(m: &Metrics, image: &str) -> Vec<String> {
+        let label = format!("{{image=\"{image}\"}}");
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with("prewarm_image_") && l.contains(&label))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn image_series_follow_the_desired_set() {
+        let m = Metrics::new();
+        let warm = ImageRow {
+            warm: true,
+            pinned: true,
+            bytes: 42,
+            last_pull_seconds: Some(1.5),
+        };
+        let rows: BTreeMap<String, ImageRow> = [
+            ("r/a:1".to_string(), warm),
+            ("r/b:1".to_string(), ImageRow::default()),
+        ]
+        .into();
+        m.images.set(&rows);
+        let a = series(&m, "r/a:1");
+        for want in [
+            "prewarm_image_warm{image=\"r/a:1\"} 1",
+            "prewarm_image_pinned{image=\"r/a:1\"} 1",
+            "prewarm_image_bytes{image=\"r/a:1\"} 42",
+            "prewarm_image_last_pull_duration_seconds{image=\"r/a:1\"} 1.5",
+        ] {
+            assert!(a.iter().any(|l| l == want), "{want} not in {a:?}");
+        }
+        // Not pulled by this agent: no duration series, zeros elsewhere.
+        assert_eq!(series(&m, "r/b:1").len(), 3, "{:?}", series(&m, "r/b:1"));
+        let rows: BTreeMap<String, ImageRow> = [("r/b:1".to_string(), warm)].into();
+        m.images.set(&rows);
+        assert!(series(&m, "r/a:1").is_empty(), "a left the set");
+        assert_eq!(series(&m, "r/b:1").len(), 4);
+        m.images.set(&BTreeMap::new());
+        assert!(!m.render().contains("prewarm_image_"), "{}", m.render());
     }
 }

@@ -5,6 +5,7 @@
 mod decide;
 mod desired;
 pub mod http;
+mod learned;
 pub mod link;
 pub mod metrics;
 mod node;
@@ -131,7 +132,8 @@ impl Agent {
                 }
             },
         };
-        let node = NodeState::new(opts.node_name.clone(), source);
+        let mut node = NodeState::new(opts.node_name.clone(), source);
+        let persisted = learned_state(&rx.borrow(), &mut node, &metrics);
         let observer = Arc::new(AgentObserver::new(metrics.clone()));
         let (intents_tx, intents_rx) = watch::channel(Vec::new());
         // Without a coordinator the sender is dropped; the loop then simply
@@ -182,6 +184,7 @@ impl Agent {
             clock: Arc::new(Utc::now),
             metrics: metrics.clone(),
             health,
+            persisted,
         };
         let task = tokio::spawn(reconcile_loop(rx, parts, cancel));
         Ok(Agent {
@@ -204,6 +207,24 @@ impl Agent {
     pub async fn join(self) {
         let _ = self.wait().await;
     }
+}
+
+/// The learned state at `state.path` (read at start only), restored into
+/// `node`; None when the config keeps none.
+fn learned_state(
+    cfg: &AgentConfig,
+    node: &mut NodeState,
+    metrics: &Metrics,
+) -> Option<learned::Persisted> {
+    let Some(path) = cfg.state.path.clone() else {
+        metrics.learned_state_restored.set(0);
+        tracing::info!("state.path is null: nothing learned is kept across restarts; planning from the defaults until a pull is measured");
+        return None;
+    };
+    let store = Arc::new(crate::node::state::FileStateStore::new(path));
+    let mut p = learned::Persisted::new(store);
+    p.restore(node, metrics, Utc::now());
+    Some(p)
 }
 
 /// Polls the file: a mounted ConfigMap is replaced by a symlink swap, which

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::stack::Stack;
@@ -15,6 +15,7 @@ use crate::config::reference::ImageRef;
 use crate::config::AgentConfig;
 use crate::k8s::{Labels, NodeLabels};
 use crate::node::pull::PullOptions;
+use crate::plan::learned::{self, LearnedState, MeasuredSize, MAX_ENTRIES};
 use crate::plan::throughput::Throughput;
 use crate::plan::windows::{plan_windows as plan_windows_pure, NodeView, Phase, WindowPlan};
 
@@ -22,8 +23,8 @@ use crate::plan::windows::{plan_windows as plan_windows_pure, NodeView, Phase, W
 const LABELS_TTL: Duration = Duration::from_secs(300);
 /// Wait before reading labels again after a failure.
 const LABELS_RETRY: Duration = Duration::from_secs(5);
-/// Measured missing bytes are trusted this long.
-const SIZE_TTL: Duration = Duration::from_secs(600);
+/// Measured missing bytes are trusted this long (across restarts too).
+pub const SIZE_TTL: Duration = Duration::from_secs(600);
 /// Sizes are measured for windows starting within this many hours.
 const SIZE_HORIZON_HOURS: i64 = 48;
 /// Budget for measuring one image's missing bytes.
@@ -36,8 +37,8 @@ pub struct NodeState {
     pub labels: Labels,
     labels_read: Option<Instant>,
     pub throughput: Throughput,
-    /// Missing bytes per image, with when they were measured.
-    pub sizes: HashMap<String, (u64, Instant)>,
+    /// Missing bytes per image, with when (wall clock) they were measured.
+    pub sizes: HashMap<String, (u64, DateTime<Utc>)>,
     pub tracker: windows::Tracker,
 }
 
@@ -54,7 +55,7 @@ impl NodeState {
         platform: &crate::config::Platform,
         now: chrono::DateTime<Utc>,
     ) -> WindowPlan {
-        let fresh = |t: &Instant| t.elapsed() < SIZE_TTL;
+        let fresh = |t: &DateTime<Utc>| learned::fresh(t.timestamp(), SIZE_TTL, now);
         let sizes = |node: &NodeState| -> BTreeMap<String, u64> {
             node.sizes
                 .iter()
@@ -101,7 +102,7 @@ impl NodeState {
                 .await
                 {
                     Ok(Ok(bytes)) => {
-                        self.sizes.insert(name.clone(), (bytes, Instant::now()));
+                        self.sizes.insert(name.clone(), (bytes, now));
                         measured = true;
                     }
                     Ok(Err(e)) => {
@@ -132,6 +133,45 @@ impl NodeState {
             sizes: HashMap::new(),
             tracker: windows::Tracker::default(),
         }
+    }
+
+    /// What this node learned, to persist: the throughput, the fresh
+    /// measurements (the newest [`MAX_ENTRIES`]) and the windows' occurrences.
+    pub fn learned(&self, now: DateTime<Utc>) -> LearnedState {
+        let mut state = LearnedState::new(&self.name, now);
+        state.throughput_bytes_per_second = self.throughput.bytes_per_second();
+        let mut sizes: Vec<_> = self
+            .sizes
+            .iter()
+            .filter(|(_, (_, t))| learned::fresh(t.timestamp(), SIZE_TTL, now))
+            .collect();
+        sizes.sort_by_key(|(_, (_, t))| std::cmp::Reverse(*t));
+        state.missing_bytes = sizes
+            .into_iter()
+            .take(MAX_ENTRIES)
+            .map(|(name, (bytes, t))| {
+                let m = MeasuredSize {
+                    bytes: *bytes,
+                    measured_at_unix: t.timestamp(),
+                };
+                (name.clone(), m)
+            })
+            .collect();
+        state.windows = self.tracker.records(MAX_ENTRIES);
+        state
+    }
+
+    /// Takes over a checked learned state (see [`learned::check`]).
+    pub fn restore(&mut self, state: &LearnedState) {
+        if let Some(bps) = state.throughput_bytes_per_second {
+            self.throughput = Throughput::learned(bps);
+        }
+        for (name, m) in &state.missing_bytes {
+            if let Some(t) = DateTime::from_timestamp(m.measured_at_unix, 0) {
+                self.sizes.insert(name.clone(), (m.bytes, t));
+            }
+        }
+        self.tracker.restore(&state.windows);
     }
 
     /// Re-reads the node's labels now and then; on failure the last known

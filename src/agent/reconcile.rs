@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{self, Backoffs};
 use super::desired;
 use super::http::Health;
+use super::learned::Persisted;
 use super::link::NodeReport;
-use super::metrics::Metrics;
+use super::metrics::{ImageRow, Metrics};
 use super::node::NodeState;
 use super::pins::Pins;
 use super::report::{node_report, window_states, AgentObserver};
@@ -55,6 +56,8 @@ pub struct LoopParts {
     pub clock: WallClock,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Where learned values are kept across restarts; None: nowhere.
+    pub persisted: Option<Persisted>,
 }
 
 struct Loop {
@@ -69,6 +72,8 @@ struct Loop {
     backoffs: Backoffs,
     /// Whether a stack was ever built: before that, a missing mount is fatal.
     connected: bool,
+    /// Seconds of the last successful pull per image (desired ones only).
+    last_pull: BTreeMap<String, f64>,
 }
 
 /// A finished pull: its name, whether it worked and, if it moved bytes,
@@ -77,6 +82,8 @@ struct PullDone {
     name: String,
     ok: bool,
     sample: Option<(u64, f64)>,
+    /// Seconds, when it succeeded and pulled (not already present).
+    pulled_secs: Option<f64>,
 }
 
 /// Runs until cancelled, then gives pulls [`SHUTDOWN_GRACE`] to stop.
@@ -97,6 +104,7 @@ pub async fn reconcile_loop(
         refused: BTreeMap::new(),
         backoffs: Backoffs::default(),
         connected: false,
+        last_pull: BTreeMap::new(),
     };
     let mut creds = tokio::time::interval(CREDENTIALS_POLL);
     creds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,6 +118,7 @@ pub async fn reconcile_loop(
                 return Err(e);
             }
         };
+        let wait = lp.save_learned(wait, false);
         let until = tokio::time::Instant::now() + wait;
         // Wait for a reason to look again.
         loop {
@@ -140,6 +149,7 @@ pub async fn reconcile_loop(
         while lp.pulls.join_next().await.is_some() {}
     })
     .await;
+    lp.save_learned(Duration::ZERO, true);
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -192,8 +202,27 @@ impl Loop {
         })
     }
 
+    /// Saves the learned values if due; `wait` shortened to when a
+    /// rate-limited save is due.
+    fn save_learned(&mut self, wait: Duration, shutdown: bool) -> Duration {
+        let Some(p) = self.p.persisted.as_mut() else {
+            return wait;
+        };
+        let now = (self.p.clock)();
+        match p.save(&self.p.node, now, shutdown) {
+            Some(due) => {
+                let until = (due - now).to_std().unwrap_or_default();
+                wait.min(until.max(decide::MIN_WAKE))
+            }
+            None => wait,
+        }
+    }
+
     fn finished(&mut self, done: PullDone, cfg: &AgentConfig) {
         self.in_flight.remove(&done.name);
+        if let Some(secs) = done.pulled_secs {
+            self.last_pull.insert(done.name.clone(), secs);
+        }
         let now = (self.p.clock)();
         match done.ok {
             true => self.backoffs.succeeded(&done.name),
@@ -281,6 +310,8 @@ impl Loop {
         let applicable = self.applicable_intents(cfg, now);
         let names = candidates.keys().chain(applicable.images.keys()).cloned();
         let present = observe_present(store, &stack.snapshotter, &names.collect()).await?;
+        let sizes: BTreeMap<String, u64> =
+            present.iter().map(|(n, (_, s))| (n.clone(), *s)).collect();
         let admission = self.admit_intents(cfg, stack, &applicable, &present);
         candidates.extend(
             admission
@@ -346,6 +377,7 @@ impl Loop {
         });
         let holds: Vec<_> = observed.holds.values().copied().chain(written).collect();
         self.set_gauges(desired.len(), &observed, held.len());
+        self.set_image_gauges(&desired, &observed, &sizes);
         self.backoffs
             .retain(|n| desired.iter().any(|d| d.name == n));
 
@@ -453,6 +485,31 @@ impl Loop {
         m.images_held.set(held as i64);
     }
 
+    /// Per-image series for the desired set only; the others are deleted.
+    fn set_image_gauges(
+        &mut self,
+        desired: &[crate::plan::warm::Desired],
+        observed: &Observed,
+        sizes: &BTreeMap<String, u64>,
+    ) {
+        let wanted: BTreeSet<&str> = desired.iter().map(|d| d.name.as_str()).collect();
+        self.last_pull.retain(|n, _| wanted.contains(n.as_str()));
+        let rows: BTreeMap<String, ImageRow> = desired
+            .iter()
+            .map(|d| {
+                let present = observed.present.get(&d.name);
+                let row = ImageRow {
+                    warm: present.is_some(),
+                    pinned: present.is_some_and(|p| p.pinned),
+                    bytes: present.and(sizes.get(&d.name)).copied().unwrap_or(0),
+                    last_pull_seconds: self.last_pull.get(&d.name).copied(),
+                };
+                (d.name.clone(), row)
+            })
+            .collect();
+        self.p.metrics.images.set(&rows);
+    }
+
     /// Starts a pull unless its image waits out a backoff or one of its
     /// windows is at its pull cap.
     fn start_pull(
@@ -499,10 +556,16 @@ impl Loop {
                 .ok()
                 .filter(|o| o.fetched_bytes > 0)
                 .map(|o| (o.fetched_bytes, o.duration.as_secs_f64()));
+            let pulled_secs = result
+                .as_ref()
+                .ok()
+                .filter(|o| !o.already_present)
+                .map(|o| o.duration.as_secs_f64());
             PullDone {
                 name,
                 ok: result.is_ok(),
                 sample,
+                pulled_secs,
             }
         });
     }

@@ -16,7 +16,11 @@ use crate::k8s::{Labels, StaticNodeLabels};
 use crate::node::fake::{BlobFault, FakeDisk, FakeRegistry, FakeRuntime};
 use crate::node::pace::DiskUsage;
 use crate::node::pull::{Engine, PullObserver};
-use crate::node::runtime::{version_supports_pinning, PREWARM_HOLD_LABEL, PREWARM_PINNED_LABEL};
+use crate::node::runtime::{
+    version_supports_pinning, ImageRecord, PREWARM_HOLD_LABEL, PREWARM_PINNED_LABEL,
+};
+use crate::node::state::{MemoryStateStore, StateStore};
+use crate::plan::learned::LearnedState;
 
 /// A Tuesday, 10:00 UTC.
 fn base() -> DateTime<Utc> {
@@ -86,6 +90,7 @@ struct Rig {
     /// How many connects from now fail as unmounted.
     unmounted: Arc<AtomicUsize>,
     t0: Instant,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
     task: JoinHandle<Result<(), SetupError>>,
 }
@@ -110,6 +115,11 @@ fn layer(seed: u8) -> Bytes {
 
 impl Rig {
     fn start(cfg: Arc<AgentConfig>) -> Rig {
+        Rig::start_with(cfg, None)
+    }
+
+    /// With learned state kept in `store`, restored first as the agent does.
+    fn start_with(cfg: Arc<AgentConfig>, store: Option<MemoryStateStore>) -> Rig {
         let reg = FakeRegistry::default();
         let rt = FakeRuntime::new("1.7.24");
         let disk = Arc::new(FakeDisk(Mutex::new(DiskUsage {
@@ -133,15 +143,22 @@ impl Rig {
         let (reports_tx, reports) = watch::channel(Arc::new(NodeReport::default()));
         let (intents_tx, intents_rx) = watch::channel(Vec::new());
         let (cfg_tx, cfg_rx) = watch::channel(cfg);
+        let mut node = NodeState::new("n1".into(), Some(Arc::new(StaticNodeLabels(labels))));
+        let persisted = store.map(|s| {
+            let mut p = Persisted::new(Arc::new(s));
+            p.restore(&mut node, &metrics, base());
+            p
+        });
         let parts = LoopParts {
-            node: NodeState::new("n1".into(), Some(Arc::new(StaticNodeLabels(labels)))),
+            node,
             observer: Arc::new(AgentObserver::new(metrics.clone())),
             reports: Some(reports_tx),
             intents: intents_rx,
             connector: Arc::new(connector),
             clock,
-            metrics,
+            metrics: metrics.clone(),
             health: Arc::new(Health::default()),
+            persisted,
         };
         let cancel = CancellationToken::new();
         let task = tokio::spawn(reconcile_loop(cfg_rx, parts, cancel.clone()));
@@ -154,6 +171,7 @@ impl Rig {
             connects,
             unmounted,
             t0,
+            metrics,
             cancel,
             task,
         }
@@ -162,6 +180,18 @@ impl Rig {
     /// Registers an image in the registry and in the fake CRI's catalog.
     fn image(&self, name_tag: &str, seed: u8) -> String {
         let (digest, config, blobs) = self.reg.add_image(name_tag, &[layer(seed)]);
+        self.rt
+            .catalog
+            .lock()
+            .unwrap()
+            .insert(name_tag.to_string(), (digest, config, blobs));
+        name_tag.to_string()
+    }
+
+    /// An image of one `bytes`-long layer: big enough to measure throughput.
+    fn big_image(&self, name_tag: &str, bytes: usize) -> String {
+        let layer = Bytes::from((0..bytes).map(|i| i as u8).collect::<Vec<_>>());
+        let (digest, config, blobs) = self.reg.add_image(name_tag, &[layer]);
         self.rt
             .catalog
             .lock()
@@ -420,5 +450,180 @@ async fn a_missing_mount_at_start_stops_the_agent() {
         "the failure happened"
     );
     assert!(!rig.cancel.is_cancelled());
+    rig.stop().await;
+}
+
+/// Issue 12: a throughput learned by the previous agent is in the very
+/// first report (the link's Snapshot), before any pull, and on the metric.
+#[tokio::test(start_paused = true)]
+async fn a_restored_throughput_is_reported_before_any_pull() {
+    let store = MemoryStateStore::default();
+    let mut learned = LearnedState::new("n1", base());
+    learned.throughput_bytes_per_second = Some(7_000_000.0);
+    store.save(&learned).unwrap();
+    let mut rig = Rig::start_with(config(""), Some(store));
+    let r = rig
+        .until("first report", |r| r.labels.contains_key("pool"))
+        .await;
+    assert_eq!(r.throughput_bytes_per_second, Some(7_000_000.0));
+    assert_eq!(rig.metrics.throughput.get(), 7_000_000.0);
+    assert_eq!(rig.metrics.learned_state_restored.get(), 1);
+    assert!(rig.rt.lock().cri_pulls.is_empty());
+    rig.stop().await;
+}
+
+/// Bad or foreign state is not used: the report has no throughput.
+#[tokio::test(start_paused = true)]
+async fn corrupt_or_foreign_state_falls_back_to_the_default() {
+    let foreign = {
+        let mut s = LearnedState::new("another-node", base());
+        s.throughput_bytes_per_second = Some(7e6);
+        serde_json::to_vec(&s).unwrap()
+    };
+    let insane = {
+        let mut s = LearnedState::new("n1", base());
+        s.throughput_bytes_per_second = Some(-3.0);
+        serde_json::to_vec(&s).unwrap()
+    };
+    let cases: [&[u8]; 4] = [
+        b"{\"version\": 1, \"node\": \"n1\", \"throughp",
+        br#"{"version": 9}"#,
+        &foreign,
+        &insane,
+    ];
+    for bytes in cases {
+        let store = MemoryStateStore::default();
+        store.set_bytes(bytes);
+        let mut rig = Rig::start_with(config(""), Some(store));
+        let r = rig
+            .until("first report", |r| r.labels.contains_key("pool"))
+            .await;
+        let shown = String::from_utf8_lossy(bytes);
+        assert_eq!(r.throughput_bytes_per_second, None, "{shown}");
+        assert_eq!(rig.metrics.learned_state_restored.get(), 0, "{shown}");
+        rig.stop().await;
+    }
+}
+
+/// Equal up to JSON's float parsing (serde_json may be a unit in the last
+/// place off without its float_roundtrip feature).
+fn same_rate(a: f64, b: f64) -> bool {
+    (a - b).abs() <= b.abs() * 1e-12
+}
+
+/// A measured throughput is saved 30 s after the previous save at the
+/// earliest (the loop wakes for it), not on every change.
+#[tokio::test(start_paused = true)]
+async fn learned_values_are_saved_at_most_every_30s() {
+    let store = MemoryStateStore::default();
+    let mut rig = Rig::start_with(config("images: [reg.test/big:1]\n"), Some(store.clone()));
+    rig.big_image("reg.test/big:1", 5 << 20);
+    let r = rig
+        .until("throughput measured", |r| {
+            r.throughput_bytes_per_second.is_some()
+        })
+        .await;
+    let learned = r.throughput_bytes_per_second.unwrap();
+    let saved = || {
+        store
+            .load()
+            .ok()
+            .and_then(|s| s.throughput_bytes_per_second)
+    };
+    let wait = async {
+        while !saved().is_some_and(|s| same_rate(s, learned)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3600), wait)
+        .await
+        .expect("the throughput is saved");
+    let after = rig.t0.elapsed();
+    assert!(
+        after >= super::super::learned::SAVE_EVERY,
+        "saved after {after:?}"
+    );
+    assert!(
+        after < Duration::from_secs(31),
+        "not woken for the save: {after:?}"
+    );
+    assert_eq!(store.saves(), 2, "the first pass's, then the throughput");
+    rig.stop().await;
+    assert_eq!(store.saves(), 2, "nothing changed since");
+}
+
+/// On shutdown a change waiting out the rate limit is written at once.
+#[tokio::test(start_paused = true)]
+async fn a_pending_change_is_saved_on_shutdown() {
+    let store = MemoryStateStore::default();
+    let mut rig = Rig::start_with(config("images: [reg.test/big:1]\n"), Some(store.clone()));
+    rig.big_image("reg.test/big:1", 5 << 20);
+    let r = rig
+        .until("throughput measured", |r| {
+            r.throughput_bytes_per_second.is_some()
+        })
+        .await;
+    let saved = store.load().unwrap().throughput_bytes_per_second;
+    assert_eq!(saved, None, "saved within 30 s of the first save");
+    rig.stop().await;
+    let saved = store.load().unwrap().throughput_bytes_per_second;
+    let learned = r.throughput_bytes_per_second.unwrap();
+    assert!(
+        saved.is_some_and(|s| same_rate(s, learned)),
+        "{saved:?} {learned}"
+    );
+}
+
+fn image_series(m: &Metrics) -> Vec<String> {
+    m.render()
+        .lines()
+        .filter(|l| l.starts_with("prewarm_image_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 12: per-image series exist for the desired images only, and go
+/// when an image leaves the set; an image someone else pulled has none.
+#[tokio::test(start_paused = true)]
+async fn image_series_exist_only_for_desired_images() {
+    let mut rig = Rig::start(config("images: [reg.test/a:1, reg.test/b:1]\n"));
+    let a = rig.image("reg.test/a:1", 1);
+    let b = rig.image("reg.test/b:1", 2);
+    // Pulled by the kubelet, not wanted by this agent.
+    rig.rt.lock().records.insert(
+        "reg.test/other:1".into(),
+        ImageRecord {
+            name: "reg.test/other:1".into(),
+            target_digest: "sha256:other".into(),
+            labels: Default::default(),
+        },
+    );
+    rig.until("a and b warm", |r| warm_pinned(r, &a) && warm_pinned(r, &b))
+        .await;
+    let series = image_series(&rig.metrics);
+    for want in [
+        format!("prewarm_image_warm{{image=\"{a}\"}} 1"),
+        format!("prewarm_image_pinned{{image=\"{b}\"}} 1"),
+        format!("prewarm_image_bytes{{image=\"{a}\"}} 0"),
+    ] {
+        assert!(series.contains(&want), "{want} not in {series:?}");
+    }
+    assert!(
+        series.iter().any(|l| l.starts_with(&format!(
+            "prewarm_image_last_pull_duration_seconds{{image=\"{a}\"}}"
+        ))),
+        "{series:?}"
+    );
+    assert!(series.iter().all(|l| !l.contains("other")), "{series:?}");
+    let images: std::collections::BTreeSet<&str> =
+        series.iter().filter_map(|l| l.split('"').nth(1)).collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    // b leaves the config: its series go.
+    rig.cfg.send(config("images: [reg.test/a:1]\n")).unwrap();
+    rig.until("b no longer reported", |r| !r.images.contains_key(&b))
+        .await;
+    let series = image_series(&rig.metrics);
+    assert!(series.iter().all(|l| !l.contains(&b)), "{series:?}");
+    assert!(series.iter().any(|l| l.contains(&a)), "{series:?}");
     rig.stop().await;
 }

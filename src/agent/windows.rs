@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::metrics::Metrics;
+use crate::plan::learned::WindowRecord;
 use crate::plan::windows::{Phase, WindowStatus};
 
 const PHASES: [(Phase, &str); 5] = [
@@ -17,13 +18,15 @@ const PHASES: [(Phase, &str); 5] = [
     (Phase::Grace, "grace"),
 ];
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Occurrence {
     start: DateTime<Utc>,
     warm_seen: bool,
     late_counted: bool,
     /// The planned lead, frozen once warming for this occurrence began.
     planned_lead: Option<f64>,
+    /// The lead achieved, once warm.
+    lead: Option<f64>,
 }
 
 fn secs(d: chrono::TimeDelta) -> f64 {
@@ -36,6 +39,42 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// The occurrences tracked, to persist (at most `max`).
+    pub fn records(&self, max: usize) -> BTreeMap<String, WindowRecord> {
+        self.windows
+            .iter()
+            .take(max)
+            .map(|(name, o)| {
+                let r = WindowRecord {
+                    occurrence_start_unix: o.start.timestamp(),
+                    warm_seen: o.warm_seen,
+                    late_counted: o.late_counted,
+                    lead_seconds: o.lead,
+                };
+                (name.clone(), r)
+            })
+            .collect()
+    }
+
+    /// Continues from persisted occurrences: one already seen warm is not
+    /// measured again (its lead is kept), one counted late not counted
+    /// again; a window whose occurrence moved on starts afresh as usual.
+    pub fn restore(&mut self, records: &BTreeMap<String, WindowRecord>) {
+        for (name, r) in records {
+            let Some(start) = DateTime::from_timestamp(r.occurrence_start_unix, 0) else {
+                continue;
+            };
+            let occ = Occurrence {
+                start,
+                warm_seen: r.warm_seen,
+                late_counted: r.late_counted,
+                planned_lead: None,
+                lead: r.lead_seconds.filter(|_| r.warm_seen),
+            };
+            self.windows.insert(name.clone(), occ);
+        }
+    }
+
     pub fn observe(&mut self, statuses: &[WindowStatus], now: DateTime<Utc>, metrics: &Metrics) {
         for st in statuses {
             let name = st.name.as_str();
@@ -68,15 +107,15 @@ impl Tracker {
                 warm_seen: false,
                 late_counted: false,
                 planned_lead: None,
+                lead: None,
             };
             let occ = self.windows.entry(st.name.clone()).or_insert(fresh);
             if occ.start != start {
-                *occ = Occurrence {
-                    start,
-                    warm_seen: false,
-                    late_counted: false,
-                    planned_lead: None,
-                };
+                *occ = fresh;
+            }
+            // A lead measured before a restart is shown again.
+            if let Some(lead) = occ.lead {
+                metrics.window_lead.with_label_values(&[name]).set(lead);
             }
             let plan_now = secs(st.next_activation - st.warm_start);
             let planned = match (st.phase, occ.planned_lead) {
@@ -106,6 +145,7 @@ impl Tracker {
             if preparing && st.all_warm && !occ.warm_seen {
                 occ.warm_seen = true;
                 let lead = (start - now).num_milliseconds() as f64 / 1000.0;
+                occ.lead = Some(lead);
                 metrics.window_lead.with_label_values(&[name]).set(lead);
                 tracing::info!(window = name, activation = %start, lead_seconds = lead, "window warm");
             }
@@ -134,6 +174,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
@@ -151,6 +192,22 @@ mod tests {
             images: vec!["r/a:1".into()],
             missing_bytes: Some(0),
             estimated_pull: Default::default(),
+            priority: 0,
+            all_warm,
+        }
+    }
+
+    fn status_w(phase: Phase, all_warm: bool) -> WindowStatus {
+        WindowStatus {
+            name: "w".into(),
+            applies: true,
+            phase,
+            next_activation: t(600),
+            occurrence: Some((t(600), t(4200))),
+            warm_start: t(0),
+            images: vec!["r/a:1".into()],
+            missing_bytes: Some(0),
+            estimated_pull: Duration::ZERO,
             priority: 0,
             all_warm,
         }
@@ -195,5 +252,41 @@ mod tests {
         assert_eq!(value(&m, "prewarm_window_planned_lead_seconds"), None);
         tr.observe(&[], t(1200), &m);
         assert_eq!(value(&m, "prewarm_window_warm"), None);
+    }
+
+    /// Issue 12: an agent restarted after its window became warm keeps the
+    /// lead it achieved instead of measuring it again from the restart, and
+    /// does not count a late activation twice.
+    #[test]
+    fn a_restart_keeps_the_lead_and_the_late_count() {
+        let m = Metrics::new();
+        let mut before = Tracker::default();
+        before.observe(&[status_w(Phase::Warming, true)], t(100), &m);
+        let lead = |m: &Metrics| m.window_lead.with_label_values(&["w"]).get();
+        assert_eq!(lead(&m), 500.0);
+        let saved = before.records(16);
+
+        let m = Metrics::new();
+        let mut after = Tracker::default();
+        after.restore(&saved);
+        after.observe(&[status_w(Phase::Warming, true)], t(400), &m);
+        assert_eq!(lead(&m), 500.0, "measured again from the restart");
+
+        // Late, counted; restarted; not counted again.
+        let m = Metrics::new();
+        let mut late = Tracker::default();
+        late.observe(&[status_w(Phase::Late, false)], t(700), &m);
+        let saved = late.records(16);
+        let m = Metrics::new();
+        let mut after = Tracker::default();
+        after.restore(&saved);
+        after.observe(&[status_w(Phase::Late, false)], t(800), &m);
+        assert_eq!(m.window_late.with_label_values(&["w"]).get(), 0);
+        // The next occurrence starts afresh.
+        let mut next = status_w(Phase::Warming, true);
+        next.next_activation = t(90_000);
+        next.occurrence = Some((t(90_000), t(93_600)));
+        after.observe(&[next], t(89_000), &m);
+        assert_eq!(lead(&m), 1000.0);
     }
 }

@@ -291,6 +291,15 @@ fn the_coordinators_args_name_files_of_its_tls_secret() {
 /// hostPath types that check and never create anything on the node.
 const CHECKED: [&str; 3] = ["Directory", "File", "Socket"];
 
+/// The one host path the agent writes, created if missing: prewarm's own
+/// state directory, holding `state.path`.
+const STATE_DIR: (&str, &str) = ("/var/lib/prewarm", "DirectoryOrCreate");
+
+/// Whether a hostPath is checked, or is exactly the state directory.
+fn allowed_host_path(path: &str, kind: &str) -> bool {
+    CHECKED.contains(&kind) || (path, kind) == STATE_DIR
+}
+
 fn host_paths(pod: &Value) -> Vec<(String, String)> {
     items(&pod["volumes"])
         .iter()
@@ -313,6 +322,7 @@ fn the_base_mounts_only_host_paths_every_containerd_node_has() {
             "/var/lib/containerd/io.containerd.content.v1.content".to_string(),
             "Directory".to_string(),
         ),
+        (STATE_DIR.0.to_string(), STATE_DIR.1.to_string()),
     ];
     assert_eq!(got, want);
     // containerd's root is not mounted (it holds every container's root
@@ -354,6 +364,33 @@ fn the_base_mounts_only_host_paths_every_containerd_node_has() {
     }
 }
 
+/// The shipped config's `state.path` lies in the writable state directory
+/// mount, directly (nothing else of the host is writable).
+#[test]
+fn the_learned_state_file_is_on_the_state_directory_mount() {
+    let cfg = base().agent_config();
+    let path = cfg.state.path.expect("the shipped config keeps state");
+    let pod = base().agent_pod();
+    let agent = container(pod, "agent");
+    let (volume, rel) = mount_of(pod, agent, &path);
+    assert_eq!(volume["hostPath"]["path"], STATE_DIR.0);
+    assert_eq!(volume["hostPath"]["type"], STATE_DIR.1);
+    assert_eq!(rel, Path::new("learned.json"));
+    let writable: Vec<&str> = items(&agent["volumeMounts"])
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .filter(|m| {
+            let v = items(&pod["volumes"])
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .unwrap();
+            v["hostPath"].is_object() && v["hostPath"]["path"] != "/run/containerd"
+        })
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(writable, [STATE_DIR.0], "writable host mounts");
+}
+
 /// Every component renders on top of the base with checked hostPath types.
 #[test]
 fn every_component_renders_with_checked_host_paths() {
@@ -368,7 +405,7 @@ fn every_component_renders_with_checked_host_paths() {
         let r = Rendered(overlay(&[name.as_str()]));
         for (path, kind) in host_paths(r.agent_pod()) {
             assert!(
-                CHECKED.contains(&kind.as_str()),
+                allowed_host_path(&path, &kind),
                 "{name}: {path} has type {kind:?}"
             );
         }

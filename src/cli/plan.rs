@@ -17,6 +17,8 @@ use prewarm::node::manifest::host_platform;
 use prewarm::node::pull::{NoopObserver, PullOptions};
 use prewarm::node::runtime::ImageStore;
 use prewarm::node::setup;
+use prewarm::node::state::{FileStateStore, StateError, StateStore};
+use prewarm::plan::learned;
 use prewarm::plan::windows::{activations, plan_windows, NodeView, Phase};
 
 use super::pull::human;
@@ -55,11 +57,12 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             ),
         )
     };
+    let (throughput, throughput_note) = learned_throughput(&cfg, now);
     let node = NodeView {
         labels: &args.node_labels,
         missing_bytes: &missing,
         warm: &warm,
-        throughput: None,
+        throughput,
     };
     let plan = plan_windows(&cfg.windows, &cfg.scheduling, &node, now);
     println!(
@@ -71,6 +74,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = &note {
         println!("note: {n}");
     }
+    println!("throughput: {throughput_note}");
     for (w, st) in cfg.windows.iter().zip(&plan.windows) {
         let tz = w.timezone;
         let local = |t: DateTime<Utc>| {
@@ -133,6 +137,46 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The throughput the agent learned on this node (its `state.path`), as
+/// the agent would plan with it, and a line saying where it came from.
+fn learned_throughput(cfg: &AgentConfig, now: DateTime<Utc>) -> (Option<f64>, String) {
+    let default = format!(
+        "{}/s (scheduling.defaultThroughput)",
+        human(cfg.scheduling.default_throughput.as_u64())
+    );
+    let Some(path) = cfg.state.path.clone() else {
+        return (None, format!("{default}; state.path is null"));
+    };
+    let store = FileStateStore::new(path);
+    let checked = store.load().map_err(|e| match e {
+        StateError::Missing { path } => format!("no learned state at {path}"),
+        other => other.to_string(),
+    });
+    // Planned for the node the state was written on: plan runs there.
+    let checked = checked.and_then(|s| {
+        let node = s.node.clone();
+        learned::check(s, &node, Duration::ZERO, now).map_err(|e| e.to_string())
+    });
+    match checked {
+        Ok(s) => match s.throughput_bytes_per_second {
+            Some(bps) => (
+                Some(bps),
+                format!(
+                    "{}/s learned on node {:?} ({})",
+                    human(bps as u64),
+                    s.node,
+                    store.location()
+                ),
+            ),
+            None => (
+                None,
+                format!("{default}; {} holds no measured pull yet", store.location()),
+            ),
+        },
+        Err(why) => (None, format!("{default}; {why}")),
+    }
 }
 
 fn phase_name(p: Phase) -> &'static str {

@@ -60,6 +60,9 @@ pub struct AgentConfig {
     /// How long the coordinator's intents may last and how much they may pin.
     #[serde(skip_serializing_if = "IntentLimits::is_default")]
     pub intents: IntentLimits,
+    /// Where the agent keeps what it learned across restarts.
+    #[serde(skip_serializing_if = "StateConfig::is_default")]
+    pub state: StateConfig,
 }
 
 impl Default for AgentConfig {
@@ -74,7 +77,59 @@ impl Default for AgentConfig {
             windows: Vec::new(),
             coordinator: None,
             intents: IntentLimits::default(),
+            state: StateConfig::default(),
         }
+    }
+}
+
+/// Where the learned state file lives on the node.
+pub const DEFAULT_STATE_PATH: &str = "/var/lib/prewarm/learned.json";
+
+/// The `state:` section: the file the agent keeps its learned throughput
+/// and measurements in, so a restarted agent does not plan from defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of state settings"
+)]
+pub struct StateConfig {
+    /// The file; `null` keeps nothing across restarts. Read at start only.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            path: Some(PathBuf::from(DEFAULT_STATE_PATH)),
+        }
+    }
+}
+
+impl StateConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let field = format!("{at}.path");
+        ensure(
+            !path.as_os_str().is_empty(),
+            field.clone(),
+            "must not be empty (use null to keep no state)",
+        )?;
+        ensure(
+            path.is_absolute(),
+            field.clone(),
+            "must be an absolute path",
+        )?;
+        let named =
+            path.file_name().is_some() && !path.as_os_str().to_string_lossy().ends_with('/');
+        ensure(named, field, "must name a file, not a directory")
     }
 }
 
@@ -279,6 +334,7 @@ impl AgentConfig {
             c.validate("coordinator")?;
         }
         self.intents.validate("intents")?;
+        self.state.validate("state")?;
         // The clock only anchors the "never fires" check on schedules.
         windows::validate_windows(&self.windows, "windows", chrono::Utc::now())
     }

@@ -16,6 +16,7 @@ pub mod retry;
 pub mod runtime;
 pub mod setup;
 pub mod slots;
+pub mod state;
 
 #[cfg(test)]
 mod pull_pace_tests;

@@ -25,6 +25,13 @@ impl Throughput {
         });
     }
 
+    /// A throughput learned earlier (by this node's previous agent).
+    pub fn learned(bytes_per_second: f64) -> Self {
+        Self {
+            estimate: Some(bytes_per_second),
+        }
+    }
+
     /// Bytes per second, None until a pull was measured.
     pub fn bytes_per_second(&self) -> Option<f64> {
         self.estimate

@@ -28,23 +28,6 @@ use crate::gates::{
 };
 use crate::link::{coordinator, real_agent, wait_present};
 
-/// Dashboard panels whose queries use per-image agent metrics
-/// (`prewarm_image_*`) or `prewarm_learned_state_restored`, which another
-/// branch adds. Their queries must parse and evaluate, but only the ones
-/// without those series must return data. Empty this list once they are
-/// merged: every query then has to return data.
-const PENDING_MERGE: &[&str] = &[
-    "Learned throughput",
-    "Last pull duration per image",
-    "Pinned bytes",
-    "Images per node",
-];
-
-/// Series that make a query pending (see [`PENDING_MERGE`]).
-fn uses_pending_series(expr: &str) -> bool {
-    expr.contains("prewarm_image_") || expr.contains("prewarm_learned_state_restored")
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -179,7 +162,6 @@ fn substitute(expr: &str) -> String {
 struct Query {
     panel: String,
     expr: String,
-    pending: bool,
 }
 
 /// Every query of every panel (rows included), and the template variables
@@ -190,7 +172,6 @@ fn dashboard() -> (Vec<Query>, Vec<(String, String)>) {
     )
     .unwrap();
     let mut queries = Vec::new();
-    let mut pending_panels = Vec::new();
     let mut panels: Vec<&Value> = d["panels"].as_array().unwrap().iter().collect();
     let nested: Vec<&Value> = panels
         .iter()
@@ -200,12 +181,6 @@ fn dashboard() -> (Vec<Query>, Vec<(String, String)>) {
     for p in panels {
         let title = p["title"].as_str().unwrap().to_string();
         let targets = p["targets"].as_array().cloned().unwrap_or_default();
-        if targets
-            .iter()
-            .any(|t| uses_pending_series(t["expr"].as_str().unwrap_or("")))
-        {
-            pending_panels.push(title.clone());
-        }
         for t in targets {
             let expr = t["expr"]
                 .as_str()
@@ -213,18 +188,10 @@ fn dashboard() -> (Vec<Query>, Vec<(String, String)>) {
                 .to_string();
             queries.push(Query {
                 panel: title.clone(),
-                pending: uses_pending_series(&expr),
                 expr: substitute(&expr),
             });
         }
     }
-    pending_panels.sort();
-    let mut listed: Vec<String> = PENDING_MERGE.iter().map(|s| s.to_string()).collect();
-    listed.sort();
-    assert_eq!(
-        pending_panels, listed,
-        "PENDING_MERGE must list exactly the panels using the pending series"
-    );
     let vars = d["templating"]["list"]
         .as_array()
         .unwrap()
@@ -420,7 +387,7 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
     )
     .await;
 
-    // Every query evaluates; every one not pending a merge returns data.
+    // Every query evaluates and returns data.
     let mut empty: Vec<String> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
@@ -428,7 +395,7 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
         for q in &queries {
             match prom.query(&q.expr).await {
                 Err(e) => panic!("panel {:?}: {} does not evaluate: {e}", q.panel, q.expr),
-                Ok(r) if r.is_empty() && !q.pending => {
+                Ok(r) if r.is_empty() => {
                     empty.push(format!("{:?}: {}", q.panel, q.expr))
                 }
                 Ok(_) => {}
