@@ -72,6 +72,7 @@ impl Connector for FakeConnector {
             runtime_version: self.rt.version.clone(),
             snapshotter: "overlayfs".into(),
             credentials: None,
+            workload: None,
         })
     }
 }
