@@ -13,6 +13,7 @@ mod link;
 mod outage;
 mod pins;
 mod pull;
+mod pull_secrets;
 mod rbac;
 mod reattach;
 mod root;
