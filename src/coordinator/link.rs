@@ -183,7 +183,7 @@ impl LinkState {
     }
 
     /// `node`'s share of `all`, credentials removed where not allowed.
-    fn share(&self, all: &[Intent], node: &str) -> IntentSet {
+    pub(crate) fn share(&self, all: &[Intent], node: &str) -> IntentSet {
         let mut set = intents_for(all, node);
         if !self.credentials_allowed.load(Ordering::Relaxed) {
             set.intents.iter_mut().for_each(|i| i.credentials.clear());

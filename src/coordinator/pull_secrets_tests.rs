@@ -303,3 +303,32 @@ async fn credentials_never_show_in_debug_or_the_view() {
         "{json}"
     );
 }
+
+/// Over a plain-text link (`--insecure`) no intent carries credentials to
+/// an agent, whoever published them; over TLS only named nodes get them.
+#[test]
+fn a_plain_text_link_never_carries_credentials() {
+    let mut i = gated_intent(&["n1"]);
+    i.credentials = vec![RegistryCredential {
+        registry: "reg.example:5000".into(),
+        password: PASSWORD.into(),
+        source: "erp/pull".into(),
+        ..Default::default()
+    }];
+    let mut everywhere = i.clone();
+    everywhere.id = "everywhere".into();
+    everywhere.nodes.clear();
+    let all = vec![i, everywhere];
+    let state = LinkState::with_nodes(Vec::new(), CancellationToken::new());
+    let tls = state.share(&all, "n1");
+    let carried: Vec<(&str, usize)> = tls
+        .intents
+        .iter()
+        .map(|i| (i.id.as_str(), i.credentials.len()))
+        .collect();
+    assert_eq!(carried, vec![("Gate/erp/Pod/orders-0@1", 1), ("everywhere", 0)]);
+    state.forbid_credentials();
+    let plain = state.share(&all, "n1");
+    assert_eq!(plain.intents.len(), 2);
+    assert!(plain.intents.iter().all(|i| i.credentials.is_empty()));
+}
