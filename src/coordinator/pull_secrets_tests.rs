@@ -326,7 +326,10 @@ fn a_plain_text_link_never_carries_credentials() {
         .iter()
         .map(|i| (i.id.as_str(), i.credentials.len()))
         .collect();
-    assert_eq!(carried, vec![("Gate/erp/Pod/orders-0@1", 1), ("everywhere", 0)]);
+    assert_eq!(
+        carried,
+        vec![("Gate/erp/Pod/orders-0@1", 1), ("everywhere", 0)]
+    );
     state.forbid_credentials();
     let plain = state.share(&all, "n1");
     assert_eq!(plain.intents.len(), 2);
