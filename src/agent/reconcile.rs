@@ -30,6 +30,7 @@ use crate::node::pull::PullOptions;
 use crate::node::runtime::ImageStore;
 use crate::node::setup::SetupError;
 use crate::plan::intents::{self, Admission, Applicable, Receipts, Refusal, Room};
+use crate::plan::pull_secrets;
 use crate::plan::warm::{Action, HoldPolicy, Observed, Present};
 use crate::plan::windows::WindowPlan;
 use crate::wire::v1::{image_state::Phase as ImagePhase, ImageState, Intent};
@@ -74,6 +75,8 @@ struct Loop {
     connected: bool,
     /// Seconds of the last successful pull per image (desired ones only).
     last_pull: BTreeMap<String, f64>,
+    /// Intent credentials that did not parse, logged once each.
+    bad_credentials: BTreeSet<String>,
 }
 
 /// A finished pull: its name, whether it worked and, if it moved bytes,
@@ -105,6 +108,7 @@ pub async fn reconcile_loop(
         backoffs: Backoffs::default(),
         connected: false,
         last_pull: BTreeMap::new(),
+        bad_credentials: BTreeSet::new(),
     };
     let mut creds = tokio::time::interval(CREDENTIALS_POLL);
     creds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -308,6 +312,7 @@ impl Loop {
         let platform = cfg.registry.platform.clone().unwrap_or_else(host_platform);
         let mut candidates = decide::local_candidates(cfg, &self.p.node.labels);
         let applicable = self.applicable_intents(cfg, now);
+        self.set_workload_credentials(stack, &applicable);
         let names = candidates.keys().chain(applicable.images.keys()).cloned();
         let present = observe_present(store, &stack.snapshotter, &names.collect()).await?;
         let sizes: BTreeMap<String, u64> =
@@ -438,6 +443,32 @@ impl Loop {
             tracing::warn!(intent = %id, error = %error, "intent names a bad image; ignored");
         }
         a
+    }
+
+    /// Hands the registry client the pull-secret credentials of the
+    /// intents applying now (and only those: an ended intent's go). New
+    /// ones end the failure backoffs, as rotated node credentials do.
+    fn set_workload_credentials(&mut self, stack: &Stack, applicable: &Applicable) {
+        let Some(store) = &stack.workload else {
+            return;
+        };
+        let intents = self.p.intents.borrow().clone();
+        let (entries, bad) = pull_secrets::for_node(&intents, &applicable.ids, &self.p.node.name);
+        let bad: BTreeSet<String> = bad.into_iter().collect();
+        for why in bad.difference(&self.bad_credentials) {
+            tracing::warn!(error = %why, "intent credential ignored");
+        }
+        self.bad_credentials = bad;
+        let gained = !entries.is_empty();
+        if store.set(entries) {
+            tracing::info!(
+                repositories = store.repositories(),
+                "workload pull-secret credentials changed"
+            );
+            if gained {
+                self.backoffs = Backoffs::default();
+            }
+        }
     }
 
     /// The intent images within `intents:` limits and the disk floor.

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::k8s::{Labels, StaticNodeLabels};
+use crate::node::auth::workload::WorkloadCredentials;
+use crate::node::auth::Credential;
 use crate::node::fake::{BlobFault, FakeDisk, FakeRegistry, FakeRuntime};
 use crate::node::pace::DiskUsage;
 use crate::node::pull::{Engine, PullObserver};
@@ -21,6 +23,7 @@ use crate::node::runtime::{
 };
 use crate::node::state::{MemoryStateStore, StateStore};
 use crate::plan::learned::LearnedState;
+use crate::wire::v1::RegistryCredential;
 
 /// A Tuesday, 10:00 UTC.
 fn base() -> DateTime<Utc> {
@@ -37,6 +40,7 @@ struct FakeConnector {
     connects: watch::Sender<usize>,
     /// Connects that fail as if the content store were not mounted.
     unmounted: Arc<AtomicUsize>,
+    workload: Arc<WorkloadCredentials>,
 }
 
 #[async_trait]
@@ -76,6 +80,7 @@ impl Connector for FakeConnector {
             runtime_version: self.rt.version.clone(),
             snapshotter: "overlayfs".into(),
             credentials: None,
+            workload: Some(self.workload.clone()),
         })
     }
 }
@@ -89,6 +94,8 @@ struct Rig {
     connects: watch::Receiver<usize>,
     /// How many connects from now fail as unmounted.
     unmounted: Arc<AtomicUsize>,
+    /// The workload credentials the loop hands the registry client.
+    workload: Arc<WorkloadCredentials>,
     t0: Instant,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -128,12 +135,14 @@ impl Rig {
         })));
         let (connects_tx, connects) = watch::channel(0);
         let unmounted = Arc::new(AtomicUsize::new(0));
+        let workload = Arc::new(WorkloadCredentials::default());
         let connector = FakeConnector {
             reg: reg.clone(),
             rt: rt.clone(),
             disk,
             connects: connects_tx,
             unmounted: unmounted.clone(),
+            workload: workload.clone(),
         };
         let t0 = Instant::now();
         let clock: WallClock =
@@ -170,6 +179,7 @@ impl Rig {
             reports,
             connects,
             unmounted,
+            workload,
             t0,
             metrics,
             cancel,
@@ -625,5 +635,60 @@ async fn image_series_exist_only_for_desired_images() {
     let series = image_series(&rig.metrics);
     assert!(series.iter().all(|l| !l.contains(&b)), "{series:?}");
     assert!(series.iter().any(|l| l.contains(&a)), "{series:?}");
+    rig.stop().await;
+}
+
+fn credentialed(id: &str, image: &str, deadline_unix: i64, with: bool) -> Intent {
+    let credentials = match with {
+        true => vec![RegistryCredential {
+            registry: "reg.test".into(),
+            username: "robot".into(),
+            password: "pw".into(),
+            source: "ns/pull".into(),
+            ..Default::default()
+        }],
+        false => Vec::new(),
+    };
+    Intent {
+        id: id.into(),
+        images: vec![image.into()],
+        priority: 500,
+        deadline_unix,
+        nodes: vec!["n1".into()],
+        credentials,
+        ..Default::default()
+    }
+}
+
+/// An intent's pull-secret credentials reach the registry client while it
+/// applies, and go when its deadline passes or it is no longer sent.
+#[tokio::test(start_paused = true)]
+async fn workload_credentials_live_as_long_as_their_intent() {
+    let mut rig = Rig::start(config(""));
+    let a = rig.image("reg.test/a:1", 1);
+    let robot = vec![Credential::Basic {
+        username: "robot".into(),
+        password: "pw".into(),
+    }];
+    let soon = (base() + chrono::TimeDelta::seconds(60)).timestamp();
+    let tx = rig.intents.clone().expect("link up");
+    tx.send(vec![credentialed("A", &a, soon, true)]).unwrap();
+    rig.until("a warm", |r| warm_pinned(r, &a)).await;
+    assert_eq!(rig.workload.get("reg.test/a"), robot);
+    // Past its deadline and hold, a's pin goes: the intent ended before.
+    rig.until("a released", |r| !r.images.contains_key(&a))
+        .await;
+    assert_eq!(rig.workload.repositories(), 0);
+
+    let later = (base() + chrono::TimeDelta::hours(2)).timestamp();
+    let b = rig.image("reg.test/b:1", 2);
+    let c = rig.image("reg.test/c:1", 3);
+    tx.send(vec![credentialed("B", &b, later, true)]).unwrap();
+    rig.until("b warm", |r| warm_pinned(r, &b)).await;
+    assert_eq!(rig.workload.get("reg.test/b"), robot);
+    // Withdrawn; once the intent replacing it is warm, the loop acted.
+    tx.send(vec![credentialed("C", &c, later, false)]).unwrap();
+    rig.until("c warm", |r| warm_pinned(r, &c)).await;
+    assert_eq!(rig.workload.repositories(), 0);
     rig.stop().await;
 }

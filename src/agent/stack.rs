@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::AgentConfig;
+use crate::node::auth::workload::WorkloadCredentials;
 use crate::node::auth::ReloadingKeyring;
 use crate::node::pace::DiskProbe;
 use crate::node::pull::{Engine, PullObserver};
@@ -25,6 +26,8 @@ pub struct Stack {
     pub snapshotter: String,
     /// Registry credentials re-read when their files change.
     pub credentials: Option<Arc<ReloadingKeyring>>,
+    /// The intents' workload pull-secret credentials, set every pass.
+    pub workload: Option<Arc<WorkloadCredentials>>,
 }
 
 /// Builds the stack for a config.
@@ -57,6 +60,7 @@ impl Connector for RealConnector {
             runtime_version: s.runtime_version,
             snapshotter: s.snapshotter,
             credentials: Some(s.credentials),
+            workload: Some(s.workload),
         })
     }
 }

@@ -287,10 +287,25 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             namespaces: args.rollout_namespaces.clone(),
             ..Default::default()
         };
+        // Workload pull secrets go only over the TLS link.
+        use prewarm::coordinator::pull_secrets::{self as ps, Publisher, PullSecrets};
+        let pull_secrets = coordinator.tls.is_some().then(|| {
+            let ps = PullSecrets::new(
+                client.clone(),
+                coordinator.state.clone(),
+                Default::default(),
+            );
+            tokio::spawn(ps.clone().run(cancel.clone()));
+            ps
+        });
+        let publisher = Publisher {
+            state: coordinator.state.clone(),
+            secrets: pull_secrets.clone(),
+        };
         tokio::spawn(prewarm::coordinator::rollouts::run(
             client.clone(),
             cfg,
-            prewarm::coordinator::publish_rollouts(coordinator.state.clone()),
+            ps::RolloutPublisher(publisher),
             cancel.clone(),
         ));
         tokio::spawn(prewarm::coordinator::announce::run(
@@ -317,6 +332,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
                     },
                     ..Default::default()
                 },
+                pull_secrets: pull_secrets.clone(),
                 ..Default::default()
             };
             tokio::spawn(prewarm::coordinator::gate::run(

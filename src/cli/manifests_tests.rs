@@ -704,6 +704,43 @@ fn the_cluster_wide_role_cannot_write_deploy_group_members() {
     }
 }
 
+/// Secrets are readable by nothing the install binds: only through
+/// prewarm-pull-secrets (get secrets and serviceaccounts, nothing else),
+/// which a namespace binds for itself.
+#[test]
+fn only_the_unbound_pull_secret_role_reads_secrets() {
+    let r = base();
+    let role = r.find("ClusterRole", "prewarm-pull-secrets");
+    let rules: Vec<(Value, Value)> = items(&role["rules"])
+        .iter()
+        .map(|r| (r["resources"].clone(), r["verbs"].clone()))
+        .collect();
+    assert_eq!(
+        rules,
+        vec![
+            (serde_json::json!(["secrets"]), serde_json::json!(["get"])),
+            (
+                serde_json::json!(["serviceaccounts"]),
+                serde_json::json!(["get"])
+            ),
+        ]
+    );
+    for b in r.all("ClusterRoleBinding").chain(r.all("RoleBinding")) {
+        assert_ne!(b["roleRef"]["name"], "prewarm-pull-secrets", "{b}");
+    }
+    for kind in ["ClusterRole", "Role"] {
+        for role in r.all(kind) {
+            if role["metadata"]["name"] == "prewarm-pull-secrets" {
+                continue;
+            }
+            for rule in items(&role["rules"]) {
+                let res = items(&rule["resources"]);
+                assert!(!res.iter().any(|x| x == "secrets"), "{role}");
+            }
+        }
+    }
+}
+
 /// Both components ship a NetworkPolicy selecting their pods and opening
 /// exactly the ports they listen on; the link only to agent pods.
 #[test]

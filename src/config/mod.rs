@@ -5,6 +5,7 @@
 //! Unknown keys are errors, and every error names the file and the YAML path
 //! of the offending field (`agent.yaml: pacing.maxConcurrentPulls: …`).
 
+pub mod dockerconfig;
 mod error;
 pub mod images;
 pub mod intents;

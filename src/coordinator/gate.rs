@@ -28,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::events;
 use super::link::LinkState;
-use super::rollouts::keep_deadlines;
+use super::pull_secrets::{Publisher, PullSecrets};
+use super::rollouts::keep_deadlines_of;
 use super::WallClock;
 use crate::plan::gate::{self, Decision, GateConfig, GatedPod, TimeoutPolicy};
+use crate::plan::pull_secrets::WorkloadSecrets;
 use crate::wire::v1::Intent;
 
 /// Intent source name in [`LinkState::publish`].
@@ -49,6 +51,9 @@ pub struct GateOptions {
     pub reevaluate: Duration,
     /// The wall clock pods' ages and timeouts are measured on.
     pub clock: WallClock,
+    /// Attaches the held pods' pull secrets to their urgent intents; None:
+    /// intents go without (and straight to the link).
+    pub pull_secrets: Option<Arc<PullSecrets>>,
 }
 
 impl Default for GateOptions {
@@ -59,6 +64,7 @@ impl Default for GateOptions {
             tick: Duration::from_secs(1),
             reevaluate: Duration::from_millis(200),
             clock: WallClock::default(),
+            pull_secrets: None,
         }
     }
 }
@@ -163,6 +169,10 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         tx,
         published: Vec::new(),
+        publisher: Publisher {
+            state: state.clone(),
+            secrets: opts.pull_secrets.clone(),
+        },
     };
     let mut view_changes = state.view_changes.subscribe();
     let mut tick = tokio::time::interval(opts.tick);
@@ -196,7 +206,7 @@ pub async fn run(
             Ok(()) = leader.changed() => {
                 full = *leader.borrow_and_update();
                 if !full {
-                    state.publish(SOURCE, Vec::new());
+                    g.publisher.publish(SOURCE, Vec::new());
                     // Withdrawn: publish again on regaining leadership.
                     g.published.clear();
                 }
@@ -212,7 +222,7 @@ pub async fn run(
             g.pass(&dirty);
         }
     }
-    state.publish(SOURCE, Vec::new());
+    g.publisher.publish(SOURCE, Vec::new());
 }
 
 struct Gate {
@@ -223,7 +233,8 @@ struct Gate {
     relist: Option<BTreeSet<Key>>,
     permits: Arc<Semaphore>,
     tx: mpsc::Sender<Msg>,
-    published: Vec<Intent>,
+    published: Vec<(Intent, WorkloadSecrets)>,
+    publisher: Publisher,
 }
 
 impl Gate {
@@ -440,11 +451,11 @@ impl Gate {
                     .map(|(i, c)| (&t.pod, i.clone(), c.clone()))
             })
             .collect();
-        let mut intents = gate::urgent_intents(&waiting, &self.opts.cfg, now);
-        keep_deadlines(&self.published, &mut intents, now, self.opts.cfg.intent_ttl);
+        let mut intents = gate::urgent_intents_with_secrets(&waiting, &self.opts.cfg, now);
+        keep_deadlines_of(&self.published, &mut intents, now, self.opts.cfg.intent_ttl);
         if intents != self.published {
             self.published = intents.clone();
-            self.state.publish(SOURCE, intents);
+            self.publisher.publish(SOURCE, intents);
         }
     }
 

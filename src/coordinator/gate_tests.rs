@@ -45,6 +45,7 @@ fn opts(timeout: Duration) -> GateOptions {
         tick: Duration::from_millis(100),
         reevaluate: Duration::from_millis(50),
         clock: crate::coordinator::WallClock::default(),
+        pull_secrets: None,
     }
 }
 

@@ -54,6 +54,9 @@ pub struct LinkState {
     pub retention: Retention,
     /// What `/readyz` answers.
     pub readiness: super::ready::Readiness,
+    /// Whether intents may carry workload credentials to agents: not over
+    /// a plain-text link (`--insecure`).
+    credentials_allowed: std::sync::atomic::AtomicBool,
 }
 
 /// The stream a node's record belongs to.
@@ -95,6 +98,7 @@ impl LinkState {
             next_stream: AtomicU64::new(1),
             retention,
             readiness: Default::default(),
+            credentials_allowed: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -170,6 +174,21 @@ impl LinkState {
         let mut all: Vec<Intent> = sources.values().flatten().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         self.intents.send_replace(Arc::new(all));
+    }
+
+    /// From now on no intent reaches an agent with credentials (the link
+    /// is plain text).
+    pub fn forbid_credentials(&self) {
+        self.credentials_allowed.store(false, Ordering::Relaxed);
+    }
+
+    /// `node`'s share of `all`, credentials removed where not allowed.
+    pub(crate) fn share(&self, all: &[Intent], node: &str) -> IntentSet {
+        let mut set = intents_for(all, node);
+        if !self.credentials_allowed.load(Ordering::Relaxed) {
+            set.intents.iter_mut().for_each(|i| i.credentials.clear());
+        }
+        set
     }
 
     /// Applies `f` to the view and tells watchers of `view_changes`.
@@ -345,12 +364,20 @@ fn validate_throughput(msg: &str, t: Option<f64>) -> Result<(), String> {
 }
 
 /// The intents meant for `node`: those naming it, or naming no node at all.
+/// Credentials travel only on intents that name their nodes: one without
+/// nodes reaches every node its selector matches.
 pub fn intents_for(all: &[Intent], node: &str) -> IntentSet {
     IntentSet {
         intents: all
             .iter()
             .filter(|i| i.nodes.is_empty() || i.nodes.iter().any(|n| n == node))
-            .cloned()
+            .map(|i| {
+                let mut i = i.clone();
+                if i.nodes.is_empty() {
+                    i.credentials.clear();
+                }
+                i
+            })
             .collect(),
     }
 }
@@ -411,7 +438,7 @@ impl Link for LinkService {
         let mut intents = st.intents.subscribe();
         let outbound = async_stream_of(st.clone(), node.clone(), stream, inbound, move || {
             let all = intents.borrow_and_update().clone();
-            (intents_for(&all, &node), intents.clone())
+            (st.share(&all, &node), intents.clone())
         });
         Ok(Response::new(outbound))
     }
@@ -475,7 +502,7 @@ fn async_stream_of(
                 changed = intents.changed() => {
                     if changed.is_err() { break None; }
                     let all = intents.borrow_and_update().clone();
-                    if tx.send(Ok(msg(intents_for(&all, &node)))).await.is_err() { break None; }
+                    if tx.send(Ok(msg(st.share(&all, &node)))).await.is_err() { break None; }
                 }
                 _ = tx.closed() => break None,
                 _ = st.shutdown.cancelled() => break Some(Status::unavailable("coordinator shutting down; reconnect")),

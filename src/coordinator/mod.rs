@@ -17,6 +17,7 @@ pub mod leader_label;
 pub mod link;
 pub mod metrics;
 pub mod nodes;
+pub mod pull_secrets;
 pub mod ready;
 pub mod rollouts;
 pub mod tls;
@@ -249,6 +250,13 @@ impl Coordinator {
         check_transport(&opts)?;
         let metrics = Arc::new(CoordinatorMetrics::new());
         let state = LinkState::with_retention(auth, metrics, cancel.clone(), opts.retention);
+        if opts.tls.is_none() {
+            // Workload pull secrets travel only over the TLS link.
+            tracing::warn!(
+                "the agent link is plain text: workload pull secrets are not sent to agents"
+            );
+            state.forbid_credentials();
+        }
         tokio::spawn(forget_loop(state.clone(), cancel.clone()));
         let ready = &state.readiness;
         ready.require(ready::LINK, "the agent link is not serving");

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::eligibility::{eligible_nodes, NodeFacts};
+use crate::plan::pull_secrets::WorkloadSecrets;
 pub use crate::plan::rollout::images_hash;
 use crate::plan::rollout::{self, PendingRollout, RolloutReason, ROLLOUT_LABEL};
 use crate::wire::v1::Intent;
@@ -93,6 +94,20 @@ pub fn intents_from(
     cfg: &RolloutConfig,
     now: DateTime<Utc>,
 ) -> Vec<Intent> {
+    intents_with_secrets_from(cluster, cfg, now)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// [`intents_from`], each with where its pods' pull secrets come from: a
+/// workload's new template (its own `imagePullSecrets`, else its
+/// ServiceAccount's), or the pending pods' own.
+pub fn intents_with_secrets_from(
+    cluster: &ClusterObjects,
+    cfg: &RolloutConfig,
+    now: DateTime<Utc>,
+) -> Vec<(Intent, WorkloadSecrets)> {
     let label = cfg.opt_in_label.as_str();
     let ns_in = |ns: Option<&str>| {
         ns.is_some_and(|ns| {
@@ -121,6 +136,7 @@ pub fn intents_from(
             deadline_unix,
             node_selector: Default::default(),
             nodes,
+            credentials: Vec::new(),
         };
 
     // ReplicaSets by namespace: a Deployment only looks at its own.
@@ -151,7 +167,7 @@ pub fn intents_from(
             .filter_map(rollout::pending_daemonset),
     );
 
-    let mut out: BTreeMap<String, Intent> = BTreeMap::new();
+    let mut out: BTreeMap<String, (Intent, WorkloadSecrets)> = BTreeMap::new();
     for p in pending {
         let names: Vec<String> = eligible_nodes(&p.template, &nodes)
             .into_iter()
@@ -162,7 +178,9 @@ pub fn intents_from(
             continue;
         }
         let id = format!("{}@{}", p.workload, images_hash(&p.images));
-        out.insert(id.clone(), intent(id, p.images, p.reason, names));
+        let secrets = WorkloadSecrets::of_template(&p.workload.namespace, &p.template);
+        let i = intent(id.clone(), p.images, p.reason, names);
+        out.insert(id, (i, secrets));
     }
 
     // Pending and gated pods, grouped by controller and images.
@@ -172,24 +190,28 @@ pub fn intents_from(
         .filter(|p| wants(&p.metadata))
         .cloned()
         .collect();
-    let mut groups: BTreeMap<String, (Vec<String>, BTreeSet<String>)> = BTreeMap::new();
+    type Group = (Vec<String>, BTreeSet<String>, WorkloadSecrets);
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for p in rollout::pending_pods(&pods) {
         let hash = images_hash(&p.images);
         let id = match &p.pod.controller {
             Some(c) => format!("{}/{}/{}/pods@{hash}", c.kind, p.pod.namespace, c.name),
             None => format!("Pod/{}/{}@{hash}", p.pod.namespace, p.pod.name),
         };
+        // Admitted pods: their secrets include their ServiceAccount's.
+        let secrets = WorkloadSecrets::of_pod(&p.pod.namespace, &p.spec);
         let entry = groups
             .entry(id)
-            .or_insert_with(|| (p.images.clone(), BTreeSet::new()));
+            .or_insert_with(|| (p.images.clone(), BTreeSet::new(), secrets.clone()));
         entry.1.extend(
             eligible_nodes(&p.spec, &nodes)
                 .into_iter()
                 .map(|n| n.name.clone()),
         );
+        entry.2.merge(&secrets);
     }
-    let workloads: Vec<Intent> = out.values().cloned().collect();
-    for (id, (images, names)) in groups {
+    let workloads: Vec<Intent> = out.values().map(|(i, _)| i.clone()).collect();
+    for (id, (images, names, secrets)) in groups {
         if names.is_empty() {
             continue;
         }
@@ -200,12 +222,22 @@ pub fn intents_from(
             continue;
         }
         let names = names.into_iter().collect();
-        out.insert(
-            id.clone(),
-            intent(id, images, RolloutReason::PodsPendingOrGated, names),
-        );
+        let i = intent(id.clone(), images, RolloutReason::PodsPendingOrGated, names);
+        out.insert(id, (i, secrets));
     }
     out.into_values().collect()
+}
+
+/// Where [`run`] publishes its intents, with their pull-secret sources. A
+/// plain `Fn(Vec<Intent>)` drops the sources (no credentials attached).
+pub trait PublishRollouts: Send + 'static {
+    fn publish(&self, intents: Vec<(Intent, WorkloadSecrets)>);
+}
+
+impl<F: Fn(Vec<Intent>) + Send + 'static> PublishRollouts for F {
+    fn publish(&self, intents: Vec<(Intent, WorkloadSecrets)>) {
+        self(intents.into_iter().map(|(i, _)| i).collect())
+    }
 }
 
 /// Keeps the deadline an intent was published with while more than half of
@@ -219,6 +251,21 @@ pub fn keep_deadlines(previous: &[Intent], next: &mut [Intent], now: DateTime<Ut
                 i.deadline_unix = p.deadline_unix;
             }
         }
+    }
+}
+
+/// [`keep_deadlines`] for intents paired with their pull-secret sources.
+pub fn keep_deadlines_of<T>(
+    previous: &[(Intent, T)],
+    next: &mut [(Intent, T)],
+    now: DateTime<Utc>,
+    ttl: Duration,
+) {
+    let prev: Vec<Intent> = previous.iter().map(|(i, _)| i.clone()).collect();
+    let mut cur: Vec<Intent> = next.iter().map(|(i, _)| i.clone()).collect();
+    keep_deadlines(&prev, &mut cur, now, ttl);
+    for ((i, _), c) in next.iter_mut().zip(cur) {
+        i.deadline_unix = c.deadline_unix;
     }
 }
 
@@ -674,7 +721,7 @@ impl Watches {
 pub async fn run(
     client: kube::Client,
     cfg: RolloutConfig,
-    publish: impl Fn(Vec<Intent>) + Send + 'static,
+    publish: impl PublishRollouts,
     cancel: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
@@ -692,7 +739,7 @@ pub async fn run(
     watches.reconcile(&wanted_namespaces(&ClusterObjects::default(), &cfg));
     let mut stores = Stores::default();
     let mut active = watches.active();
-    let mut published: Option<Vec<Intent>> = None;
+    let mut published: Option<Vec<(Intent, WorkloadSecrets)>> = None;
     let mut due: Option<tokio::time::Instant> = None;
     // Refresh deadlines before they run out even when nothing changes.
     let refresh = (cfg.intent_ttl / 4).max(Duration::from_secs(1));
@@ -725,14 +772,14 @@ pub async fn run(
                     cluster = stores.snapshot(&cfg.opt_in_label);
                 }
                 let now = Utc::now();
-                let mut intents = intents_from(&cluster, &cfg, now);
+                let mut intents = intents_with_secrets_from(&cluster, &cfg, now);
                 if let Some(prev) = &published {
-                    keep_deadlines(prev, &mut intents, now, cfg.intent_ttl);
+                    keep_deadlines_of(prev, &mut intents, now, cfg.intent_ttl);
                 }
                 if published.as_ref() != Some(&intents) {
                     tracing::info!(intents = intents.len(), "rollout intents changed");
                     published = Some(intents.clone());
-                    publish(intents);
+                    publish.publish(intents);
                 }
             }
         }

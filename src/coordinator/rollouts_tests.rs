@@ -142,6 +142,7 @@ fn a_labelled_deployment_mid_rollout_becomes_one_intent_on_its_eligible_nodes() 
             node_selector: Default::default(),
             // Ready integrations nodes, sorted; not the one that is not ready.
             nodes: strings(&[INT0, INT1]),
+            credentials: Vec::new(),
         }]
     );
     assert!(intents[0]

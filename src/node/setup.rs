@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{AgentConfig, DEFAULT_CONTAINERD_ROOT, DEFAULT_SNAPSHOTTER};
+use crate::node::auth::workload::{WithWorkload, WorkloadCredentials};
 use crate::node::auth::{KeyringConfig, ProviderSetup, ReloadingKeyring};
 use crate::node::containerd::Containerd;
 use crate::node::pace::StatvfsProbe;
@@ -48,6 +49,9 @@ pub struct NodeStack {
     pub snapshotter: String,
     /// The registry credentials, re-read when their files change.
     pub credentials: Arc<ReloadingKeyring>,
+    /// Workload pull-secret credentials of the intents applying now, tried
+    /// before `credentials` (in memory only).
+    pub workload: Arc<WorkloadCredentials>,
 }
 
 /// How the user names containerd's root, for errors about it.
@@ -237,9 +241,14 @@ pub async fn connect_with(
     setting: RootSetting,
 ) -> Result<NodeStack, SetupError> {
     let credentials = Arc::new(keyring(cfg)?);
+    let workload = Arc::new(WorkloadCredentials::default());
+    let source = WithWorkload {
+        node: credentials.clone(),
+        workload: workload.clone(),
+    };
     let registry = Arc::new(HttpRegistry::new(
         cfg.registry.hosts_dir.clone(),
-        credentials.clone(),
+        Arc::new(source),
     ));
     let containerd = Containerd::connect(&cfg.runtime.socket, &cfg.runtime.namespace)
         .await?
@@ -268,6 +277,7 @@ pub async fn connect_with(
         disk,
         snapshotter,
         credentials,
+        workload,
     })
 }
 

@@ -40,6 +40,7 @@ use serde_json::{json, Value};
 
 use crate::config::reference::{ImageRef, ReferenceError};
 use crate::plan::eligibility::{eligible, NodeFacts};
+use crate::plan::pull_secrets::WorkloadSecrets;
 use crate::plan::rollout::images_hash;
 use crate::plan::view::{ClusterView, NodeRecord};
 use crate::wire::v1::Intent;
@@ -516,31 +517,51 @@ pub fn urgent_intents(
     cfg: &GateConfig,
     now: DateTime<Utc>,
 ) -> Vec<Intent> {
-    let mut groups: BTreeMap<String, (Vec<String>, BTreeSet<String>)> = BTreeMap::new();
+    urgent_intents_with_secrets(waiting, cfg, now)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// [`urgent_intents`], each with the pull secrets of the pods it warms
+/// for (their `imagePullSecrets`, as admitted).
+pub fn urgent_intents_with_secrets(
+    waiting: &[(&GatedPod, Vec<String>, Vec<String>)],
+    cfg: &GateConfig,
+    now: DateTime<Utc>,
+) -> Vec<(Intent, WorkloadSecrets)> {
+    type Group = (Vec<String>, BTreeSet<String>, WorkloadSecrets);
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (pod, images, candidates) in waiting {
         let hash = images_hash(images);
         let id = match &pod.owner {
             Some((kind, name)) => format!("Gate/{}/{kind}/{name}@{hash}", pod.namespace),
             None => format!("Gate/{}/Pod/{}@{hash}", pod.namespace, pod.name),
         };
+        let secrets = WorkloadSecrets::of_pod(&pod.namespace, &pod.spec);
         let entry = groups
             .entry(id)
-            .or_insert_with(|| (images.clone(), BTreeSet::new()));
+            .or_insert_with(|| (images.clone(), BTreeSet::new(), secrets.clone()));
         entry.1.extend(candidates.iter().cloned());
+        entry.2.merge(&secrets);
     }
     let ttl = i64::try_from(cfg.intent_ttl.as_secs()).unwrap_or(i64::MAX);
     let deadline_unix = now.timestamp().saturating_add(ttl);
     groups
         .into_iter()
-        .filter(|(_, (_, nodes))| !nodes.is_empty())
-        .map(|(id, (images, nodes))| Intent {
-            id,
-            images,
-            reason: INTENT_REASON.to_string(),
-            priority: cfg.urgent_priority,
-            deadline_unix,
-            node_selector: Default::default(),
-            nodes: nodes.into_iter().collect(),
+        .filter(|(_, (_, nodes, _))| !nodes.is_empty())
+        .map(|(id, (images, nodes, secrets))| {
+            let intent = Intent {
+                id,
+                images,
+                reason: INTENT_REASON.to_string(),
+                priority: cfg.urgent_priority,
+                deadline_unix,
+                node_selector: Default::default(),
+                nodes: nodes.into_iter().collect(),
+                credentials: Vec::new(),
+            };
+            (intent, secrets)
         })
         .collect()
 }

@@ -725,6 +725,7 @@ fn urgent_intents_group_by_owner_and_images() {
         deadline_unix,
         node_selector: Default::default(),
         nodes: strings(nodes),
+        credentials: Vec::new(),
     };
     let mut expected = vec![
         intent(

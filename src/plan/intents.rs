@@ -59,6 +59,8 @@ pub struct Applicable {
     pub bad: Vec<(String, String)>,
     /// When the first applicable intent ends (the agent wakes then).
     pub next_end: Option<DateTime<Utc>>,
+    /// The ids of the intents that apply.
+    pub ids: std::collections::BTreeSet<String>,
 }
 
 /// Intents that apply now: not ended, selector matching, naming this node
@@ -87,6 +89,7 @@ pub fn applicable(
             continue;
         }
         out.next_end = Some(out.next_end.map_or(end, |t| t.min(end)));
+        out.ids.insert(i.id.clone());
         for raw in &i.images {
             match raw.parse::<ImageRef>() {
                 Ok(image) => merge(&mut out.images, image, i),

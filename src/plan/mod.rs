@@ -7,6 +7,7 @@ pub mod forget;
 pub mod gate;
 pub mod intents;
 pub mod learned;
+pub mod pull_secrets;
 pub mod rollout;
 pub mod throughput;
 pub mod view;

@@ -6,6 +6,20 @@ pub mod deploygroup;
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("prewarm.link.v1");
+
+    // Secrets never reach logs: registry, username and source only.
+    impl std::fmt::Debug for RegistryCredential {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let redacted = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+            f.debug_struct("RegistryCredential")
+                .field("registry", &self.registry)
+                .field("username", &self.username)
+                .field("password", &redacted(&self.password))
+                .field("identity_token", &redacted(&self.identity_token))
+                .field("source", &self.source)
+                .finish()
+        }
+    }
 }
 
 /// Limits every message is checked against, on both ends.

@@ -15,6 +15,7 @@ mod outage;
 mod pins;
 mod prometheus;
 mod pull;
+mod pull_secrets;
 mod rbac;
 mod reattach;
 mod root;

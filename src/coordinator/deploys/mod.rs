@@ -511,6 +511,7 @@ impl Deploys {
                         deadline_unix: Utc::now().timestamp().saturating_add(ttl),
                         node_selector: Default::default(),
                         nodes,
+                        credentials: Vec::new(),
                     });
                     self.keep_deadline(key, intents);
                 }

@@ -13,9 +13,9 @@
 //! parsing/validation; `dockerconfig` the docker files and key matching;
 //! `provider` the plugin exec protocol and its response cache.
 
-pub mod dockerconfig;
 pub mod provider;
 pub mod reload;
+pub mod workload;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,42 +23,14 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+// The docker config formats and the keyring's matching are pure: they live
+// in `config` so the coordinator's planning can use them too.
 use self::dockerconfig::{sort_most_specific, DockerConfigError};
 pub use self::dockerconfig::{RegistryPattern, Target};
 use self::provider::{ProviderError, ProviderSet};
 pub use self::reload::{CredentialSource, ReloadingKeyring};
-
-/// One candidate credential for a registry request.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// No `Authorization` at all (anonymous token fetch).
-    Anonymous,
-    /// Basic credentials (also used for the registry's token endpoint).
-    Basic { username: String, password: String },
-    /// Refresh token for the OAuth2 `grant_type=refresh_token` exchange.
-    IdentityToken(String),
-}
-
-impl Credential {
-    pub fn is_anonymous(&self) -> bool {
-        matches!(self, Credential::Anonymous)
-    }
-}
-
-// Secrets never reach logs: only the username is shown.
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credential::Anonymous => f.write_str("Anonymous"),
-            Credential::Basic { username, .. } => f
-                .debug_struct("Basic")
-                .field("username", username)
-                .field("password", &"<redacted>")
-                .finish(),
-            Credential::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
-        }
-    }
-}
+pub use crate::config::dockerconfig;
+pub use crate::config::dockerconfig::Credential;
 
 /// Where the kubelet's credential-provider plugins are configured.
 #[derive(Debug, Clone)]
@@ -195,6 +167,23 @@ impl Keyring {
         repository: &str,
         now: Instant,
     ) -> Result<LookupOutcome, AuthError> {
+        self.lookup_with_workload(image, host, repository, Vec::new(), now)
+            .await
+    }
+
+    /// [`Keyring::lookup_detailed`] with a pod's own pull-secret credentials
+    /// (already matched to the repository) tried first. The kubelet's
+    /// `MakeDockerKeyring` (pkg/credentialprovider/secrets/secrets.go) puts
+    /// the pod's secrets before the node's keyring the same way, and then
+    /// `Anonymous` only when no credential matched at all.
+    pub async fn lookup_with_workload(
+        &self,
+        image: &str,
+        host: &str,
+        repository: &str,
+        workload: Vec<Credential>,
+        now: Instant,
+    ) -> Result<LookupOutcome, AuthError> {
         let invalid = |reason| AuthError::InvalidImage {
             image: image.to_string(),
             reason,
@@ -206,12 +195,13 @@ impl Keyring {
             return Err(invalid("repository path is empty or starts with '/'"));
         }
         let target = Target::new(host, repository);
-        let mut credentials: Vec<Credential> = self
-            .docker
-            .iter()
-            .filter(|(p, _)| p.matches(&target))
-            .map(|(_, c)| c.clone())
-            .collect();
+        let mut credentials = workload;
+        credentials.extend(
+            self.docker
+                .iter()
+                .filter(|(p, _)| p.matches(&target))
+                .map(|(_, c)| c.clone()),
+        );
         let mut provider_errors = Vec::new();
         if let Some(set) = &self.providers {
             let (creds, errors) = set.credentials(&target, now).await;

@@ -22,6 +22,24 @@ pub trait CredentialSource: Send + Sync {
         repository: &str,
     ) -> Result<Vec<Credential>, AuthError>;
 
+    /// [`CredentialSource::lookup`] with a pod's own credentials tried
+    /// first, as the kubelet does; `Anonymous` only when nothing matched.
+    async fn lookup_after(
+        &self,
+        image: &str,
+        host: &str,
+        repository: &str,
+        workload: Vec<Credential>,
+    ) -> Result<Vec<Credential>, AuthError> {
+        let node = self.lookup(image, host, repository).await?;
+        if workload.is_empty() {
+            return Ok(node);
+        }
+        let mut all = workload;
+        all.extend(node.into_iter().filter(|c| !c.is_anonymous()));
+        Ok(all)
+    }
+
     fn generation(&self) -> u64 {
         0
     }
@@ -36,6 +54,20 @@ impl CredentialSource for Keyring {
         repository: &str,
     ) -> Result<Vec<Credential>, AuthError> {
         Keyring::lookup(self, image, host, repository).await
+    }
+
+    async fn lookup_after(
+        &self,
+        image: &str,
+        host: &str,
+        repository: &str,
+        workload: Vec<Credential>,
+    ) -> Result<Vec<Credential>, AuthError> {
+        let now = std::time::Instant::now();
+        Ok(self
+            .lookup_with_workload(image, host, repository, workload, now)
+            .await?
+            .credentials)
     }
 }
 
@@ -106,6 +138,17 @@ impl CredentialSource for ReloadingKeyring {
     ) -> Result<Vec<Credential>, AuthError> {
         let keyring = self.keyring();
         keyring.lookup(image, host, repository).await
+    }
+
+    async fn lookup_after(
+        &self,
+        image: &str,
+        host: &str,
+        repository: &str,
+        workload: Vec<Credential>,
+    ) -> Result<Vec<Credential>, AuthError> {
+        let keyring = self.keyring();
+        CredentialSource::lookup_after(&*keyring, image, host, repository, workload).await
     }
 
     fn generation(&self) -> u64 {

@@ -3,7 +3,8 @@
 //! `/var/lib/kubelet/config.json`) and legacy `.dockercfg` (entries at the root,
 //! `kubernetes.io/dockercfg` Secrets), and the kubelet keyring's matching of
 //! registry keys against image repositories (`credentialprovider.URLsMatch`),
-//! shared with the credential-provider plugins.
+//! shared with the credential-provider plugins (`node::auth`) and with the
+//! coordinator's workload pull secrets (`plan::pull_secrets`).
 
 use std::cmp::Reverse;
 use std::fmt;
@@ -13,7 +14,37 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use super::Credential;
+/// One candidate credential for a registry request.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// No `Authorization` at all (anonymous token fetch).
+    Anonymous,
+    /// Basic credentials (also used for the registry's token endpoint).
+    Basic { username: String, password: String },
+    /// Refresh token for the OAuth2 `grant_type=refresh_token` exchange.
+    IdentityToken(String),
+}
+
+impl Credential {
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Credential::Anonymous)
+    }
+}
+
+// Secrets never reach logs: only the username is shown.
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Anonymous => f.write_str("Anonymous"),
+            Credential::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credential::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+        }
+    }
+}
 
 /// One usable credential and the registry key it applies to.
 #[derive(Debug, Clone)]
