@@ -38,6 +38,10 @@ pub struct Metrics {
     pub credentials_reload_failures: IntCounter,
     pub intent_images_refused: IntGauge,
     pub pull_retries_waiting: IntGauge,
+    /// 1 per planned window, labelled with where it comes from.
+    pub window_info: IntGaugeVec,
+    /// Coordinator windows not planned (conflict with the ConfigMap, invalid).
+    pub coordinator_windows_dropped: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -251,6 +255,21 @@ impl Metrics {
             pull_retries_waiting: g(
                 "pull_retries_waiting",
                 "Images whose last pull failed, waiting out their backoff",
+            ),
+            window_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "window_info",
+                        "1 for each window this agent plans; source is config or keda:<namespace>/<scaledobject>#<trigger>",
+                    ),
+                    &["window", "source"],
+                )
+                .expect("valid metric"),
+            ),
+            coordinator_windows_dropped: g(
+                "coordinator_windows_dropped",
+                "Windows received from the coordinator that this agent does not plan (a ConfigMap window wins, or invalid)",
             ),
             registry: r,
         }

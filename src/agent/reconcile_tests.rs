@@ -17,6 +17,7 @@ use crate::node::fake::{BlobFault, FakeDisk, FakeRegistry, FakeRuntime};
 use crate::node::pace::DiskUsage;
 use crate::node::pull::{Engine, PullObserver};
 use crate::node::runtime::{version_supports_pinning, PREWARM_HOLD_LABEL, PREWARM_PINNED_LABEL};
+use crate::wire::v1::Intent;
 
 /// A Tuesday, 10:00 UTC.
 fn base() -> DateTime<Utc> {
@@ -80,7 +81,7 @@ struct Rig {
     reg: FakeRegistry,
     rt: FakeRuntime,
     cfg: watch::Sender<Arc<AgentConfig>>,
-    intents: Option<watch::Sender<Vec<Intent>>>,
+    intents: Option<watch::Sender<IntentSet>>,
     reports: watch::Receiver<Arc<NodeReport>>,
     connects: watch::Receiver<usize>,
     /// How many connects from now fail as unmounted.
@@ -131,7 +132,7 @@ impl Rig {
         let labels: Labels = [("pool".to_string(), "int".to_string())].into();
         let metrics = Arc::new(Metrics::new());
         let (reports_tx, reports) = watch::channel(Arc::new(NodeReport::default()));
-        let (intents_tx, intents_rx) = watch::channel(Vec::new());
+        let (intents_tx, intents_rx) = watch::channel(IntentSet::default());
         let (cfg_tx, cfg_rx) = watch::channel(cfg);
         let parts = LoopParts {
             node: NodeState::new("n1".into(), Some(Arc::new(StaticNodeLabels(labels)))),
@@ -195,7 +196,11 @@ impl Rig {
             ..Default::default()
         };
         let tx = self.intents.as_ref().expect("link up");
-        tx.send(vec![i]).unwrap();
+        tx.send(IntentSet {
+            intents: vec![i],
+            ..Default::default()
+        })
+        .unwrap();
     }
 
     fn pinned_by_us(&self, name: &str) -> bool {
@@ -338,7 +343,11 @@ async fn intents_pin_at_most_max_images() {
         ..Default::default()
     };
     let tx = rig.intents.as_ref().unwrap();
-    tx.send(vec![mk("low", &a, 0), mk("high", &b, 9)]).unwrap();
+    tx.send(IntentSet {
+        intents: vec![mk("low", &a, 0), mk("high", &b, 9)],
+        ..Default::default()
+    })
+    .unwrap();
     rig.until("b warm", |r| warm_pinned(r, &b)).await;
     assert!(!rig.rt.lock().cri_pulls.contains(&a), "a was refused");
     rig.stop().await;

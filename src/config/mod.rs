@@ -6,6 +6,8 @@
 //! of the offending field (`agent.yaml: pacing.maxConcurrentPulls: …`).
 
 mod error;
+#[cfg(test)]
+pub(crate) use error::rust_words;
 pub mod images;
 pub mod intents;
 #[cfg(test)]
