@@ -68,6 +68,10 @@ pub struct CoordinatorArgs {
     /// labelled prewarm.dev/rollout=true), comma-separated.
     #[arg(long, env = "PREWARM_ROLLOUT_NAMESPACES", value_delimiter = ',')]
     pub rollout_namespaces: Vec<String>,
+    /// Lead time of windows from KEDA ScaledObjects that have no
+    /// prewarm.dev/lead-time annotation.
+    #[arg(long, env = "PREWARM_KEDA_LEAD_TIME", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub keda_lead_time: std::time::Duration,
     /// This replica's pod (downward API): its identity in the leader Lease
     /// and the pod the leader label goes on. Without it (outside a pod) the
     /// Lease identity is `<hostname>_<random>` and the label is off.
@@ -291,6 +295,21 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             client.clone(),
             cfg,
             prewarm::coordinator::publish_rollouts(coordinator.state.clone()),
+            cancel.clone(),
+        ));
+        // Opted in like rollouts: the label, or the same namespaces.
+        let keda = prewarm::coordinator::keda::KedaConfig {
+            namespaces: args.rollout_namespaces.clone(),
+            defaults: prewarm::plan::keda::KedaDefaults {
+                lead_time: args.keda_lead_time,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        tokio::spawn(prewarm::coordinator::keda::run(
+            client.clone(),
+            coordinator.state.clone(),
+            keda,
             cancel.clone(),
         ));
         tokio::spawn(prewarm::coordinator::announce::run(

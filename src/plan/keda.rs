@@ -520,6 +520,51 @@ pub fn merge_windows(
     (out, dropped)
 }
 
+/// A ScaledObject with its target's pod template, when it could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub scaled_object: ScaledObject,
+    /// `Err` says why the target is unusable (not found, unsupported kind).
+    pub template: Result<PodSpec, String>,
+}
+
+/// Each node's windows: those of every resolved ScaledObject whose target's
+/// pod template can land on it ([`crate::plan::eligibility`]), in
+/// ScaledObject order; and everything skipped, with why.
+pub fn windows_by_node(
+    objects: &[Resolved],
+    nodes: &[crate::plan::eligibility::NodeFacts],
+    d: &KedaDefaults,
+) -> (BTreeMap<String, Vec<WindowSpec>>, Vec<Skipped>) {
+    let mut by_node: BTreeMap<String, Vec<WindowSpec>> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for r in objects {
+        let template = match &r.template {
+            Ok(t) => t,
+            Err(reason) => {
+                skipped.push(Skipped {
+                    scaled_object: key(&r.scaled_object.metadata),
+                    trigger: None,
+                    reason: reason.clone(),
+                });
+                continue;
+            }
+        };
+        let (windows, skip) = windows_of(&r.scaled_object, template, d);
+        skipped.extend(skip);
+        if windows.is_empty() {
+            continue;
+        }
+        for n in crate::plan::eligibility::eligible_nodes(template, nodes) {
+            by_node
+                .entry(n.name.clone())
+                .or_default()
+                .extend(windows.iter().cloned());
+        }
+    }
+    (by_node, skipped)
+}
+
 #[cfg(test)]
 #[path = "keda_tests.rs"]
 mod tests;
