@@ -632,15 +632,47 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         serde_json::from_str(&get("/v1/images").await?).context("bad /v1/images reply")?;
     let nodes: Vec<NodeSummary> =
         serde_json::from_str(&get("/v1/nodes").await?).context("bad /v1/nodes reply")?;
+    let windows: Vec<prewarm::coordinator::http::WindowRow> =
+        serde_json::from_str(&get("/v1/windows").await?).context("bad /v1/windows reply")?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "images": images, "nodes": nodes })
+            serde_json::json!({ "images": images, "nodes": nodes, "windows": windows })
         );
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", images_table(&images, &nodes));
+    print!("{}", windows_table(&windows));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each linked node's windows and where they come from (nothing when none).
+pub fn windows_table(rows: &[prewarm::coordinator::http::WindowRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<40} {:<40} {:<20} {:<8} {:<5} NEXT ACTIVATION",
+        "WINDOW", "SOURCE", "NODE", "PHASE", "WARM"
+    );
+    let mut rows = rows.to_vec();
+    rows.sort_by(|a, b| (&a.window, &a.node).cmp(&(&b.window, &b.node)));
+    for r in &rows {
+        let next = chrono::DateTime::from_timestamp(r.next_activation_unix, 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "-".into());
+        let warm = if r.warm { "yes" } else { "no" };
+        let _ = writeln!(
+            out,
+            "{:<40} {:<40} {:<20} {:<8} {:<5} {next}",
+            r.window, r.source, r.node, r.phase, warm
+        );
+    }
+    out.push_str("SOURCE: config is the agent's ConfigMap; keda:<namespace>/<name>#<trigger> a KEDA ScaledObject's cron trigger.\n");
+    out
 }
 
 /// What the image table covers, printed under it.

@@ -9,6 +9,7 @@ mod crash;
 mod disk;
 mod faults;
 mod gates;
+mod keda;
 mod link;
 mod outage;
 mod pins;
