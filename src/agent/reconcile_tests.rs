@@ -431,3 +431,60 @@ async fn a_missing_mount_at_start_stops_the_agent() {
     assert!(!rig.cancel.is_cancelled());
     rig.stop().await;
 }
+
+/// A coordinator (KEDA) window is planned like a ConfigMap window, reported
+/// with its source, and kept when the link goes; a ConfigMap window of the
+/// same name wins over it.
+#[tokio::test(start_paused = true)]
+async fn coordinator_windows_are_planned_kept_offline_and_lose_to_the_configmap() {
+    use crate::wire::v1::WindowSpec;
+    let mut rig = Rig::start(config(""));
+    let k = rig.image("reg.test/k:1", 6);
+    let spec = WindowSpec {
+        name: "keda-erp-orders-0".into(),
+        schedule: "0 10 * * *".into(),
+        timezone: "UTC".into(),
+        end_schedule: "0 11 * * *".into(),
+        images: vec![k.clone()],
+        source: "keda:erp/orders#0".into(),
+        lead_time_seconds: 3600,
+        node_selector: [("pool".to_string(), "int".to_string())].into(),
+        ..Default::default()
+    };
+    let tx = rig.intents.as_ref().expect("link up");
+    tx.send(IntentSet {
+        windows: vec![spec.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    let r = rig
+        .until("the KEDA window warm", |r| {
+            warm_pinned(r, &k) && r.windows.contains_key("keda-erp-orders-0")
+        })
+        .await;
+    assert_eq!(r.windows["keda-erp-orders-0"].source, "keda:erp/orders#0");
+    assert_eq!(r.windows["keda-erp-orders-0"].phase, "active");
+    // The link goes: the last windows received stay planned, through the
+    // end at 11:00 into the grace period, the pin held.
+    rig.intents = None;
+    let r = rig
+        .until("the KEDA window in grace", |r| {
+            r.windows
+                .get("keda-erp-orders-0")
+                .is_some_and(|w| w.phase == "grace")
+        })
+        .await;
+    assert!(warm_pinned(&r, &k));
+    // A ConfigMap window of the same name replaces it.
+    let mine = "windows:\n- {name: keda-erp-orders-0, schedule: '0 20 * * *', duration: 1h, images: [reg.test/k:1]}\n";
+    rig.cfg.send(config(mine)).unwrap();
+    let r = rig
+        .until("the ConfigMap's window", |r| {
+            r.windows
+                .get("keda-erp-orders-0")
+                .is_some_and(|w| w.source == "config")
+        })
+        .await;
+    assert_eq!(r.windows.len(), 1);
+    rig.stop().await;
+}

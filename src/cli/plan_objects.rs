@@ -24,6 +24,8 @@ pub struct Objects {
     pub summary: Vec<String>,
     /// Windows whose target's pod template can land on this node.
     pub windows: Vec<WindowSpec>,
+    /// Objects (YAML documents) in the file.
+    pub count: usize,
 }
 
 /// `kind namespace/name` of document `i`, for messages.
@@ -70,7 +72,10 @@ pub fn load(
     if docs.is_empty() {
         bail!("{}: no Kubernetes objects in the file", file.display());
     }
-    let mut out = Objects::default();
+    let mut out = Objects {
+        count: docs.len(),
+        ..Objects::default()
+    };
     let mut templates: BTreeMap<TargetRef, PodSpec> = BTreeMap::new();
     let mut scaled: Vec<ScaledObject> = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
