@@ -385,7 +385,15 @@ fn every_example_in_config_passes_plan() {
         let args: Vec<&str> = if is_objects {
             objects += 1;
             let config = agent.to_str().unwrap();
-            vec!["plan", "--config", config, "--objects", file, "--node-labels", labels]
+            vec![
+                "plan",
+                "--config",
+                config,
+                "--objects",
+                file,
+                "--node-labels",
+                labels,
+            ]
         } else {
             vec!["plan", "--config", file, "--node-labels", labels]
         };
@@ -404,7 +412,15 @@ fn plan_objects_lists_the_windows_a_scaled_object_implies() {
     let objects = format!("{root}/config/keda-orders-sync.yaml");
     let at = "2026-03-27T06:00:00Z"; // Friday 07:00 in Amsterdam
     let args = |labels: &'static str| {
-        let mut a = vec!["plan", "--config", &agent, "--objects", &objects, "--at", at];
+        let mut a = vec![
+            "plan",
+            "--config",
+            &agent,
+            "--objects",
+            &objects,
+            "--at",
+            at,
+        ];
         a.extend(["--node-labels", labels]);
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
