@@ -62,11 +62,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
                 ..KedaDefaults::default()
             };
             let objects = super::plan_objects::load(file, &args.node_labels, &defaults)?;
-            println!(
-                "{}: {} object(s) read",
-                file.display(),
-                objects.summary.len()
-            );
+            println!("{}: {} object(s) read", file.display(), objects.count);
             for line in &objects.summary {
                 println!("  {line}");
             }

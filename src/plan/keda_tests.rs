@@ -61,7 +61,9 @@ fn window(start: &str, end: &str, tz: &str) -> Window {
 }
 
 /// The phase and occurrence the planner sees at `now`.
-fn at(w: &Window, now: DateTime<Utc>) -> (Phase, Option<(DateTime<Utc>, DateTime<Utc>)>) {
+type Occurrence = Option<(DateTime<Utc>, DateTime<Utc>)>;
+
+fn at(w: &Window, now: DateTime<Utc>) -> (Phase, Occurrence) {
     let labels = BTreeMap::from([(
         "kubernetes.azure.com/agentpool".to_string(),
         "integrations".to_string(),
