@@ -3,7 +3,8 @@
 //! when refused, see [`retry_delay`]), sends a full snapshot on every
 //! connect and deltas after, and hands received intents to the reconcile
 //! loop. The agent never waits on it: with the coordinator down, windows
-//! and intents already received keep running.
+//! and intents already received keep running (the last set received,
+//! coordinator windows included, stays in the watch channel).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use crate::wire::limits;
 use crate::wire::v1::link_client::LinkClient;
 use crate::wire::v1::{
-    agent_message, coordinator_message, AgentMessage, Delta, ImageState, Intent, Snapshot,
+    agent_message, coordinator_message, AgentMessage, Delta, ImageState, IntentSet, Snapshot,
     WindowState,
 };
 
@@ -199,7 +200,7 @@ impl LinkObserver for Unobserved {
 pub async fn run(
     cfg: LinkConfig,
     reports: watch::Receiver<Arc<NodeReport>>,
-    intents: watch::Sender<Vec<Intent>>,
+    intents: watch::Sender<IntentSet>,
     cancel: CancellationToken,
 ) {
     run_observed(cfg, reports, intents, Arc::new(Unobserved), cancel).await
@@ -210,7 +211,7 @@ pub async fn run(
 pub async fn run_observed(
     cfg: LinkConfig,
     mut reports: watch::Receiver<Arc<NodeReport>>,
-    intents: watch::Sender<Vec<Intent>>,
+    intents: watch::Sender<IntentSet>,
     observer: Arc<dyn LinkObserver>,
     cancel: CancellationToken,
 ) {
@@ -303,7 +304,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 async fn session(
     cfg: &LinkConfig,
     reports: &mut watch::Receiver<Arc<NodeReport>>,
-    intents: &watch::Sender<Vec<Intent>>,
+    intents: &watch::Sender<IntentSet>,
     cancel: &CancellationToken,
     on_attach: impl FnOnce(),
 ) -> Result<(), LinkError> {
@@ -354,8 +355,9 @@ async fn session(
             m = inbound.message() => match m? {
                 Some(m) => {
                     if let Some(coordinator_message::Body::Intents(set)) = m.body {
-                        tracing::info!(intents = set.intents.len(), "intents received");
-                        let _ = intents.send(set.intents);
+                        tracing::info!(intents = set.intents.len(), windows = set.windows.len(), "intents received");
+                        // Kept (watch holds the last value) while the link is down.
+                        let _ = intents.send(set);
                     }
                 }
                 None => return Err(LinkError::Closed),

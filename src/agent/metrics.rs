@@ -44,6 +44,10 @@ pub struct Metrics {
     pub window_planned_lead: GaugeVec,
     pub learned_state_restored: IntGauge,
     pub images: ImageMetrics,
+    /// 1 per planned window, labelled with where it comes from.
+    pub window_info: IntGaugeVec,
+    /// Coordinator windows not planned (conflict with the ConfigMap, invalid).
+    pub coordinator_windows_dropped: IntGauge,
 }
 
 /// Per-image series, only for the images of the node's desired set: the
@@ -362,6 +366,21 @@ impl Metrics {
                 "1 if this agent started from the learned state persisted on the node, 0 if from the defaults",
             ),
             images: ImageMetrics::new(&r),
+            window_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "window_info",
+                        "1 for each window this agent plans; source is config or keda:<namespace>/<scaledobject>#<trigger>",
+                    ),
+                    &["window", "source"],
+                )
+                .expect("valid metric"),
+            ),
+            coordinator_windows_dropped: g(
+                "coordinator_windows_dropped",
+                "Windows received from the coordinator that this agent does not plan (a ConfigMap window wins, or invalid)",
+            ),
             registry: r,
         }
     }

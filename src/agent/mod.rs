@@ -135,7 +135,7 @@ impl Agent {
         let mut node = NodeState::new(opts.node_name.clone(), source);
         let persisted = learned_state(&rx.borrow(), &mut node, &metrics);
         let observer = Arc::new(AgentObserver::new(metrics.clone()));
-        let (intents_tx, intents_rx) = watch::channel(Vec::new());
+        let (intents_tx, intents_rx) = watch::channel(Default::default());
         // Without a coordinator the sender is dropped; the loop then simply
         // never sees intents (a closed channel disables that select branch).
         let link = rx.borrow().coordinator.clone();

@@ -33,7 +33,7 @@ use crate::plan::intents::{self, Admission, Applicable, Receipts, Refusal, Room}
 use crate::plan::pull_secrets;
 use crate::plan::warm::{Action, HoldPolicy, Observed, Present};
 use crate::plan::windows::WindowPlan;
-use crate::wire::v1::{image_state::Phase as ImagePhase, ImageState, Intent};
+use crate::wire::v1::{image_state::Phase as ImagePhase, ImageState, IntentSet};
 
 /// Wait between attempts to reach containerd.
 const RUNTIME_RETRY: Duration = Duration::from_secs(5);
@@ -52,7 +52,8 @@ pub struct LoopParts {
     pub observer: Arc<AgentObserver>,
     /// To the coordinator link, when one is configured.
     pub reports: Option<watch::Sender<Arc<NodeReport>>>,
-    pub intents: watch::Receiver<Vec<Intent>>,
+    /// The coordinator's last intent set: intents and windows.
+    pub intents: watch::Receiver<IntentSet>,
     pub connector: Arc<dyn Connector>,
     pub clock: WallClock,
     pub metrics: Arc<Metrics>,
@@ -77,6 +78,8 @@ struct Loop {
     last_pull: BTreeMap<String, f64>,
     /// Intent credentials that did not parse, logged once each.
     bad_credentials: BTreeSet<String>,
+    /// Coordinator windows last dropped (logged when this changes).
+    dropped_windows: Vec<crate::plan::keda::Dropped>,
 }
 
 /// A finished pull: its name, whether it worked and, if it moved bytes,
@@ -109,6 +112,7 @@ pub async fn reconcile_loop(
         connected: false,
         last_pull: BTreeMap::new(),
         bad_credentials: BTreeSet::new(),
+        dropped_windows: Vec::new(),
     };
     let mut creds = tokio::time::interval(CREDENTIALS_POLL);
     creds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -296,6 +300,7 @@ impl Loop {
         // a config change is used by the pulls that change asks for.
         self.reload_credentials();
         self.p.node.refresh_labels().await;
+        let cfg = &self.with_coordinator_windows(cfg);
         let (stack, stack_cfg) = self.stack.take().expect("connected above");
         let result = self.reconcile_on(cfg, &stack).await;
         self.stack = Some((stack, stack_cfg));
@@ -431,10 +436,36 @@ impl Loop {
         Ok(decide::next_wake(now, wakeups, cfg.resync))
     }
 
+    /// `cfg` with the coordinator's windows for this node added where the
+    /// ConfigMap's do not conflict ([`crate::plan::keda::merge_windows`]);
+    /// the last windows received stay while the coordinator is unreachable.
+    fn with_coordinator_windows(&mut self, cfg: &Arc<AgentConfig>) -> Arc<AgentConfig> {
+        let received = self.p.intents.borrow().windows.clone();
+        let now = (self.p.clock)();
+        let labels = &self.p.node.labels;
+        let (windows, dropped) =
+            crate::plan::keda::merge_windows(&cfg.windows, &received, labels, now);
+        if dropped != self.dropped_windows {
+            for d in &dropped {
+                tracing::warn!(window = %d.name, source = %d.source, reason = %d.reason, "coordinator window not planned");
+            }
+            self.dropped_windows = dropped;
+        }
+        let m = &self.p.metrics;
+        m.coordinator_windows_dropped
+            .set(self.dropped_windows.len() as i64);
+        if windows.len() == cfg.windows.len() {
+            return cfg.clone();
+        }
+        let mut merged = (**cfg).clone();
+        merged.windows = windows;
+        Arc::new(merged)
+    }
+
     /// The coordinator's intents that apply now, kept until they end even
     /// while the coordinator is unreachable.
     fn applicable_intents(&mut self, cfg: &AgentConfig, now: DateTime<Utc>) -> Applicable {
-        let intents = self.p.intents.borrow().clone();
+        let intents = self.p.intents.borrow().intents.clone();
         self.receipts = intents::receipts(&self.receipts, &intents, now);
         let node = &self.p.node;
         let max = cfg.intents.max_deadline;
@@ -452,7 +483,7 @@ impl Loop {
         let Some(store) = &stack.workload else {
             return;
         };
-        let intents = self.p.intents.borrow().clone();
+        let intents = self.p.intents.borrow().intents.clone();
         let (entries, bad) = pull_secrets::for_node(&intents, &applicable.ids, &self.p.node.name);
         let bad: BTreeSet<String> = bad.into_iter().collect();
         for why in bad.difference(&self.bad_credentials) {

@@ -23,6 +23,7 @@ use crate::node::runtime::{
 };
 use crate::node::state::{MemoryStateStore, StateStore};
 use crate::plan::learned::LearnedState;
+use crate::wire::v1::Intent;
 use crate::wire::v1::RegistryCredential;
 
 /// A Tuesday, 10:00 UTC.
@@ -89,7 +90,7 @@ struct Rig {
     reg: FakeRegistry,
     rt: FakeRuntime,
     cfg: watch::Sender<Arc<AgentConfig>>,
-    intents: Option<watch::Sender<Vec<Intent>>>,
+    intents: Option<watch::Sender<IntentSet>>,
     reports: watch::Receiver<Arc<NodeReport>>,
     connects: watch::Receiver<usize>,
     /// How many connects from now fail as unmounted.
@@ -150,7 +151,7 @@ impl Rig {
         let labels: Labels = [("pool".to_string(), "int".to_string())].into();
         let metrics = Arc::new(Metrics::new());
         let (reports_tx, reports) = watch::channel(Arc::new(NodeReport::default()));
-        let (intents_tx, intents_rx) = watch::channel(Vec::new());
+        let (intents_tx, intents_rx) = watch::channel(IntentSet::default());
         let (cfg_tx, cfg_rx) = watch::channel(cfg);
         let mut node = NodeState::new("n1".into(), Some(Arc::new(StaticNodeLabels(labels))));
         let persisted = store.map(|s| {
@@ -235,7 +236,11 @@ impl Rig {
             ..Default::default()
         };
         let tx = self.intents.as_ref().expect("link up");
-        tx.send(vec![i]).unwrap();
+        tx.send(IntentSet {
+            intents: vec![i],
+            ..Default::default()
+        })
+        .unwrap();
     }
 
     fn pinned_by_us(&self, name: &str) -> bool {
@@ -378,7 +383,11 @@ async fn intents_pin_at_most_max_images() {
         ..Default::default()
     };
     let tx = rig.intents.as_ref().unwrap();
-    tx.send(vec![mk("low", &a, 0), mk("high", &b, 9)]).unwrap();
+    tx.send(IntentSet {
+        intents: vec![mk("low", &a, 0), mk("high", &b, 9)],
+        ..Default::default()
+    })
+    .unwrap();
     rig.until("b warm", |r| warm_pinned(r, &b)).await;
     assert!(!rig.rt.lock().cri_pulls.contains(&a), "a was refused");
     rig.stop().await;
@@ -672,7 +681,11 @@ async fn workload_credentials_live_as_long_as_their_intent() {
     }];
     let soon = (base() + chrono::TimeDelta::seconds(60)).timestamp();
     let tx = rig.intents.clone().expect("link up");
-    tx.send(vec![credentialed("A", &a, soon, true)]).unwrap();
+    tx.send(IntentSet {
+        intents: vec![credentialed("A", &a, soon, true)],
+        ..Default::default()
+    })
+    .unwrap();
     rig.until("a warm", |r| warm_pinned(r, &a)).await;
     assert_eq!(rig.workload.get("reg.test/a"), robot);
     // Past its deadline and hold, a's pin goes: the intent ended before.
@@ -683,12 +696,77 @@ async fn workload_credentials_live_as_long_as_their_intent() {
     let later = (base() + chrono::TimeDelta::hours(2)).timestamp();
     let b = rig.image("reg.test/b:1", 2);
     let c = rig.image("reg.test/c:1", 3);
-    tx.send(vec![credentialed("B", &b, later, true)]).unwrap();
+    tx.send(IntentSet {
+        intents: vec![credentialed("B", &b, later, true)],
+        ..Default::default()
+    })
+    .unwrap();
     rig.until("b warm", |r| warm_pinned(r, &b)).await;
     assert_eq!(rig.workload.get("reg.test/b"), robot);
     // Withdrawn; once the intent replacing it is warm, the loop acted.
-    tx.send(vec![credentialed("C", &c, later, false)]).unwrap();
+    tx.send(IntentSet {
+        intents: vec![credentialed("C", &c, later, false)],
+        ..Default::default()
+    })
+    .unwrap();
     rig.until("c warm", |r| warm_pinned(r, &c)).await;
     assert_eq!(rig.workload.repositories(), 0);
+    rig.stop().await;
+}
+
+/// A coordinator (KEDA) window is planned like a ConfigMap window, reported
+/// with its source, and kept when the link goes; a ConfigMap window of the
+/// same name wins over it.
+#[tokio::test(start_paused = true)]
+async fn coordinator_windows_are_planned_kept_offline_and_lose_to_the_configmap() {
+    use crate::wire::v1::WindowSpec;
+    let mut rig = Rig::start(config(""));
+    let k = rig.image("reg.test/k:1", 6);
+    let spec = WindowSpec {
+        name: "keda-erp-orders-0".into(),
+        schedule: "0 10 * * *".into(),
+        timezone: "UTC".into(),
+        end_schedule: "0 11 * * *".into(),
+        images: vec![k.clone()],
+        source: "keda:erp/orders#0".into(),
+        lead_time_seconds: 3600,
+        node_selector: [("pool".to_string(), "int".to_string())].into(),
+        ..Default::default()
+    };
+    let tx = rig.intents.as_ref().expect("link up");
+    tx.send(IntentSet {
+        windows: vec![spec.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    let r = rig
+        .until("the KEDA window warm", |r| {
+            warm_pinned(r, &k) && r.windows.contains_key("keda-erp-orders-0")
+        })
+        .await;
+    assert_eq!(r.windows["keda-erp-orders-0"].source, "keda:erp/orders#0");
+    assert_eq!(r.windows["keda-erp-orders-0"].phase, "active");
+    // The link goes: the last windows received stay planned, through the
+    // end at 11:00 into the grace period, the pin held.
+    rig.intents = None;
+    let r = rig
+        .until("the KEDA window in grace", |r| {
+            r.windows
+                .get("keda-erp-orders-0")
+                .is_some_and(|w| w.phase == "grace")
+        })
+        .await;
+    assert!(warm_pinned(&r, &k));
+    // A ConfigMap window of the same name replaces it.
+    let mine = "windows:\n- {name: keda-erp-orders-0, schedule: '0 20 * * *', duration: 1h, images: [reg.test/k:1]}\n";
+    rig.cfg.send(config(mine)).unwrap();
+    let r = rig
+        .until("the ConfigMap's window", |r| {
+            r.windows
+                .get("keda-erp-orders-0")
+                .is_some_and(|w| w.source == "config")
+        })
+        .await;
+    assert_eq!(r.windows.len(), 1);
     rig.stop().await;
 }

@@ -170,6 +170,7 @@ pub fn window_states(statuses: &[WindowStatus]) -> BTreeMap<String, WindowState>
                     phase: s.phase.as_str().to_string(),
                     next_activation_unix: s.next_activation.timestamp(),
                     warm: s.all_warm,
+                    source: s.source.clone(),
                 },
             )
         })

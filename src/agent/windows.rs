@@ -36,6 +36,8 @@ fn secs(d: chrono::TimeDelta) -> f64 {
 #[derive(Default)]
 pub struct Tracker {
     windows: BTreeMap<String, Occurrence>,
+    /// Window → the source its info series carries.
+    sources: BTreeMap<String, String>,
 }
 
 impl Tracker {
@@ -78,6 +80,7 @@ impl Tracker {
     pub fn observe(&mut self, statuses: &[WindowStatus], now: DateTime<Utc>, metrics: &Metrics) {
         for st in statuses {
             let name = st.name.as_str();
+            self.source(name, &st.source, metrics);
             metrics
                 .window_next_activation
                 .with_label_values(&[name])
@@ -158,6 +161,17 @@ impl Tracker {
             .filter(|k| !live.contains(&k.as_str()))
             .cloned()
             .collect();
+        let unsourced: Vec<String> = self
+            .sources
+            .keys()
+            .filter(|k| !live.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for name in unsourced {
+            if let Some(source) = self.sources.remove(&name) {
+                let _ = metrics.window_info.remove_label_values(&[&name, &source]);
+            }
+        }
         for name in gone {
             self.windows.remove(&name);
             let _ = metrics.window_next_activation.remove_label_values(&[&name]);
@@ -168,6 +182,20 @@ impl Tracker {
                 let _ = metrics.window_phase.remove_label_values(&[&name, label]);
             }
         }
+    }
+
+    /// Keeps one info series per window, with its current source.
+    fn source(&mut self, name: &str, source: &str, metrics: &Metrics) {
+        if self.sources.get(name).map(String::as_str) == Some(source) {
+            return;
+        }
+        if let Some(old) = self.sources.insert(name.to_string(), source.to_string()) {
+            let _ = metrics.window_info.remove_label_values(&[name, &old]);
+        }
+        metrics
+            .window_info
+            .with_label_values(&[name, source])
+            .set(1);
     }
 }
 
@@ -194,6 +222,7 @@ mod tests {
             estimated_pull: Default::default(),
             priority: 0,
             all_warm,
+            source: "config".into(),
         }
     }
 
@@ -210,6 +239,7 @@ mod tests {
             estimated_pull: Duration::ZERO,
             priority: 0,
             all_warm,
+            source: "config".into(),
         }
     }
 

@@ -68,6 +68,10 @@ pub struct CoordinatorArgs {
     /// labelled prewarm.dev/rollout=true), comma-separated.
     #[arg(long, env = "PREWARM_ROLLOUT_NAMESPACES", value_delimiter = ',')]
     pub rollout_namespaces: Vec<String>,
+    /// Lead time of windows from KEDA ScaledObjects that have no
+    /// prewarm.dev/lead-time annotation.
+    #[arg(long, env = "PREWARM_KEDA_LEAD_TIME", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub keda_lead_time: std::time::Duration,
     /// This replica's pod (downward API): its identity in the leader Lease
     /// and the pod the leader label goes on. Without it (outside a pod) the
     /// Lease identity is `<hostname>_<random>` and the label is off.
@@ -306,6 +310,21 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             client.clone(),
             cfg,
             ps::RolloutPublisher(publisher),
+            cancel.clone(),
+        ));
+        // Opted in like rollouts: the label, or the same namespaces.
+        let keda = prewarm::coordinator::keda::KedaConfig {
+            namespaces: args.rollout_namespaces.clone(),
+            defaults: prewarm::plan::keda::KedaDefaults {
+                lead_time: args.keda_lead_time,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        tokio::spawn(prewarm::coordinator::keda::run(
+            client.clone(),
+            coordinator.state.clone(),
+            keda,
             cancel.clone(),
         ));
         tokio::spawn(prewarm::coordinator::announce::run(
@@ -629,15 +648,47 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         serde_json::from_str(&get("/v1/images").await?).context("bad /v1/images reply")?;
     let nodes: Vec<NodeSummary> =
         serde_json::from_str(&get("/v1/nodes").await?).context("bad /v1/nodes reply")?;
+    let windows: Vec<prewarm::coordinator::http::WindowRow> =
+        serde_json::from_str(&get("/v1/windows").await?).context("bad /v1/windows reply")?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "images": images, "nodes": nodes })
+            serde_json::json!({ "images": images, "nodes": nodes, "windows": windows })
         );
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", images_table(&images, &nodes));
+    print!("{}", windows_table(&windows));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each linked node's windows and where they come from (nothing when none).
+pub fn windows_table(rows: &[prewarm::coordinator::http::WindowRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<40} {:<40} {:<20} {:<8} {:<5} NEXT ACTIVATION",
+        "WINDOW", "SOURCE", "NODE", "PHASE", "WARM"
+    );
+    let mut rows = rows.to_vec();
+    rows.sort_by(|a, b| (&a.window, &a.node).cmp(&(&b.window, &b.node)));
+    for r in &rows {
+        let next = chrono::DateTime::from_timestamp(r.next_activation_unix, 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "-".into());
+        let warm = if r.warm { "yes" } else { "no" };
+        let _ = writeln!(
+            out,
+            "{:<40} {:<40} {:<20} {:<8} {:<5} {next}",
+            r.window, r.source, r.node, r.phase, warm
+        );
+    }
+    out.push_str("SOURCE: config is the agent's ConfigMap; keda:<namespace>/<name>#<trigger> a KEDA ScaledObject's cron trigger.\n");
+    out
 }
 
 /// What the image table covers, printed under it.

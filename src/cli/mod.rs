@@ -5,6 +5,7 @@ mod coordinator;
 #[cfg(test)]
 mod doc_commands;
 mod plan;
+mod plan_objects;
 mod pull;
 mod testkit;
 

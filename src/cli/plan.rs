@@ -1,6 +1,8 @@
 //! `prewarm plan`: a dry run of the activation windows for one node. It
 //! validates the config and prints, per window, the next activations, when
 //! warming would start, and which images and bytes this node would pull.
+//! With `--objects`, the windows the file's KEDA ScaledObjects imply for
+//! this node are planned next to the config's (which win on conflict).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use prewarm::node::pull::{NoopObserver, PullOptions};
 use prewarm::node::runtime::ImageStore;
 use prewarm::node::setup;
 use prewarm::node::state::{FileStateStore, StateError, StateStore};
+use prewarm::plan::keda::{merge_windows, KedaDefaults};
 use prewarm::plan::learned;
 use prewarm::plan::windows::{activations, plan_windows, NodeView, Phase};
 
@@ -40,11 +43,46 @@ pub struct PlanArgs {
     /// Ask the node's containerd and the registries how many bytes are missing.
     #[arg(long)]
     pub bytes: bool,
+    /// Kubernetes objects (multi-document YAML): KEDA ScaledObjects and
+    /// their target Deployments/StatefulSets give windows; DeployGroups are
+    /// validated.
+    #[arg(long)]
+    pub objects: Option<PathBuf>,
+    /// Lead time of ScaledObject windows without a prewarm.dev/lead-time
+    /// annotation (the coordinator's --keda-lead-time).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub keda_lead_time: Duration,
 }
 
 pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let cfg = AgentConfig::load(&args.config)?;
+    let mut cfg = AgentConfig::load(&args.config)?;
     let now = args.at.unwrap_or_else(Utc::now);
+    let objects = match &args.objects {
+        Some(file) => {
+            let defaults = KedaDefaults {
+                lead_time: args.keda_lead_time,
+                ..KedaDefaults::default()
+            };
+            let objects = super::plan_objects::load(file, &args.node_labels, &defaults)?;
+            println!("{}: {} object(s) read", file.display(), objects.count);
+            for line in &objects.summary {
+                println!("  {line}");
+            }
+            let (windows, dropped) =
+                merge_windows(&cfg.windows, &objects.windows, &args.node_labels, now);
+            for d in dropped {
+                println!(
+                    "  window {} ({}) not planned: {}",
+                    d.name, d.source, d.reason
+                );
+            }
+            cfg.windows = windows;
+            println!();
+            Some(objects)
+        }
+        None => None,
+    };
+    let _ = objects;
     let (missing, warm, note) = if args.bytes {
         measure(&cfg).await
     } else {
@@ -84,8 +122,9 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         };
         println!();
         println!(
-            "window {}  priority {}  {}",
+            "window {}  from {}  priority {}  {}",
             w.name,
+            w.source_name(),
             w.priority,
             if st.applies {
                 format!("applies to this node, {}", phase_name(st.phase))
@@ -93,11 +132,15 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
                 "does not apply to this node (nodeSelector)".to_string()
             }
         );
+        let lasts = match (&w.end, w.duration) {
+            (Some(end), _) => format!("until the next {:?}", end.to_string()),
+            (None, Some(d)) => format!("for {}", fmt_dur(d)),
+            (None, None) => "for no time".to_string(),
+        };
         println!(
-            "  schedule   {:?} in {}, for {}, lead time at least {}",
+            "  schedule   {:?} in {}, {lasts}, lead time at least {}",
             w.schedule.to_string(),
             tz,
-            fmt_dur(w.duration),
             fmt_dur(w.lead_time)
         );
         let next: Vec<String> = activations(w, now, args.count)

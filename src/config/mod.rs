@@ -7,6 +7,8 @@
 
 pub mod dockerconfig;
 mod error;
+#[cfg(test)]
+pub(crate) use error::rust_words;
 pub mod images;
 pub mod intents;
 #[cfg(test)]

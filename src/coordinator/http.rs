@@ -51,6 +51,9 @@ pub struct WindowRow {
     pub phase: String,
     pub warm: bool,
     pub next_activation_unix: i64,
+    /// "config" (the agent's ConfigMap) or `keda:<namespace>/<name>#<trigger>`.
+    #[serde(default)]
+    pub source: String,
 }
 
 /// A deploy group as the leader last reconciled it.
@@ -177,6 +180,10 @@ async fn windows(State(s): State<Arc<LinkState>>) -> Json<Vec<WindowRow>> {
                 phase: w.phase.clone(),
                 warm: w.warm,
                 next_activation_unix: w.next_activation_unix,
+                source: match w.source.as_str() {
+                    "" => "config".to_string(),
+                    s => s.to_string(),
+                },
             })
         })
         .collect();

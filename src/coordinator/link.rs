@@ -22,8 +22,11 @@ use crate::wire::limits;
 use crate::wire::v1::link_server::Link;
 use crate::wire::v1::{
     agent_message, coordinator_message, AgentMessage, CoordinatorMessage, Delta, Intent, IntentSet,
-    Snapshot,
+    Snapshot, WindowSpec,
 };
+
+/// Coordinator windows by node name (from KEDA ScaledObjects).
+pub type NodeWindows = std::collections::BTreeMap<String, Vec<WindowSpec>>;
 
 /// Shared by every stream.
 pub struct LinkState {
@@ -32,6 +35,8 @@ pub struct LinkState {
     pub metrics: Arc<CoordinatorMetrics>,
     /// The full intent set; each stream sends its node's share on change.
     pub intents: watch::Sender<Arc<Vec<Intent>>>,
+    /// Each node's coordinator windows; sent with its intents on change.
+    pub windows: watch::Sender<Arc<NodeWindows>>,
     /// Ends every stream on shutdown so agents move to another replica.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Bumped after every change to the view, for controllers that wait
@@ -82,6 +87,7 @@ impl LinkState {
         retention: Retention,
     ) -> Arc<Self> {
         let (intents, _) = watch::channel(Arc::new(Vec::new()));
+        let (windows, _) = watch::channel(Arc::new(NodeWindows::new()));
         let (view_changes, _) = watch::channel(0);
         let (serving, _) = watch::channel(true);
         Arc::new(Self {
@@ -89,6 +95,7 @@ impl LinkState {
             auth,
             metrics,
             intents,
+            windows,
             shutdown,
             view_changes,
             serving,
@@ -183,8 +190,8 @@ impl LinkState {
     }
 
     /// `node`'s share of `all`, credentials removed where not allowed.
-    pub(crate) fn share(&self, all: &[Intent], node: &str) -> IntentSet {
-        let mut set = intents_for(all, node);
+    pub(crate) fn share(&self, all: &[Intent], windows: &NodeWindows, node: &str) -> IntentSet {
+        let mut set = intents_for(all, windows, node);
         if !self.credentials_allowed.load(Ordering::Relaxed) {
             set.intents.iter_mut().for_each(|i| i.credentials.clear());
         }
@@ -363,10 +370,11 @@ fn validate_throughput(msg: &str, t: Option<f64>) -> Result<(), String> {
     }
 }
 
-/// The intents meant for `node`: those naming it, or naming no node at all.
-/// Credentials travel only on intents that name their nodes: one without
-/// nodes reaches every node its selector matches.
-pub fn intents_for(all: &[Intent], node: &str) -> IntentSet {
+/// The intents meant for `node` (those naming it, or naming no node at
+/// all) and its coordinator windows. Credentials travel only on intents
+/// that name their nodes: one without nodes reaches every node its
+/// selector matches.
+pub fn intents_for(all: &[Intent], windows: &NodeWindows, node: &str) -> IntentSet {
     IntentSet {
         intents: all
             .iter()
@@ -379,6 +387,7 @@ pub fn intents_for(all: &[Intent], node: &str) -> IntentSet {
                 i
             })
             .collect(),
+        windows: windows.get(node).cloned().unwrap_or_default(),
     }
 }
 
@@ -435,11 +444,7 @@ impl Link for LinkService {
         let stream = st.claim(&node, snap);
         tracing::info!(node = %node, stream = stream.0, "agent connected");
 
-        let mut intents = st.intents.subscribe();
-        let outbound = async_stream_of(st.clone(), node.clone(), stream, inbound, move || {
-            let all = intents.borrow_and_update().clone();
-            (st.share(&all, &node), intents.clone())
-        });
+        let outbound = async_stream_of(st.clone(), node.clone(), stream, inbound);
         Ok(Response::new(outbound))
     }
 }
@@ -476,15 +481,27 @@ fn async_stream_of(
     node: String,
     (id, replaced_by): (u64, CancellationToken),
     mut inbound: Streaming<AgentMessage>,
-    first: impl FnOnce() -> (IntentSet, watch::Receiver<Arc<Vec<Intent>>>) + Send + 'static,
 ) -> Outbound {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<CoordinatorMessage, Status>>(4);
+    let mut intents = st.intents.subscribe();
+    let mut windows = st.windows.subscribe();
     tokio::spawn(async move {
-        let (initial, mut intents) = first();
         let mut serving = st.serving.subscribe();
         let msg = |set| CoordinatorMessage {
             body: Some(coordinator_message::Body::Intents(set)),
         };
+        // The node's set, and whether it differs from the last one sent.
+        let mut sent: Option<IntentSet> = None;
+        let mut next = |intents: &mut watch::Receiver<Arc<Vec<Intent>>>,
+                        windows: &mut watch::Receiver<Arc<NodeWindows>>| {
+            let all = intents.borrow_and_update().clone();
+            let w = windows.borrow_and_update().clone();
+            let set = st.share(&all, &w, &node);
+            let changed = sent.as_ref() != Some(&set);
+            sent = Some(set.clone());
+            changed.then_some(set)
+        };
+        let initial = next(&mut intents, &mut windows).unwrap_or_default();
         if tx.send(Ok(msg(initial))).await.is_err() {
             st.release(&node, id);
             return;
@@ -501,8 +518,16 @@ fn async_stream_of(
                 },
                 changed = intents.changed() => {
                     if changed.is_err() { break None; }
-                    let all = intents.borrow_and_update().clone();
-                    if tx.send(Ok(msg(st.share(&all, &node)))).await.is_err() { break None; }
+                    if let Some(set) = next(&mut intents, &mut windows) {
+                        if tx.send(Ok(msg(set))).await.is_err() { break None; }
+                    }
+                }
+                changed = windows.changed() => {
+                    if changed.is_err() { break None; }
+                    // Another node's windows changing sends this one nothing.
+                    if let Some(set) = next(&mut intents, &mut windows) {
+                        if tx.send(Ok(msg(set))).await.is_err() { break None; }
+                    }
                 }
                 _ = tx.closed() => break None,
                 _ = st.shutdown.cancelled() => break Some(Status::unavailable("coordinator shutting down; reconnect")),

@@ -77,6 +77,7 @@ fn window() -> impl Strategy<Value = WindowState> {
             phase,
             next_activation_unix: next,
             warm,
+            source: String::new(),
         }
     })
 }

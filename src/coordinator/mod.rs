@@ -12,6 +12,7 @@ pub mod events;
 pub mod gate;
 pub mod http;
 pub mod https;
+pub mod keda;
 pub mod leader;
 pub mod leader_label;
 pub mod link;

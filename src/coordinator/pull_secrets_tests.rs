@@ -154,14 +154,16 @@ async fn a_rollout_intent_carries_its_service_accounts_pull_secret() {
     // Only the named node's share carries it.
     let all = state.intents.borrow().clone();
     assert_eq!(
-        super::super::link::intents_for(&all, "n1").intents[0]
+        super::super::link::intents_for(&all, &Default::default(), "n1").intents[0]
             .credentials
             .len(),
         1
     );
-    assert!(super::super::link::intents_for(&all, "n2")
-        .intents
-        .is_empty());
+    assert!(
+        super::super::link::intents_for(&all, &Default::default(), "n2")
+            .intents
+            .is_empty()
+    );
     cancel.cancel();
 }
 
@@ -275,7 +277,8 @@ async fn credentials_never_show_in_debug_or_the_view() {
         "{i:?} {:?} {:#?}",
         i.credentials,
         crate::wire::v1::IntentSet {
-            intents: vec![i.clone()]
+            intents: vec![i.clone()],
+            ..Default::default()
         }
     );
     assert!(
@@ -320,7 +323,7 @@ fn a_plain_text_link_never_carries_credentials() {
     everywhere.nodes.clear();
     let all = vec![i, everywhere];
     let state = LinkState::with_nodes(Vec::new(), CancellationToken::new());
-    let tls = state.share(&all, "n1");
+    let tls = state.share(&all, &Default::default(), "n1");
     let carried: Vec<(&str, usize)> = tls
         .intents
         .iter()
@@ -331,7 +334,7 @@ fn a_plain_text_link_never_carries_credentials() {
         vec![("Gate/erp/Pod/orders-0@1", 1), ("everywhere", 0)]
     );
     state.forbid_credentials();
-    let plain = state.share(&all, "n1");
+    let plain = state.share(&all, &Default::default(), "n1");
     assert_eq!(plain.intents.len(), 2);
     assert!(plain.intents.iter().all(|i| i.credentials.is_empty()));
 }

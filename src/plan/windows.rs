@@ -5,7 +5,8 @@
 //! tests pass exact instants.
 //!
 //! Each window occurrence is `[start, start + duration)` in real elapsed time,
-//! followed by a grace period `[end, end + grace)` during which pins are held
+//! or `[start, first end occurrence after start)` for a window with an `end`
+//! schedule (a KEDA cron trigger's start/end pair), followed by a grace period `[end, end + grace)` during which pins are held
 //! but nothing is pulled. Warming for the next start begins `max(leadTime,
 //! estimated pull)` before it, where the estimate is the bytes the node still
 //! lacks ÷ throughput × `scheduling.safetyFactor`.
@@ -85,6 +86,8 @@ impl std::fmt::Display for Phase {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowStatus {
     pub name: String,
+    /// "config", or the coordinator's source of the window.
+    pub source: String,
     /// The window's nodeSelector matches this node.
     pub applies: bool,
     pub phase: Phase,
@@ -234,7 +237,7 @@ fn evaluate(w: &Window, sched: &Scheduling, node: &NodeView, now: DateTime<Utc>)
     // at or before now can still be active or in grace.
     let current = w
         .previous_start(now)
-        .map(|start| (start, add(start, w.duration)))
+        .map(|start| (start, end_of(w, start)))
         .filter(|(_, end)| now < add(*end, grace));
 
     let applies = w.applies_to(node.labels);
@@ -247,7 +250,7 @@ fn evaluate(w: &Window, sched: &Scheduling, node: &NodeView, now: DateTime<Utc>)
         ),
         // Warming for the next start outranks the previous one's grace: it pulls.
         _ if next.is_some() && now >= warm_start => {
-            (Phase::Warming, next.map(|s| (s, add(s, w.duration))))
+            (Phase::Warming, next.map(|s| (s, end_of(w, s))))
         }
         Some(occ) => (Phase::Grace, Some(occ)),
         None => (Phase::Idle, None),
@@ -263,6 +266,7 @@ fn evaluate(w: &Window, sched: &Scheduling, node: &NodeView, now: DateTime<Utc>)
     Evaluation {
         status: WindowStatus {
             name: w.name.clone(),
+            source: w.source_name().to_string(),
             applies,
             phase,
             next_activation,
@@ -307,6 +311,12 @@ fn want(desired: &mut BTreeMap<String, DesiredImage>, w: &Window, status: &Windo
             entry.windows.push(w.name.clone());
         }
     }
+}
+
+/// When the occurrence starting at `start` ends; never, if its `end`
+/// schedule stops firing.
+fn end_of(w: &Window, start: DateTime<Utc>) -> DateTime<Utc> {
+    w.end_of(start).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// `t + d`, saturating at the end of representable time.

@@ -357,14 +357,14 @@ fn config_changed_mid_window() {
         Phase::Active
     );
     let short = Window {
-        duration: mins(60),
+        duration: Some(mins(60)),
         ..long.clone()
     };
     let plan = node.plan(std::slice::from_ref(&short), now);
     assert_eq!(plan.windows[0].phase, Phase::Grace);
     assert_eq!(desired_names(&plan), [(ORDERS, true, false, 0)]);
     let shorter = Window {
-        duration: mins(20),
+        duration: Some(mins(20)),
         grace: Some(mins(15)),
         ..short
     };

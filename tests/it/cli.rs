@@ -361,3 +361,107 @@ fn http_get_status(addr: &str, path: &str) -> Option<String> {
     s.read_to_string(&mut reply).ok()?;
     reply.lines().next().map(str::to_string)
 }
+
+/// Every example in config/ passes `prewarm plan`: agent configs with
+/// --config, Kubernetes object files (any document with an apiVersion)
+/// with --config config/agent.example.yaml --objects FILE.
+#[test]
+fn every_example_in_config_passes_plan() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    let agent = dir.join("agent.example.yaml");
+    let labels = "kubernetes.azure.com/agentpool=integrations";
+    let mut objects = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let is_objects = text.lines().any(|l| l.starts_with("apiVersion:"));
+        let file = f.to_str().unwrap();
+        let args: Vec<&str> = if is_objects {
+            objects += 1;
+            let config = agent.to_str().unwrap();
+            vec![
+                "plan",
+                "--config",
+                config,
+                "--objects",
+                file,
+                "--node-labels",
+                labels,
+            ]
+        } else {
+            vec!["plan", "--config", file, "--node-labels", labels]
+        };
+        let (code, out, err) = prewarm(&args);
+        assert_eq!(code, 0, "prewarm {args:?}\n{out}\n{err}");
+    }
+    assert!(objects >= 2, "the object examples were found");
+}
+
+/// The KEDA example's ScaledObject gives one window for an integrations
+/// node (the desiredReplicas 0 trigger none), planned with its source.
+#[test]
+fn plan_objects_lists_the_windows_a_scaled_object_implies() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let agent = format!("{root}/config/agent.example.yaml");
+    let objects = format!("{root}/config/keda-orders-sync.yaml");
+    let at = "2026-03-27T06:00:00Z"; // Friday 07:00 in Amsterdam
+    let args = |labels: &'static str| {
+        let mut a = vec![
+            "plan",
+            "--config",
+            &agent,
+            "--objects",
+            &objects,
+            "--at",
+            at,
+        ];
+        a.extend(["--node-labels", labels]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| prewarm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, out, err) = run(args("kubernetes.azure.com/agentpool=integrations"));
+    assert_eq!(code, 0, "{out}\n{err}");
+    for want in [
+        "ScaledObject erp/orders-sync: window keda-erp-orders-sync-0 (keda:erp/orders-sync#0)",
+        "ScaledObject erp/orders-sync triggers[1]: skipped: metadata.desiredReplicas is 0: it scales nothing up",
+        "window keda-erp-orders-sync-0  from keda:erp/orders-sync#0  priority 10  applies to this node",
+        "\"0 8 * * MON-FRI\" in Europe/Amsterdam, until the next \"0 18 * * MON-FRI\", lead time at least 20m",
+        "warm from  Fri 2026-03-27 07:40:00 CET",
+        "image      myregistry.azurecr.io/erp/orders-sync-migrate:1.4.2",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    // Another pool: the Deployment's nodeSelector keeps the window away.
+    let (code, out, _) = run(args("kubernetes.azure.com/agentpool=batch"));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("window keda-erp-orders-sync-0 does not apply to this node (node does not match nodeSelector kubernetes.azure.com/agentpool=integrations)"),
+        "{out}"
+    );
+}
+
+/// A bad objects file is an error naming the file and the document.
+#[test]
+fn plan_objects_rejects_a_bad_file_with_its_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("objects.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x, namespace: a}\nspec: {replicas: many}\n",
+    )
+    .unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let agent = format!("{root}/config/agent.example.yaml");
+    let (code, _, err) = prewarm(&["plan", "--config", &agent, "--objects", f.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("{}: document 2: Deployment a/x: ", f.display())),
+        "{err}"
+    );
+}

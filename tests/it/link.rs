@@ -89,7 +89,7 @@ pub(crate) fn fake_agent(
         );
     }
     let (tx, rx) = watch::channel(Arc::new(report));
-    let (itx, _irx) = watch::channel(Vec::new());
+    let (itx, _irx) = watch::channel(Default::default());
     let cfg = LinkConfig {
         endpoint: endpoint.to_string(),
         token_file,
@@ -682,7 +682,7 @@ async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
     let token_file = d.join("b.token");
     std::fs::write(&token_file, "tok-b").unwrap();
     let (tx, rx) = watch::channel(Arc::new(NodeReport::default()));
-    let (itx, _irx) = watch::channel(Vec::new());
+    let (itx, _irx) = watch::channel(Default::default());
     let cfg = LinkConfig {
         endpoint: format!("https://127.0.0.1:{}", coord.grpc_addr.port()),
         token_file: token_file.clone(),

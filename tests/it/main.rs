@@ -9,6 +9,7 @@ mod crash;
 mod disk;
 mod faults;
 mod gates;
+mod keda;
 mod learned;
 mod link;
 mod outage;

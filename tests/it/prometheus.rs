@@ -395,9 +395,7 @@ async fn every_dashboard_query_returns_data_and_every_alert_evaluates() {
         for q in &queries {
             match prom.query(&q.expr).await {
                 Err(e) => panic!("panel {:?}: {} does not evaluate: {e}", q.panel, q.expr),
-                Ok(r) if r.is_empty() => {
-                    empty.push(format!("{:?}: {}", q.panel, q.expr))
-                }
+                Ok(r) if r.is_empty() => empty.push(format!("{:?}: {}", q.panel, q.expr)),
                 Ok(_) => {}
             }
         }

@@ -17,7 +17,7 @@ use prewarm::coordinator::{Coordinator, CoordinatorOptions};
 use prewarm::node::containerd::Containerd;
 use prewarm::testkit::apiserver::{Identity, MockApi, Policy};
 use prewarm::testkit::containerd::{TestContainerd, Version};
-use prewarm::wire::v1::Intent;
+use prewarm::wire::v1::{Intent, IntentSet};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,7 @@ fn recording_agent(
     };
     report.labels.insert(POOL.into(), pool.into());
     let (tx, rx) = watch::channel(Arc::new(report));
-    let (itx, mut irx) = watch::channel(Vec::new());
+    let (itx, mut irx) = watch::channel(IntentSet::default());
     let cfg = LinkConfig {
         endpoint: endpoint.to_string(),
         token_file,
@@ -121,7 +121,7 @@ fn recording_agent(
     let record = seen.clone();
     tokio::spawn(async move {
         while irx.changed().await.is_ok() {
-            let set = irx.borrow_and_update().clone();
+            let set = irx.borrow_and_update().intents.clone();
             record.lock().unwrap().push(set);
         }
     });

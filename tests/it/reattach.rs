@@ -40,7 +40,7 @@ fn agent(
     std::fs::write(&token_file, "tok-b").unwrap();
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = watch::channel(Arc::new(NodeReport::default()));
-    let (itx, _irx) = watch::channel(Vec::new());
+    let (itx, _irx) = watch::channel(Default::default());
     let cfg = LinkConfig {
         endpoint,
         token_file,

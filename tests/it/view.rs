@@ -78,7 +78,7 @@ impl Rig {
         };
         report.images.insert(IMAGE.into(), warm);
         let (tx, rx) = watch::channel(Arc::new(report));
-        let (itx, _irx) = watch::channel(Vec::new());
+        let (itx, _irx) = watch::channel(Default::default());
         let cfg = LinkConfig {
             endpoint: format!("https://127.0.0.1:{}", coord.grpc_addr.port()),
             token_file,

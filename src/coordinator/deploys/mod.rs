@@ -308,7 +308,14 @@ impl Deploys {
                 .apply(key, obj, &group, &status, &observed, action, &mut intents)
                 .await
             {
+                // A refusal names the missing RoleBinding in the status and,
+                // once per message, in a Warning Event (reading ScaledObjects
+                // is granted cluster-wide for KEDA windows, so a write can be
+                // the first request refused).
                 if let Some(m) = rbac::missing_grant(&e, ns) {
+                    if status.message != m && decision.status.message != m {
+                        self.event_on_group(key, obj, true, "Forbidden", &m).await;
+                    }
                     decision.status.message = m;
                 }
                 tracing::warn!(group = %format!("{ns}/{name}"), error = %e, "deploy action failed; retried on the next reconcile");
