@@ -239,6 +239,10 @@ state = "{d}/state"
 [plugins."io.containerd.cri.v1.runtime".cni]
   bin_dirs = ["{d}/cni/bin"]
   conf_dir = "{d}/cni/conf"
+[plugins."io.containerd.nri.v1.nri"]
+  socket_path = "{d}/nri.sock"
+  plugin_path = "{d}/nri/plugins"
+  plugin_config_path = "{d}/nri/conf.d"
 {unpack}"#
         ),
     }

@@ -184,3 +184,41 @@ async fn agent_without_the_content_store_stops_at_start() {
         "{err}"
     );
 }
+
+/// Two containerd 2.x started at the same moment (the cluster demo's two
+/// nodes) each run their own NRI: containerd 2.x enables NRI, whose socket
+/// defaults to the host-wide /var/run/nri/nri.sock, and the demo's second
+/// containerd died with "failed to start NRI interface: failed to create
+/// socket \"/var/run/nri/nri.sock\": … bind: address already in use". Each
+/// test containerd now has the NRI socket under its own directory; both
+/// must answer on it and on their own socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_containerd_2_started_together_each_run_their_own_nri() {
+    let (a, b) = tokio::join!(
+        TestContainerd::start(Version::V2),
+        TestContainerd::start(Version::V2)
+    );
+    let (mut a, mut b) = (a.expect("first containerd"), b.expect("second containerd"));
+    for c in [&a, &b] {
+        let nri = c.dir.join("nri.sock");
+        let up = async {
+            while tokio::net::UnixStream::connect(&nri).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), up)
+            .await
+            .is_err()
+        {
+            panic!("no NRI socket at {}:\n{}", nri.display(), c.log_tail());
+        }
+        assert!(
+            tokio::net::UnixStream::connect(&c.socket).await.is_ok(),
+            "containerd at {} died:\n{}",
+            c.socket.display(),
+            c.log_tail()
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
