@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
@@ -137,23 +138,35 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<SocketAddr, HttpsError> {
     let config = cert.server_config(&[])?;
-    let tcp = TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpsError::Listen { addr, source })?;
-    let local = tcp
-        .local_addr()
-        .map_err(|source| HttpsError::Listen { addr, source })?;
-    let rx = super::tls::accept(tcp, config, "https", cancel.clone());
     let mut app = super::webhook::routes();
     if let Some((state, auth)) = view {
         app = app.merge(view_routes(state, auth));
     }
+    let local = serve_tls(addr, config, "https", app, cancel)
+        .await
+        .map_err(|source| HttpsError::Listen { addr, source })?;
+    tracing::info!(%local, "HTTPS serving (admission webhook, cluster view)");
+    Ok(local)
+}
+
+/// Binds `addr` and serves `app` over TLS with `config` (handshakes on
+/// their own tasks, named `what` in logs) until cancelled; returns the
+/// bound address.
+pub(crate) async fn serve_tls(
+    addr: SocketAddr,
+    config: Arc<ServerConfig>,
+    what: &'static str,
+    app: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let tcp = TcpListener::bind(addr).await?;
+    let local = tcp.local_addr()?;
+    let rx = super::tls::accept(tcp, config, what, cancel.clone());
     let listener = TlsListener { rx, local };
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await;
     });
-    tracing::info!(%local, "HTTPS serving (admission webhook, cluster view)");
     Ok(local)
 }

@@ -12,18 +12,16 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::tls::{self, CertReloader};
+use crate::coordinator::https::serve_tls;
+use crate::coordinator::tls::CertReloader;
 use crate::testkit::apiserver::{Identity, MockApi};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] crate::coordinator::tls::TlsError),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -37,27 +35,6 @@ const MAX_BODY: usize = 3 << 20;
 struct Front {
     /// Bearer token → a client of the mock authenticated as its identity.
     clients: BTreeMap<String, kube::Client>,
-}
-
-struct Listener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for Listener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 /// A Kubernetes `Status` answer.
@@ -110,13 +87,6 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<SocketAddr, FrontError> {
     let config = cert.server_config(&[b"http/1.1"])?;
-    let tcp = TcpListener::bind(addr)
-        .await
-        .map_err(|source| FrontError::Listen { addr, source })?;
-    let local = tcp
-        .local_addr()
-        .map_err(|source| FrontError::Listen { addr, source })?;
-    let rx = tls::accept(tcp, config, "apiserver", cancel.clone());
     let clients = users
         .into_iter()
         .map(|(token, who)| (token, api.client_as(who)))
@@ -124,10 +94,7 @@ pub async fn serve(
     let app = axum::Router::new()
         .fallback(forward)
         .with_state(Arc::new(Front { clients }));
-    tokio::spawn(async move {
-        let _ = axum::serve(Listener { rx, local }, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await;
-    });
-    Ok(local)
+    serve_tls(addr, config, "apiserver", app, cancel)
+        .await
+        .map_err(|source| FrontError::Listen { addr, source })
 }
