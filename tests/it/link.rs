@@ -49,6 +49,28 @@ pub(crate) async fn coordinator(grpc: &str, cancel: &CancellationToken) -> Coord
         .expect("coordinator starts")
 }
 
+/// A coordinator serving the link and the view over TLS with the pair in
+/// `certs` (see [`serving_certificate`]), with `view_auth` guarding the view.
+pub(crate) async fn tls_coordinator(
+    certs: &std::path::Path,
+    view_auth: Option<std::sync::Arc<dyn prewarm::coordinator::view_auth::ViewAuth>>,
+    cancel: &CancellationToken,
+) -> Coordinator {
+    let opts = CoordinatorOptions {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        https_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: Some((certs.join("tls.crt"), certs.join("tls.key"))),
+        insecure: false,
+        view_auth,
+        retention: Default::default(),
+        watch_api: false,
+    };
+    Coordinator::start(opts, tokens(), cancel.clone())
+        .await
+        .expect("coordinator starts")
+}
+
 pub(crate) async fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
     for _ in 0..secs * 10 {
         if check() {
@@ -663,19 +685,7 @@ async fn the_link_runs_over_tls_with_the_serving_certificate_from_files() {
     let d = dir.path();
 
     let cancel = CancellationToken::new();
-    let opts = CoordinatorOptions {
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        https_listen: "127.0.0.1:0".parse().unwrap(),
-        tls: Some((d.join("tls.crt"), d.join("tls.key"))),
-        insecure: false,
-        view_auth: None,
-        retention: Default::default(),
-        watch_api: false,
-    };
-    let coord = Coordinator::start(opts, tokens(), cancel.clone())
-        .await
-        .unwrap();
+    let coord = tls_coordinator(d, None, &cancel).await;
     let state = coord.state.clone();
 
     // An agent that trusts the CA attaches over https.

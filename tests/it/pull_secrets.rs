@@ -13,7 +13,6 @@ use prewarm::agent::link::{self, LinkConfig, NodeReport};
 use prewarm::coordinator::gate::{self, GateOptions};
 use prewarm::coordinator::pull_secrets::{Publisher, PullSecrets, RolloutPublisher, ROLE};
 use prewarm::coordinator::rollouts::{self, RolloutConfig};
-use prewarm::coordinator::{Coordinator, CoordinatorOptions};
 use prewarm::node::containerd::Containerd;
 use prewarm::testkit::apiserver::{Identity, MockApi, Policy};
 use prewarm::testkit::containerd::{TestContainerd, Version};
@@ -23,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Upstream, MIB};
-use crate::link::{serving_certificate, tokens, wait_for, wait_present};
+use crate::link::{serving_certificate, tls_coordinator, wait_for, wait_present};
 
 const NS: &str = "integrations";
 const USER: &str = "robot";
@@ -148,19 +147,7 @@ async fn an_image_only_the_workloads_secret_pulls_is_warmed_by_a_rollout_and_a_g
     let certs = serving_certificate();
     let dir = certs.path();
     let cancel = CancellationToken::new();
-    let opts = CoordinatorOptions {
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        https_listen: "127.0.0.1:0".parse().unwrap(),
-        tls: Some((dir.join("tls.crt"), dir.join("tls.key"))),
-        insecure: false,
-        view_auth: None,
-        retention: Default::default(),
-        watch_api: false,
-    };
-    let coord = Coordinator::start(opts, tokens(), cancel.clone())
-        .await
-        .unwrap();
+    let coord = tls_coordinator(dir, None, &cancel).await;
     let endpoint = format!("https://127.0.0.1:{}", coord.grpc_addr.port());
 
     // The real agent on node-a: no registry credentials of its own.

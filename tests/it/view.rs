@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use prewarm::agent::link::{self, LinkConfig, NodeReport};
 use prewarm::coordinator::view_auth::{view_cache_config, CachedViewAuth, KubeViewAuth, ViewAuth};
-use prewarm::coordinator::{Coordinator, CoordinatorOptions};
+use prewarm::coordinator::Coordinator;
 use prewarm::testkit::apiserver::{BoundToken, Identity, MockApi, Policy, API_AUDIENCE};
 use prewarm::wire::v1::image_state::Phase;
 use prewarm::wire::v1::ImageState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{serving_certificate, tokens, wait_for};
+use crate::link::{serving_certificate, tls_coordinator, wait_for};
 
 const IMAGE: &str = "reg.example/erp/orders-api:1.4.2";
 
@@ -52,19 +52,7 @@ impl Rig {
         let view_auth: Arc<dyn ViewAuth> =
             Arc::new(CachedViewAuth::new(reviews, view_cache_config()));
         let cancel = CancellationToken::new();
-        let opts = CoordinatorOptions {
-            grpc_listen: "127.0.0.1:0".parse().unwrap(),
-            http_listen: "127.0.0.1:0".parse().unwrap(),
-            https_listen: "127.0.0.1:0".parse().unwrap(),
-            tls: Some((d.join("tls.crt"), d.join("tls.key"))),
-            insecure: false,
-            view_auth: Some(view_auth),
-            retention: Default::default(),
-            watch_api: false,
-        };
-        let coord = Coordinator::start(opts, tokens(), cancel.clone())
-            .await
-            .expect("coordinator starts");
+        let coord = tls_coordinator(d, Some(view_auth), &cancel).await;
         let token_file = d.join("b.token");
         std::fs::write(&token_file, "tok-b").unwrap();
         let mut report = NodeReport {
