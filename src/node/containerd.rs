@@ -1,7 +1,7 @@
 //! The real runtime: containerd's content, lease and image services and the
 //! CRI ImageService, all over the node's containerd socket.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +32,8 @@ use crate::node::runtime::{
 
 /// Writes are batched into chunks of this size before each round trip.
 const WRITE_CHUNK: usize = 1 << 20;
+/// Writes sent ahead of containerd's answers on one ingest.
+const WRITES_IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
 pub struct Containerd {
@@ -330,17 +332,19 @@ impl ContentStore for Containerd {
         &self,
         lease: &LeaseId,
         digest: &str,
+        media_type: &str,
         size: u64,
         labels: BTreeMap<String, String>,
     ) -> Result<Box<dyn BlobWriter>> {
         let mut client = ContentClient::new(self.channel.clone());
-        let (tx, rx) = mpsc::channel::<WriteContentRequest>(2);
+        let (tx, rx) = mpsc::channel::<WriteContentRequest>(WRITES_IN_FLIGHT);
         let mut req = self.req(tokio_stream::wrappers::ReceiverStream::new(rx));
         if let Ok(l) = lease.0.parse() {
             req.metadata_mut().insert("containerd-lease", l);
         }
-        // The ref names the ingest so an interrupted write can be resumed.
-        let ingest_ref = format!("prewarm-{digest}");
+        // containerd's own ref for the blob: an interrupted write can be
+        // resumed, and a CRI pull of the same blob waits for this one.
+        let ingest_ref = crate::node::manifest::ingest_ref(media_type, digest);
         let stat = WriteContentRequest {
             action: WriteAction::Stat as i32,
             r#ref: ingest_ref.clone(),
@@ -365,6 +369,8 @@ impl ContentStore for Containerd {
             digest: digest.to_string(),
             size,
             offset,
+            sent: offset,
+            in_flight: VecDeque::new(),
             buffer: BytesMut::new(),
             labels,
         }))
@@ -388,6 +394,10 @@ impl Containerd {
                 digest: digest.to_string(),
                 message: s.message().to_string(),
             },
+            // "ref k8s.io/1/layer-sha256:… locked for 2s (since …)"
+            Code::Unavailable if s.message().contains(" locked") => RuntimeError::Locked {
+                digest: digest.to_string(),
+            },
             _ => self.map_err("content.Write", s),
         }
     }
@@ -409,49 +419,73 @@ struct ContainerdWriter {
     ingest_ref: String,
     digest: String,
     size: u64,
+    /// Bytes containerd has confirmed.
     offset: u64,
+    /// Bytes sent, confirmed or not.
+    sent: u64,
+    /// Offsets containerd should answer with, oldest first.
+    in_flight: VecDeque<u64>,
     buffer: BytesMut,
     labels: BTreeMap<String, String>,
 }
 
 impl ContainerdWriter {
-    async fn round_trip(&mut self, req: WriteContentRequest) -> Result<WriteContentResponse> {
+    async fn send(&mut self, req: WriteContentRequest) -> Result<()> {
         let digest = self.digest.clone();
         self.tx
             .send(req)
             .await
-            .map_err(|_| self.owner.closed(&digest))?;
+            .map_err(|_| self.owner.closed(&digest))
+    }
+
+    async fn response(&mut self) -> Result<WriteContentResponse> {
+        let digest = self.digest.clone();
         next_response(&mut self.responses)
             .await
             .map_err(|s| self.owner.write_err(&digest, s))
     }
 
+    /// Waits for the oldest unanswered write and checks containerd's offset.
+    async fn confirm_one(&mut self) -> Result<()> {
+        let Some(expected) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let resp = self.response().await?;
+        if resp.offset.max(0) as u64 != expected {
+            return Err(RuntimeError::Verification {
+                digest: self.digest.clone(),
+                message: format!(
+                    "containerd is at offset {}, expected {expected}",
+                    resp.offset
+                ),
+            });
+        }
+        self.offset = expected;
+        Ok(())
+    }
+
+    /// Sends the buffer without waiting for its answer: up to
+    /// `WRITES_IN_FLIGHT` writes overlap containerd's hashing and disk writes.
     async fn flush(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        while self.in_flight.len() >= WRITES_IN_FLIGHT {
+            self.confirm_one().await?;
+        }
         let data = self.buffer.split().freeze();
-        let len = data.len() as u64;
         let req = WriteContentRequest {
             action: WriteAction::Write as i32,
             r#ref: self.ingest_ref.clone(),
             total: self.size as i64,
             expected: self.digest.clone(),
-            offset: self.offset as i64,
+            offset: self.sent as i64,
             data: data.to_vec(),
             ..Default::default()
         };
-        let resp = self.round_trip(req).await?;
-        self.offset += len;
-        if resp.offset.max(0) as u64 != self.offset {
-            return Err(RuntimeError::Verification {
-                digest: self.digest.clone(),
-                message: format!(
-                    "containerd is at offset {}, expected {}",
-                    resp.offset, self.offset
-                ),
-            });
-        }
+        self.send(req).await?;
+        self.sent += data.len() as u64;
+        self.in_flight.push_back(self.sent);
         Ok(())
     }
 }
@@ -459,7 +493,7 @@ impl ContainerdWriter {
 #[async_trait]
 impl BlobWriter for ContainerdWriter {
     fn offset(&self) -> u64 {
-        self.offset + self.buffer.len() as u64
+        self.sent + self.buffer.len() as u64
     }
 
     async fn write(&mut self, data: Bytes) -> Result<()> {
@@ -495,6 +529,9 @@ impl BlobWriter for ContainerdWriter {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.flush().await?;
+        while !self.in_flight.is_empty() {
+            self.confirm_one().await?;
+        }
         let req = WriteContentRequest {
             action: WriteAction::Commit as i32,
             r#ref: self.ingest_ref.clone(),
@@ -504,7 +541,8 @@ impl BlobWriter for ContainerdWriter {
             labels: std::mem::take(&mut self.labels).into_iter().collect(),
             ..Default::default()
         };
-        match self.round_trip(req).await {
+        self.send(req).await?;
+        match self.response().await {
             Ok(_) => Ok(()),
             // Someone else committed the same blob meanwhile: that is success.
             Err(RuntimeError::AlreadyExists { .. }) => Ok(()),

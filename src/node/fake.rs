@@ -49,6 +49,16 @@ pub struct FakeState {
     pub snapshotter: Option<String>,
     /// Image ids (config digests) → snapshotters they are unpacked in.
     pub unpacked: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Ingests with an open writer (their lock is held), by digest.
+    pub writing: std::collections::BTreeSet<String>,
+    /// Ingests another client (a kubelet's CRI pull) holds: writers get
+    /// `Locked` until [`FakeRuntime::finish_held`].
+    pub held: std::collections::BTreeSet<String>,
+    /// Ingest refs writers were opened with, in order.
+    pub ingest_refs: Vec<String>,
+    /// Blobs present when each CRI pull was called, in call order: a pull
+    /// that started before its download finished saw fewer than all.
+    pub present_at_cri_pull: Vec<usize>,
 }
 
 /// A containerd stand-in: content store, leases, image records and a CRI
@@ -59,6 +69,8 @@ pub struct FakeRuntime {
     pub version: String,
     /// Manifests CRI would resolve, by CRI name → (top digest, config digest, blobs).
     pub catalog: Arc<Mutex<HashMap<String, CatalogEntry>>>,
+    /// Woken whenever an ingest is committed, aborted or released.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl FakeRuntime {
@@ -67,11 +79,64 @@ impl FakeRuntime {
             state: Arc::default(),
             version: version.to_string(),
             catalog: Arc::default(),
+            changed: Arc::default(),
         }
+    }
+
+    /// Another client holds `digest`'s ingest until [`Self::finish_held`].
+    pub fn hold(&self, digest: &str) {
+        self.lock().held.insert(digest.to_string());
+    }
+
+    /// The other client commits `body` and releases its ingest.
+    pub fn finish_held(&self, digest: &str, body: Bytes) {
+        let mut st = self.lock();
+        st.held.remove(digest);
+        st.content.insert(digest.to_string(), body);
+        drop(st);
+        self.changed.notify_waiters();
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What containerd's fetcher does with a blob another client is
+    /// writing: waits for it. The fake insists every other blob is present
+    /// (the real CRI would fetch it itself, which prewarm must never leave
+    /// to it).
+    async fn wait_for_writers(&self, image: &str, blobs: &[String]) -> Result<()> {
+        {
+            let mut st = self.lock();
+            let present = blobs.iter().filter(|b| st.content.contains_key(*b)).count();
+            st.present_at_cri_pull.push(present);
+        }
+        loop {
+            let changed = self.changed.notified();
+            match self.blobs_ready(image, blobs) {
+                Ok(true) => return Ok(()),
+                Ok(false) => changed.await,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// All present (true), some still being written (false), or one that
+    /// nobody writes (an error).
+    fn blobs_ready(&self, image: &str, blobs: &[String]) -> Result<bool> {
+        let st = self.lock();
+        let mut ready = true;
+        for b in blobs.iter().filter(|b| !st.content.contains_key(*b)) {
+            if !st.writing.contains(b) && !st.held.contains(b) {
+                return Err(RuntimeError::CriPull {
+                    image: image.to_string(),
+                    message: format!("blob {b} was not prefetched"),
+                    code: tonic::Code::Internal,
+                });
+            }
+            ready = false;
+        }
+        Ok(ready)
     }
 
     fn pin_honoured(&self) -> bool {
@@ -81,9 +146,20 @@ impl FakeRuntime {
 
 struct FakeWriter {
     state: Arc<Mutex<FakeState>>,
+    changed: Arc<tokio::sync::Notify>,
     digest: String,
     size: u64,
     buf: Vec<u8>,
+}
+
+impl Drop for FakeWriter {
+    /// Closing the stream releases the ingest's lock, as containerd does.
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.writing.remove(&self.digest);
+        drop(st);
+        self.changed.notify_waiters();
+    }
 }
 
 #[async_trait]
@@ -100,7 +176,7 @@ impl BlobWriter for FakeWriter {
         ingest.extend_from_slice(&data);
         Ok(())
     }
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.ingests.remove(&self.digest);
         if self.buf.len() as u64 != self.size || sha256_hex(&self.buf) != self.digest {
@@ -109,8 +185,8 @@ impl BlobWriter for FakeWriter {
                 message: "unexpected commit digest".into(),
             });
         }
-        st.content
-            .insert(self.digest.clone(), Bytes::from(self.buf));
+        let body = Bytes::from(std::mem::take(&mut self.buf));
+        st.content.insert(self.digest.clone(), body);
         Ok(())
     }
     async fn abort(self: Box<Self>) -> Result<()> {
@@ -201,6 +277,7 @@ impl ContentStore for FakeRuntime {
         &self,
         lease: &LeaseId,
         digest: &str,
+        media_type: &str,
         size: u64,
         _labels: BTreeMap<String, String>,
     ) -> Result<Box<dyn BlobWriter>> {
@@ -210,11 +287,20 @@ impl ContentStore for FakeRuntime {
                 digest: digest.to_string(),
             });
         }
+        if st.held.contains(digest) || st.writing.contains(digest) {
+            return Err(RuntimeError::Locked {
+                digest: digest.to_string(),
+            });
+        }
+        st.writing.insert(digest.to_string());
+        st.ingest_refs
+            .push(manifest::ingest_ref(media_type, digest));
         if let Some(l) = st.leases.get_mut(&lease.0) {
             l.push(digest.to_string());
         }
         let buf = st.ingests.get(digest).cloned().unwrap_or_default();
         Ok(Box::new(FakeWriter {
+            changed: self.changed.clone(),
             state: self.state.clone(),
             digest: digest.to_string(),
             size,
@@ -278,15 +364,17 @@ impl ImageStore for FakeRuntime {
             .unwrap_or_else(|p| p.into_inner())
             .get(image)
             .cloned();
-        let mut st = self.lock();
-        if st.fail_cri_pulls > 0 {
-            st.fail_cri_pulls -= 1;
-            return Err(RuntimeError::Unavailable {
-                socket: "fake".into(),
-                message: "restarting".into(),
-            });
+        {
+            let mut st = self.lock();
+            if st.fail_cri_pulls > 0 {
+                st.fail_cri_pulls -= 1;
+                return Err(RuntimeError::Unavailable {
+                    socket: "fake".into(),
+                    message: "restarting".into(),
+                });
+            }
+            st.cri_pulls.push(image.to_string());
         }
-        st.cri_pulls.push(image.to_string());
         let Some((top, config, blobs)) = entry else {
             return Err(RuntimeError::CriPull {
                 image: image.to_string(),
@@ -294,14 +382,8 @@ impl ImageStore for FakeRuntime {
                 code: tonic::Code::NotFound,
             });
         };
-        // The real CRI would fetch what is missing; the fake insists phase 1 did.
-        if let Some(missing) = blobs.iter().find(|b| !st.content.contains_key(*b)) {
-            return Err(RuntimeError::CriPull {
-                image: image.to_string(),
-                message: format!("blob {missing} was not prefetched"),
-                code: tonic::Code::Internal,
-            });
-        }
+        self.wait_for_writers(image, &blobs).await?;
+        let mut st = self.lock();
         let name = image.split(['@']).next().unwrap_or(image);
         let name = match name.rsplit_once(':') {
             Some((n, t)) if !t.contains('/') => n.to_string(),
@@ -377,6 +459,9 @@ pub enum BlobFault {
     Truncate(usize),
     /// Answer with this HTTP status (and Retry-After seconds).
     Status(u16, Option<u64>),
+    /// Send the first chunk, then hold the rest until the test calls
+    /// `notify_one` (a download in flight).
+    Gate(Arc<tokio::sync::Notify>),
 }
 
 impl FakeRegistry {
@@ -508,6 +593,7 @@ impl Registry for FakeRegistry {
             })?;
         let mut body = data.slice(offset as usize..);
         let mut tail_err = None;
+        let mut gate = None;
         match fault {
             Some(BlobFault::Status(status, after)) => {
                 return Err(RegistryError::Http {
@@ -523,6 +609,7 @@ impl Registry for FakeRegistry {
                     message: "connection reset".into(),
                 });
             }
+            Some(BlobFault::Gate(g)) => gate = Some(g),
             None => {}
         }
         *self
@@ -534,7 +621,17 @@ impl Registry for FakeRegistry {
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .chain(tail_err.map(Err))
             .collect();
-        Ok(futures::stream::iter(chunks).boxed())
+        let Some(gate) = gate else {
+            return Ok(futures::stream::iter(chunks).boxed());
+        };
+        let mut chunks = chunks.into_iter();
+        let first: Vec<_> = chunks.next().into_iter().collect();
+        let rest = futures::stream::once(async move {
+            gate.notified().await;
+            futures::stream::iter(chunks)
+        })
+        .flatten();
+        Ok(futures::stream::iter(first).chain(rest).boxed())
     }
 
     fn credential(&self, _image: &ImageRef) -> Credential {

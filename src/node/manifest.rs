@@ -55,6 +55,42 @@ pub enum ManifestError {
     UnsupportedLayer(String),
 }
 
+/// The ingest ref containerd's own fetcher (`remotes.MakeRefKey`) uses for a
+/// blob of `media_type`. Writing under the same ref makes a concurrent CRI
+/// pull wait for our write instead of downloading the blob a second time.
+pub fn ingest_ref(media_type: &str, digest: &str) -> String {
+    // containerd strips `+suffix` parts (e.g. `+encrypted`) of layer types.
+    let base = media_type.split('+').next().unwrap_or(media_type);
+    let kind = match media_type {
+        OCI_MANIFEST | DOCKER_MANIFEST | DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED => "manifest",
+        OCI_INDEX | DOCKER_LIST => "index",
+        _ if media_type.starts_with("application/vnd.oci.image.layer.")
+            || DOCKER_LAYERS.contains(&base) =>
+        {
+            "layer"
+        }
+        _ if KNOWN_CONFIGS.contains(&media_type) => "config",
+        _ => "unknown",
+    };
+    format!("{kind}-{digest}")
+}
+
+const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+const DOCKER_LAYERS: [&str; 5] = [
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
+const KNOWN_CONFIGS: [&str; 4] = [
+    "application/vnd.docker.container.image.v1+json",
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.containerd.container.criu.checkpoint.criu.tar",
+    "application/vnd.containerd.container.checkpoint.config.v1+proto",
+];
+
 /// Decides the media type from the header, falling back to the body.
 pub fn media_type_of(header: Option<&str>, body: &[u8]) -> String {
     let header = header
@@ -231,6 +267,45 @@ pub fn select_platform<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ingest_refs_match_containerd_make_ref_key() {
+        let d = "sha256:ab";
+        let cases = [
+            (super::OCI_MANIFEST, "manifest-sha256:ab"),
+            (super::DOCKER_MANIFEST, "manifest-sha256:ab"),
+            (super::OCI_INDEX, "index-sha256:ab"),
+            (super::DOCKER_LIST, "index-sha256:ab"),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                "layer-sha256:ab",
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                "layer-sha256:ab",
+            ),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "layer-sha256:ab",
+            ),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip+encrypted",
+                "layer-sha256:ab",
+            ),
+            (
+                "application/vnd.oci.image.config.v1+json",
+                "config-sha256:ab",
+            ),
+            (
+                "application/vnd.docker.container.image.v1+json",
+                "config-sha256:ab",
+            ),
+            ("application/vnd.example.thing", "unknown-sha256:ab"),
+        ];
+        for (mt, want) in cases {
+            assert_eq!(super::ingest_ref(mt, d), want, "{mt}");
+        }
+    }
+
     use super::*;
 
     fn entry(arch: &str, variant: Option<&str>, digest: &str) -> PlatformEntry {

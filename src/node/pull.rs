@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::reference::ImageRef;
@@ -97,6 +98,13 @@ pub trait PullObserver: Send + Sync {
 /// Bytes written between re-checks of the disk floor during a download
 /// (one statvfs each).
 const DISK_RECHECK: u64 = 4 << 20;
+
+/// How long a CRI PullImage started early may wait for our downloads.
+const CRI_WAIT_CEILING: Duration = Duration::from_secs(24 * 3600);
+
+#[path = "pull_fetch.rs"]
+mod fetch;
+use fetch::{Claim, Stage};
 
 pub struct NoopObserver;
 impl PullObserver for NoopObserver {}
@@ -368,29 +376,32 @@ impl Engine {
             source,
         };
         let budget = &self.budget(opts);
-        let fetched: u64 = futures::stream::iter(plan.blobs.clone())
-            .map(|blob| async move {
-                self.ensure_blob(image, &blob, lease, key, budget, cancel)
-                    .await
-            })
-            .buffer_unordered(self.pacing.max_concurrent_blobs.max(1))
-            .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
-            .await?;
-        // Manifests last, labelled so GC keeps their children once the lease goes.
+        // Manifests first, labelled so GC keeps their children once the
+        // lease goes: a CRI pull started before the blobs are in finds them.
         for m in &plan.manifests {
-            self.put_small(lease, &m.digest, m.body.clone(), m.labels.clone())
-                .await
-                .map_err(rt_err)?;
+            self.put_small(lease, m).await.map_err(rt_err)?;
         }
-        let credential = self.registry.credential(image);
+        let (stage, _) = watch::channel(Stage {
+            unclaimed: plan.blobs.len(),
+            fetched: false,
+        });
+        let fetch = async {
+            let stage = &stage;
+            let fetched = futures::stream::iter(plan.blobs.clone())
+                .map(|blob| async move {
+                    let claim = Claim::new(stage);
+                    self.ensure_blob(image, &blob, lease, key, budget, &claim, cancel)
+                        .await
+                })
+                .buffer_unordered(self.pacing.max_concurrent_blobs.max(1))
+                .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+                .await?;
+            stage.send_modify(|s| s.fetched = true);
+            Ok::<_, PullError>(fetched)
+        };
+        let (fetched, image_id) =
+            fetch_then_cri(fetch, self.cri_pull(image, opts, &stage, cancel)).await?;
         let cri_name = image.cri_name();
-        let image_id = retry(self.backoff(), cancel, || async {
-            self.images
-                .pull_image(&cri_name, &credential, opts.cri_timeout)
-                .await
-                .map_err(rt_err)
-        })
-        .await?;
         let pinned = if opts.pin {
             match self.images.image_status(&cri_name).await.map_err(rt_err)? {
                 Some(st) => pin::pin(self.images.as_ref(), &st).await.map_err(rt_err)?,
@@ -400,6 +411,47 @@ impl Engine {
             false
         };
         Ok((image_id, fetched, pinned))
+    }
+
+    /// CRI PullImage, started as soon as every blob is committed or being
+    /// written: containerd unpacks each layer while later ones still
+    /// download. `cri_timeout` counts from when the last blob is in.
+    async fn cri_pull(
+        &self,
+        image: &ImageRef,
+        opts: &PullOptions,
+        stage: &watch::Sender<Stage>,
+        cancel: &CancellationToken,
+    ) -> Result<String, PullError> {
+        let name = image.to_string();
+        let mut rx = stage.subscribe();
+        if rx.wait_for(|s| s.unclaimed == 0).await.is_err() {
+            return Err(PullError::Cancelled { image: name });
+        }
+        let credential = self.registry.credential(image);
+        let cri_name = image.cri_name();
+        retry(self.backoff(), cancel, || async {
+            let mut rx = stage.subscribe();
+            let deadline = async {
+                let _ = rx.wait_for(|s| s.fetched).await;
+                tokio::time::sleep(opts.cri_timeout).await;
+            };
+            // The RPC's own bound only catches a download that never ends.
+            let ceiling = opts.cri_timeout + CRI_WAIT_CEILING;
+            tokio::select! {
+                r = self.images.pull_image(&cri_name, &credential, ceiling) => r,
+                _ = deadline => Err(RuntimeError::CriPull {
+                    image: cri_name.clone(),
+                    message: format!("no answer {:?} after the last blob was in", opts.cri_timeout),
+                    code: tonic::Code::DeadlineExceeded,
+                }),
+            }
+            .map_err(|source| PullError::Runtime {
+                image: name.clone(),
+                source,
+            })
+        })
+        .await
     }
 
     /// Compressed bytes this node still lacks for `image` on `opts.platform`
@@ -613,182 +665,35 @@ impl Engine {
         };
         paced.max(Duration::from_secs(3600))
     }
+}
 
-    /// Makes `blob` present and protected by `lease`; returns bytes fetched.
-    async fn ensure_blob(
-        &self,
-        image: &ImageRef,
-        blob: &Descriptor,
-        lease: &LeaseId,
-        key: SlotKey,
-        budget: &Budget,
-        cancel: &CancellationToken,
-    ) -> Result<u64, PullError> {
-        let name = image.to_string();
-        let rt_err = |source| PullError::Runtime {
-            image: name.clone(),
-            source,
-        };
-        // One download per digest on this node, whichever image asks first.
-        let lock = {
-            let mut locks = self.blob_locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(blob.digest.clone()).or_default().clone()
-        };
-        let _guard = lock.lock().await;
-        let result = async {
-            if self
-                .content
-                .content_size(&blob.digest)
-                .await
-                .map_err(rt_err)?
-                .is_some()
-            {
-                self.content
-                    .lease_content(lease, &blob.digest)
-                    .await
-                    .map_err(rt_err)?;
-                return Ok(0);
-            }
-            let mut labels = BTreeMap::new();
-            labels.insert(
-                format!("containerd.io/distribution.source.{}", image.registry),
-                image.repository.clone(),
-            );
-            let _slot = self.blob_slots.acquire(key).await;
-            // Counts bytes of failed attempts too: they crossed the network.
-            let moved = std::sync::atomic::AtomicU64::new(0);
-            retry(self.backoff(), cancel, || {
-                self.download(image, blob, lease, labels.clone(), budget, &moved)
-            })
-            .await?;
-            Ok(moved.load(std::sync::atomic::Ordering::Relaxed))
-        }
-        .await;
-        drop(_guard);
-        let mut locks = self.blob_locks.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::strong_count(&lock) <= 2 {
-            locks.remove(&blob.digest);
-        }
-        result
-    }
-
-    /// One attempt: resumes the ingest where containerd has it and streams
-    /// the rest through the bandwidth limiter.
-    async fn download(
-        &self,
-        image: &ImageRef,
-        blob: &Descriptor,
-        lease: &LeaseId,
-        labels: BTreeMap<String, String>,
-        budget: &Budget,
-        moved: &std::sync::atomic::AtomicU64,
-    ) -> Result<(), PullError> {
-        let name = image.to_string();
-        let rt_err = |source| PullError::Runtime {
-            image: name.clone(),
-            source,
-        };
-        let mut writer = match self
-            .content
-            .writer(lease, &blob.digest, blob.size, labels)
-            .await
-        {
-            Ok(w) => w,
-            Err(RuntimeError::AlreadyExists { .. }) => return Ok(()),
-            Err(e) => return Err(rt_err(e)),
-        };
-        let start = writer.offset();
-        let mut got = start;
-        if start < blob.size {
-            let mut stream = self
-                .registry
-                .blob(image, &blob.digest, start)
-                .await
-                .map_err(|source| PullError::Registry {
-                    image: name.clone(),
-                    source,
-                })?;
-            let mut since_disk_check = 0u64;
-            while let Some(chunk) = stream.next().await {
-                let chunk: Bytes = match chunk {
-                    Ok(c) => c,
-                    // A cut stream is resumed by the next attempt.
-                    Err(RegistryError::Transport { .. }) => break,
-                    Err(source) => {
-                        return Err(PullError::Registry {
-                            image: name.clone(),
-                            source,
-                        })
-                    }
+/// Runs phase 1 and the early CRI pull together. A fetch error ends both at
+/// once (it says more than CRI's view of the same failure); a CRI error is
+/// reported once the fetch has finished, so its bytes are kept.
+async fn fetch_then_cri(
+    fetch: impl std::future::Future<Output = Result<u64, PullError>>,
+    cri: impl std::future::Future<Output = Result<String, PullError>>,
+) -> Result<(u64, String), PullError> {
+    tokio::pin!(fetch, cri);
+    let mut cri_result = None;
+    loop {
+        tokio::select! {
+            r = &mut fetch => {
+                let fetched = r?;
+                let id = match cri_result.take() {
+                    Some(r) => r?,
+                    None => cri.await?,
                 };
-                let n = chunk.len() as u64;
-                if got + n > blob.size {
-                    return Err(PullError::Registry {
-                        image: name.clone(),
-                        source: RegistryError::BadReply {
-                            what: format!("blob {}", blob.digest),
-                            message: format!("more than the {} bytes announced", blob.size),
-                        },
-                    });
-                }
-                budget.take(chunk.len()).await;
-                writer.write(chunk).await.map_err(rt_err)?;
-                got += n;
-                moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                self.observer.bytes(&name, n);
-                since_disk_check += n;
-                if since_disk_check >= DISK_RECHECK {
-                    since_disk_check = 0;
-                    if let Err(e) = self.check_disk(&name, blob.size - got) {
-                        // Another writer took the space: free ours at once.
-                        if let Err(a) = writer.abort().await {
-                            tracing::warn!(digest = %blob.digest, error = %a, "could not abort the ingest");
-                        }
-                        return Err(e);
-                    }
-                }
+                return Ok((fetched, id));
             }
+            r = &mut cri, if cri_result.is_none() => cri_result = Some(r),
         }
-        if got < blob.size {
-            return Err(PullError::Truncated {
-                image: name,
-                digest: blob.digest.clone(),
-                got,
-                expected: blob.size,
-            });
-        }
-        writer.commit().await.map_err(rt_err)
-    }
-
-    async fn put_small(
-        &self,
-        lease: &LeaseId,
-        digest: &str,
-        body: Bytes,
-        labels: BTreeMap<String, String>,
-    ) -> Result<(), RuntimeError> {
-        if self.content.content_size(digest).await?.is_some() {
-            return self.content.lease_content(lease, digest).await;
-        }
-        let mut w = match self
-            .content
-            .writer(lease, digest, body.len() as u64, labels)
-            .await
-        {
-            Ok(w) => w,
-            Err(RuntimeError::AlreadyExists { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let offset = w.offset() as usize;
-        if offset < body.len() {
-            w.write(body.slice(offset..)).await?;
-        }
-        w.commit().await
     }
 }
 
 struct ManifestDoc {
     digest: String,
+    media_type: String,
     body: Bytes,
     labels: BTreeMap<String, String>,
 }
@@ -797,6 +702,7 @@ impl ManifestDoc {
     fn new(m: &FetchedManifest, labels: BTreeMap<String, String>) -> Self {
         Self {
             digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
             body: m.body.clone(),
             labels,
         }

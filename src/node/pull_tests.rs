@@ -339,7 +339,10 @@ async fn cancellation_stops_and_releases() {
         st.deleted_leases
     );
     assert!(st.leases.is_empty(), "lease left behind: {:?}", st.leases);
-    assert!(st.cri_pulls.is_empty(), "{:?}", st.cri_pulls);
+    // CRI PullImage starts beside the download and is cancelled with it:
+    // nothing was recorded or unpacked.
+    assert!(st.records.is_empty(), "{:?}", st.records);
+    assert!(st.unpacked.is_empty(), "{:?}", st.unpacked);
 }
 
 /// A dead agent's lease is handed over at start and released by the first
@@ -452,4 +455,129 @@ async fn never_unpins_what_others_pinned() {
     );
     assert!(!tag.labels.contains_key(PREWARM_PINNED_LABEL));
     assert!(pin::pinned_by_us(&r.rt).await.unwrap().is_empty());
+}
+
+/// Polls (in paused time) until `cond` holds; panics with `what` otherwise.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cri_pull_starts_while_a_layer_is_still_downloading() {
+    let r = rig();
+    let slow = layer(2, 400_000);
+    let img = r.image("reg.test/app:1", &[layer(1, 300_000), slow.clone()]);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let slow_digest = crate::node::registry::sha256_hex(&slow);
+    r.reg.fault(&slow_digest, BlobFault::Gate(gate.clone()));
+    let engine = Arc::new(r.engine);
+    let warm = tokio::spawn({
+        let (engine, img) = (engine.clone(), img.clone());
+        async move {
+            engine
+                .warm(&img, &opts(false), &CancellationToken::new())
+                .await
+        }
+    });
+    // containerd unpacks the first layer while the second still arrives.
+    eventually("CRI PullImage while a layer is held mid-download", || {
+        !r.rt.lock().present_at_cri_pull.is_empty()
+    })
+    .await;
+    let present = r.rt.lock().present_at_cri_pull[0];
+    assert!(present < 3, "CRI saw {present} of 3 blobs: it started late");
+    gate.notify_one();
+    let out = warm.await.unwrap().unwrap();
+    assert!(!out.already_present);
+    assert_eq!(r.rt.lock().cri_pulls, vec!["reg.test/app:1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cri_timeout_counts_from_the_last_blob_not_from_the_early_start() {
+    let r = rig();
+    let slow = layer(2, 400_000);
+    let img = r.image("reg.test/app:1", &[slow.clone()]);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    r.reg.fault(
+        &crate::node::registry::sha256_hex(&slow),
+        BlobFault::Gate(gate.clone()),
+    );
+    let mut o = opts(false);
+    o.cri_timeout = Duration::from_secs(1);
+    let engine = Arc::new(r.engine);
+    let warm = tokio::spawn({
+        let (engine, img) = (engine.clone(), img.clone());
+        async move { engine.warm(&img, &o, &CancellationToken::new()).await }
+    });
+    eventually("CRI PullImage started", || {
+        !r.rt.lock().present_at_cri_pull.is_empty()
+    })
+    .await;
+    // Ten times the CRI budget passes while the download is held.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    gate.notify_one();
+    warm.await.unwrap().unwrap();
+    assert_eq!(
+        r.rt.lock().cri_pulls.len(),
+        1,
+        "one CRI attempt, no timeout"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn blob_another_client_is_writing_is_waited_for_not_fetched_twice() {
+    let r = rig();
+    let theirs = layer(3, 500_000);
+    let img = r.image("reg.test/app:1", &[layer(1, 1000), theirs.clone()]);
+    let digest = crate::node::registry::sha256_hex(&theirs);
+    // A kubelet's CRI pull is already writing that layer.
+    r.rt.hold(&digest);
+    let engine = Arc::new(r.engine);
+    let warm = tokio::spawn({
+        let (engine, img) = (engine.clone(), img.clone());
+        async move {
+            engine
+                .warm(&img, &opts(false), &CancellationToken::new())
+                .await
+        }
+    });
+    eventually("our CRI pull to start beside the other writer", || {
+        !r.rt.lock().present_at_cri_pull.is_empty()
+    })
+    .await;
+    r.rt.finish_held(&digest, theirs);
+    let out = warm.await.unwrap().unwrap();
+    let reqs = r.reg.blob_requests.lock().unwrap().clone();
+    assert!(
+        reqs.iter().all(|(d, _)| *d != digest),
+        "fetched a blob another client was writing: {reqs:?}"
+    );
+    assert_eq!(out.fetched_bytes, 1000 + config_len(&r.rt, &r.reg, &img));
+}
+
+fn config_len(rt: &FakeRuntime, reg: &FakeRegistry, img: &ImageRef) -> u64 {
+    let (_, config, _) = rt.catalog.lock().unwrap()[&img.to_string()].clone();
+    reg.blobs.lock().unwrap()[&config].len() as u64
+}
+
+#[tokio::test]
+async fn blobs_are_written_under_containerds_own_ingest_refs() {
+    let r = rig();
+    let img = r.image("reg.test/app:1", &[layer(1, 1000)]);
+    r.engine
+        .warm(&img, &opts(false), &CancellationToken::new())
+        .await
+        .unwrap();
+    let (top, config, blobs) = r.rt.catalog.lock().unwrap()["reg.test/app:1"].clone();
+    let refs = r.rt.lock().ingest_refs.clone();
+    assert!(refs.contains(&format!("manifest-{top}")), "{refs:?}");
+    assert!(refs.contains(&format!("config-{config}")), "{refs:?}");
+    let layer = blobs.iter().find(|b| **b != config).unwrap();
+    assert!(refs.contains(&format!("layer-{layer}")), "{refs:?}");
 }

@@ -35,6 +35,10 @@ pub enum RuntimeError {
     },
     #[error("content {digest} already exists")]
     AlreadyExists { digest: String },
+    /// Another client (a CRI pull, another agent process) is writing the
+    /// same ingest right now.
+    #[error("content {digest} is being written by another client")]
+    Locked { digest: String },
     #[error("content {digest} failed verification: {message}")]
     Verification { digest: String, message: String },
     #[error("CRI PullImage {image}: {message}")]
@@ -49,7 +53,7 @@ impl RuntimeError {
     /// Worth retrying: the runtime restarted or was briefly unreachable.
     pub fn is_transient(&self) -> bool {
         match self {
-            RuntimeError::Unavailable { .. } => true,
+            RuntimeError::Unavailable { .. } | RuntimeError::Locked { .. } => true,
             RuntimeError::Rpc { code, .. } | RuntimeError::CriPull { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable
@@ -111,12 +115,15 @@ pub trait ContentStore: Send + Sync {
     async fn lease_content(&self, lease: &LeaseId, digest: &str) -> Result<()>;
     /// Size of committed content, None if absent.
     async fn content_size(&self, digest: &str) -> Result<Option<u64>>;
-    /// Opens (or resumes) an ingest of `digest` under `lease`.
-    /// Errors with `AlreadyExists` when the blob is already committed.
+    /// Opens (or resumes) an ingest of `digest` under `lease`, named as
+    /// containerd's own fetcher names it for `media_type`.
+    /// Errors with `AlreadyExists` when the blob is already committed, and
+    /// with `Locked` while another client writes the same ingest.
     async fn writer(
         &self,
         lease: &LeaseId,
         digest: &str,
+        media_type: &str,
         size: u64,
         labels: BTreeMap<String, String>,
     ) -> Result<Box<dyn BlobWriter>>;

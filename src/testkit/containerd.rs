@@ -166,6 +166,21 @@ impl TestContainerd {
         self.spawn().await
     }
 
+    /// Restarts with debug logging, so a test can see what containerd's own
+    /// pulls do (e.g. its fetcher's `fetch` line per blob).
+    pub async fn restart_with_debug_log(&mut self) -> Result<(), ContainerdError> {
+        let path = self.dir.join("config.toml");
+        let mut config = std::fs::read_to_string(&path)?;
+        config.push_str("\n[debug]\n  level = \"debug\"\n");
+        std::fs::write(&path, config)?;
+        self.restart().await
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
     /// Points containerd (and prewarm) at a mirror for `host` via hosts.toml.
     pub fn add_mirror(&self, host: &str, mirror_url: &str) -> std::io::Result<()> {
         let d = self.hosts_dir.join(host);

@@ -207,11 +207,15 @@ impl Registry {
 
     /// Last 4 KiB of the current log (registry warnings and access log).
     pub fn log_tail(&self) -> String {
-        let newest = (0..BIND_ATTEMPTS)
+        self.log_path().map(|p| tail(&p)).unwrap_or_default()
+    }
+
+    /// The current log file (registry warnings and the access log).
+    pub fn log_path(&self) -> Option<PathBuf> {
+        (0..BIND_ATTEMPTS)
             .rev()
             .map(|i| self.dir.join(format!("registry-{i}.log")))
-            .find(|p| p.exists());
-        newest.map(|p| tail(&p)).unwrap_or_default()
+            .find(|p| p.exists())
     }
 
     /// A pusher with this registry's URL and credentials.

@@ -20,6 +20,7 @@ mod pull_secrets;
 mod rbac;
 mod reattach;
 mod root;
+mod shared_ingest;
 mod snapshotter;
 mod view;
 mod windows;
