@@ -244,6 +244,27 @@ struct Sample {
     wall: f64,
     fetch: Option<f64>,
     snapshots: usize,
+    /// Blob bytes the registry sent (its access log).
+    served: u64,
+}
+
+/// Blob bytes a `docker-registry` access log records as sent (combined
+/// log format: `"GET /v2/<repo>/blobs/<digest> HTTP/1.1" <status> <bytes>`).
+fn blob_bytes_served(log: &Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("\"GET /v2/")?;
+            let (path, rest) = rest.split_once('"')?;
+            if !path.contains("/blobs/") {
+                return None;
+            }
+            let mut f = rest.split_whitespace();
+            let status: u16 = f.next()?.parse().ok()?;
+            let bytes: u64 = f.next()?.parse().ok()?;
+            matches!(status, 200 | 206).then_some(bytes)
+        })
+        .sum()
 }
 
 /// Where the node pulls from.
@@ -277,8 +298,15 @@ fn plain_http_hosts(node: &TestContainerd, host: &str) -> Result<()> {
 }
 
 /// One method on a fresh containerd, which is removed afterwards.
-async fn measure(m: Method, version: Version, refs: &[ImageRef], sc: Scenario) -> Result<Sample> {
+async fn measure(
+    m: Method,
+    version: Version,
+    refs: &[ImageRef],
+    sc: Scenario,
+    registry_log: &Path,
+) -> Result<Sample> {
     let mut node = TestContainerd::start(version).await?;
+    let served_before = blob_bytes_served(registry_log);
     let result = async {
         let hosts_dir = match sc {
             Scenario::Loopback => None,
@@ -301,6 +329,7 @@ async fn measure(m: Method, version: Version, refs: &[ImageRef], sc: Scenario) -
             wall,
             fetch,
             snapshots,
+            served: blob_bytes_served(registry_log) - served_before,
         })
     }
     .await
@@ -726,6 +755,11 @@ impl Wan {
         }
     }
 
+    /// The netns registry's log (its access log counts the bytes sent).
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
     /// CPU time the delay line has used so far, in clock ticks.
     fn cpu_ticks(&self) -> Result<u64> {
         let tids = self.tids.lock().unwrap().clone();
@@ -809,11 +843,12 @@ async fn run_methods(
     version: Version,
     refs: &[ImageRef],
     runs: usize,
+    registry_log: &Path,
 ) -> Result<HashMap<Method, Vec<Sample>>> {
     let mut samples: HashMap<Method, Vec<Sample>> = HashMap::new();
     for run in 1..=runs {
         for m in Method::ALL {
-            let s = measure(m, version, refs, sc).await?;
+            let s = measure(m, version, refs, sc, registry_log).await?;
             let name = sc.name();
             eprintln!(
                 "bench: {name:<8} run {run}/{runs} {:<40} {:>7.2}s",
@@ -831,12 +866,18 @@ fn method_table(samples: &HashMap<Method, Vec<Sample>>, cs: &CorpusStats, images
     let median = |m: Method| stats(&samples[&m].iter().map(|s| s.wall).collect::<Vec<_>>());
     let (cri_seq, cri_all) = (median(Method::CriSeq).0, median(Method::CriAll).0);
     let mut o = String::new();
-    o += "| Method | Median (s) | Min (s) | Max (s) | × CRI one-by-one | × CRI all-at-once | MB/s | Snapshots | Target |\n";
-    o += "|---|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    o += "| Method | Median (s) | Min (s) | Max (s) | × CRI one-by-one | × CRI all-at-once | MB/s | Blob MB sent by the registry | Snapshots | Target |\n";
+    o += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
     let expected_snaps = 1 + 3 * images;
     for m in Method::ALL {
         let (med, min, max) = median(m);
         let snaps = samples[&m].iter().map(|s| s.snapshots).min().unwrap_or(0);
+        let served = stats(
+            &samples[&m]
+                .iter()
+                .map(|s| s.served as f64)
+                .collect::<Vec<_>>(),
+        );
         let target = match m {
             Method::Prewarm => {
                 let ok = med <= 0.5 * cri_seq && med <= cri_all;
@@ -845,11 +886,12 @@ fn method_table(samples: &HashMap<Method, Vec<Sample>>, cs: &CorpusStats, images
             _ => String::new(),
         };
         o += &format!(
-            "| {} | {med:.2} | {min:.2} | {max:.2} | {:.2}× | {:.2}× | {:.0} | {snaps}/{expected_snaps} | {target} |\n",
+            "| {} | {med:.2} | {min:.2} | {max:.2} | {:.2}× | {:.2}× | {:.0} | {} | {snaps}/{expected_snaps} | {target} |\n",
             m.label(),
             med / cri_seq,
             med / cri_all,
             cs.distinct_compressed as f64 / MB / med,
+            served_cell(served),
         );
     }
     let pw = &samples[&Method::Prewarm];
@@ -862,6 +904,15 @@ fn method_table(samples: &HashMap<Method, Vec<Sample>>, cs: &CorpusStats, images
         wall - fetch
     );
     o
+}
+
+/// "251.3" when every run sent the same bytes, else "min–max".
+fn served_cell((_, min, max): (f64, f64, f64)) -> String {
+    if min == max {
+        format!("{:.1}", min / MB)
+    } else {
+        format!("{:.1}–{:.1}", min / MB, max / MB)
+    }
 }
 
 struct WanRuns {
@@ -906,7 +957,7 @@ async fn wan_scenario(
         .map(|(repo, tag, _)| format!("{WAN_REGISTRY}/{repo}:{tag}").parse())
         .collect::<Result<_, _>>()?;
     let (t0, c0) = (Instant::now(), wan.cpu_ticks()?);
-    let samples = run_methods(Scenario::Wan, version, &refs, runs).await?;
+    let samples = run_methods(Scenario::Wan, version, &refs, runs, &wan.log_path()).await?;
     let emulator_cpu = (wan.cpu_ticks()? - c0) as f64 / clock_ticks().await;
     Ok(Ok(WanRuns {
         link,
@@ -948,7 +999,8 @@ async fn main() -> Result<()> {
         .map(|(repo, tag, _)| format!("{}/{repo}:{tag}", registry.host()).parse())
         .collect::<Result<_, _>>()?;
 
-    let loopback = run_methods(Scenario::Loopback, version, &refs, runs).await?;
+    let registry_log = registry.log_path().context("the registry has no log")?;
+    let loopback = run_methods(Scenario::Loopback, version, &refs, runs, &registry_log).await?;
     let storage = registry.storage_dir();
     let wan = wan_scenario(&storage, &corpus, version, runs, wan_enabled).await?;
 
