@@ -10,7 +10,8 @@
 //! `PREWARM_BENCH_IMAGES` (images in the corpus case, 6),
 //! `PREWARM_BENCH_BYTES` (their uncompressed total, 384MiB),
 //! `PREWARM_BENCH_AGENT_ENV` (`K=V,...` added to the agent's environment, to
-//! measure e.g. `MALLOC_ARENA_MAX=1`).
+//! measure e.g. `MALLOC_ARENA_MAX=1`), `PREWARM_BENCH_AGENT_BIN` (another
+//! `prewarm` binary to run as the agent, e.g. a copy of an earlier build).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -26,6 +27,10 @@ use prewarm::testkit::registry::Registry;
 
 /// Cargo builds the binary (bench profile = release) for benches.
 const AGENT_BIN: &str = env!("CARGO_BIN_EXE_prewarm");
+
+fn agent_bin() -> String {
+    std::env::var("PREWARM_BENCH_AGENT_BIN").unwrap_or_else(|_| AGENT_BIN.to_string())
+}
 const MB: f64 = 1e6;
 /// Between "all warm" (or ready) and the first sample.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -134,7 +139,8 @@ impl Agent {
         std::fs::write(&config, yaml)?;
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let log = dir.join(format!("agent-{tag}.log"));
-        let mut cmd = Command::new(AGENT_BIN);
+        let bin = agent_bin();
+        let mut cmd = Command::new(&bin);
         cmd.args(["agent", "--listen", &addr.to_string(), "--config"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -146,7 +152,7 @@ impl Agent {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {AGENT_BIN}"))?;
+            .with_context(|| format!("starting {bin}"))?;
         let pid = child.id().context("agent pid")?;
         let http = reqwest::Client::builder().no_proxy().build()?;
         Ok(Agent {
