@@ -125,7 +125,12 @@ struct Agent {
 }
 
 impl Agent {
-    async fn start(dir: &Path, node: &TestContainerd, refs: &[ImageRef], tag: &str) -> Result<Self> {
+    async fn start(
+        dir: &Path,
+        node: &TestContainerd,
+        refs: &[ImageRef],
+        tag: &str,
+    ) -> Result<Self> {
         let config = dir.join("agent.yaml");
         let images: String = refs.iter().map(|r| format!("  - image: {r}\n")).collect();
         // Defaults otherwise, as a user's agent without a coordinator.
@@ -150,9 +155,7 @@ impl Agent {
         for (k, v) in agent_env()? {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {bin}"))?;
+        let child = cmd.spawn().with_context(|| format!("starting {bin}"))?;
         let pid = child.id().context("agent pid")?;
         let http = reqwest::Client::builder().no_proxy().build()?;
         Ok(Agent {
@@ -187,7 +190,10 @@ impl Agent {
                 bail!("agent exited ({status}); log:\n{}", self.log_tail());
             }
             if t0.elapsed() > WARM_TIMEOUT {
-                bail!("images not warm within {WARM_TIMEOUT:?}; log:\n{}", self.log_tail());
+                bail!(
+                    "images not warm within {WARM_TIMEOUT:?}; log:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
