@@ -1,7 +1,7 @@
 //! Pull benchmark: prewarm against `ctr` and CRI PullImage, each on a cold
 //! containerd fed by the same warm local registry, reached over loopback and
-//! over an emulated WAN link; plus bandwidth-cap accuracy and the agent's idle
-//! footprint. Prints Markdown to stdout, progress to stderr.
+//! over an emulated WAN link; plus bandwidth-cap accuracy. Prints Markdown to
+//! stdout, progress to stderr.
 //!
 //! `cargo bench --bench pull` (as root; `scripts/bench.sh` does the setup).
 //! Env: `PREWARM_BENCH_CONTAINERD` = `2` (default) or `1.7`,
@@ -37,9 +37,6 @@ const MIB: f64 = (1 << 20) as f64;
 const MB: f64 = 1e6;
 const CRI_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const BANDWIDTH_CAP: u64 = 40 << 20;
-const AGENT_SETTLE: Duration = Duration::from_secs(5);
-const AGENT_SAMPLE: Duration = Duration::from_secs(20);
-const AGENT_IMAGES: usize = 3;
 
 /// The emulated WAN link, see `scripts/wan-netns.sh`.
 const WAN_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/wan-netns.sh");
@@ -382,23 +379,6 @@ fn corpus_stats(corpus: &[CorpusEntry]) -> Result<CorpusStats> {
     })
 }
 
-fn read_proc(pid: u32, file: &str) -> Result<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}")).with_context(|| format!("/proc/{pid}"))
-}
-
-/// A `/proc/<pid>/status` field in KiB.
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let text = read_proc(pid, "status")?;
-    let line = text.lines().find(|l| l.starts_with(field));
-    let kib = line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
-    kib.with_context(|| format!("{field} in /proc/{pid}/status"))
-}
-
-/// utime + stime in clock ticks (fields 14 and 15; `comm` may hold spaces).
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    stat_ticks(&read_proc(pid, "stat")?)
-}
-
 /// One thread of this process (`/proc/<tid>/stat` would sum all threads).
 fn thread_cpu_ticks(tid: u32) -> Result<u64> {
     let path = format!("/proc/self/task/{tid}/stat");
@@ -419,83 +399,6 @@ async fn clock_ticks() -> f64 {
     out.ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-struct Footprint {
-    rss_mean: f64,
-    rss_max: f64,
-    hwm: f64,
-    cpu_pct: f64,
-    warm: String,
-}
-
-/// Cargo builds the binary (bench profile = release) for benches.
-const AGENT_BIN: &str = env!("CARGO_BIN_EXE_prewarm");
-
-/// Runs the real agent against a node that already holds `refs`, samples it idle.
-async fn agent_footprint(node: &TestContainerd, refs: &[ImageRef]) -> Result<Footprint> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("agent.yaml");
-    let images: String = refs.iter().map(|r| format!("  - image: {r}\n")).collect();
-    let yaml = format!(
-        "runtime:\n  socket: {}\n  root: {}\nregistry:\n  dockerConfig: []\n  hostsDir: null\n\
-         pacing:\n  diskFloor: 0\nimages:\n{images}resync: 60s\n",
-        node.socket.display(),
-        node.root.display()
-    );
-    std::fs::write(&config, yaml)?;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let log = std::fs::File::create(dir.path().join("agent.log"))?;
-    let mut child = Command::new(AGENT_BIN)
-        .args(["agent", "--listen", &addr.to_string(), "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {AGENT_BIN}"))?;
-    let pid = child.id().context("agent pid")?;
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(get("/readyz").await, Ok(r) if r.status().is_success()) {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
-            bail!("agent not ready within 60s; log:\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(AGENT_SETTLE).await;
-    let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
-    let mut rss = Vec::new();
-    while t0.elapsed() < AGENT_SAMPLE {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        rss.push(status_kib(pid, "VmRSS:")? as f64 / 1024.0);
-    }
-    let ticks = (cpu_ticks(pid)? - c0) as f64;
-    let cpu_pct = 100.0 * ticks / clock_ticks().await / t0.elapsed().as_secs_f64();
-    let hwm = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
-    let metrics = get("/metrics").await?.text().await?;
-    let gauge = |name: &str| {
-        let line = metrics.lines().find(|l| l.starts_with(name));
-        line.and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("?")
-            .to_string()
-    };
-    let warm = format!(
-        "{}/{}",
-        gauge("prewarm_images_warm "),
-        gauge("prewarm_images_desired ")
-    );
-    child.kill().await?;
-    Ok(Footprint {
-        rss_mean: rss.iter().sum::<f64>() / rss.len().max(1) as f64,
-        rss_max: rss.iter().copied().fold(0.0, f64::max),
-        hwm,
-        cpu_pct,
-        warm,
-    })
 }
 
 /// Just enough of `<linux/if_tun.h>`, threads and `flock` to bridge two TUN
@@ -1004,13 +907,10 @@ async fn main() -> Result<()> {
     let storage = registry.storage_dir();
     let wan = wan_scenario(&storage, &corpus, version, runs, wan_enabled).await?;
 
-    // Bandwidth cap on a fresh node; the agent then idles on the same node.
+    // Bandwidth cap on a fresh node.
     eprintln!("bench: bandwidth cap {} MiB/s", BANDWIDTH_CAP >> 20);
     let node = TestContainerd::start(version).await?;
     let capped = warm_all(&node, &refs, BANDWIDTH_CAP, None).await?;
-    eprintln!("bench: agent footprint");
-    let agent_refs = &refs[..refs.len().min(AGENT_IMAGES)];
-    let fp = agent_footprint(&node, agent_refs).await?;
     drop(node);
 
     // Report.
@@ -1076,21 +976,6 @@ async fn main() -> Result<()> {
         capped.flow.span(),
         capped.wall,
         verdict(err.abs() <= 10.0),
-    );
-
-    o += "| Agent idle (`prewarm agent`) | RSS mean (MiB) | RSS max (MiB) | Peak RSS since start (MiB) | CPU | Images warm | Target |\n";
-    o += "|---|---:|---:|---:|---:|---:|---|\n";
-    o += &format!(
-        "| {}s settle, then {}s sampled | {:.1} | {:.1} | {:.1} | {:.2}% | {} | RSS ≤ 15 MiB: {}; CPU ≈ 0: {} |\n",
-        AGENT_SETTLE.as_secs(),
-        AGENT_SAMPLE.as_secs(),
-        fp.rss_mean,
-        fp.rss_max,
-        fp.hwm,
-        fp.cpu_pct,
-        fp.warm,
-        verdict(fp.rss_max <= 15.0),
-        verdict(fp.cpu_pct < 0.5),
     );
     print!("{o}");
     Ok(())
