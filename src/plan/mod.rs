@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod eligibility;
 pub mod forget;
 pub mod gate;
+pub mod intern;
 pub mod intents;
 pub mod keda;
 pub mod learned;
