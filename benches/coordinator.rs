@@ -21,7 +21,6 @@
 //!   e.g. `MALLOC_ARENA_MAX=1` to try allocator settings
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prewarm::wire::v1::image_state::Phase;
