@@ -251,7 +251,12 @@ async fn a_snapshot_larger_than_the_receive_windows_arrives_and_the_stream_goes_
     while state.view().node("n1").unwrap().images.len() != 4999 {
         changes.changed().await.unwrap();
     }
-    assert!(!state.view().node("n1").unwrap().images.contains_key(&names[0]));
+    assert!(!state
+        .view()
+        .node("n1")
+        .unwrap()
+        .images
+        .contains_key(&names[0]));
     drop(s.tx);
     ended(s.rx).await;
     cancel.cancel();

@@ -352,7 +352,14 @@ impl ClusterView {
         }
         let rec = self.nodes.get_mut(node).expect("checked above");
         let agg = (!recount).then_some(&mut self.agg);
-        apply_changes(rec, &mut self.names, agg, delta.upserted, delta.removed, now);
+        apply_changes(
+            rec,
+            &mut self.names,
+            agg,
+            delta.upserted,
+            delta.removed,
+            now,
+        );
         rec.seq = delta.seq;
         rec.last_report = now;
         rec.connected = true;
