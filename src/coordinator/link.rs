@@ -230,6 +230,27 @@ impl LinkState {
     }
 }
 
+/// HTTP/2 receive window per agent stream. hyper's default is 1 MiB per
+/// stream and per connection: when the coordinator falls behind, every
+/// agent could park that much in its memory. Agents send a few hundred
+/// bytes per update, so 64 KiB still carries thousands of updates per
+/// round trip; a larger snapshot is paced by flow control, not refused.
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+/// HTTP/2 receive window per connection (an agent has one stream; tests
+/// and benchmarks multiplex many on one connection).
+pub const CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// The link's gRPC server: HTTP/2 keepalives and bounded receive windows
+/// (fixed, not adaptive, so they cannot grow back).
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_adaptive_window(Some(false))
+}
+
 #[derive(Clone)]
 pub struct LinkService {
     state: Arc<LinkState>,

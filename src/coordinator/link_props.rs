@@ -159,8 +159,8 @@ fn recount(v: &ClusterView) -> Vec<ImagePoolRow> {
     let mut rows: BTreeMap<(String, String), ImagePoolRow> = BTreeMap::new();
     let mut pending: BTreeMap<(String, String), u128> = BTreeMap::new();
     for rec in v.nodes().filter(|r| r.connected) {
-        for i in rec.images.values() {
-            let key = (i.name.clone(), rec.pool().to_string());
+        for (name, i) in rec.images.iter() {
+            let key = (name.to_string(), rec.pool().to_string());
             let row = rows.entry(key.clone()).or_insert_with(|| ImagePoolRow {
                 image: key.0.clone(),
                 pool: key.1.clone(),

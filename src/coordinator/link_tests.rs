@@ -33,7 +33,7 @@ pub(crate) async fn serve_with(
     let svc = LinkService::new(state.clone()).into_server();
     let stop = cancel.clone();
     tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        super::server()
             .add_service(svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -217,5 +217,47 @@ async fn streams_are_bound_by_token_review() {
     assert_eq!(state.view().connected(), 2);
     assert!(api.forbidden().is_empty(), "{:#?}", api.forbidden());
     drop(ok);
+    cancel.cancel();
+}
+
+/// The link's receive windows are bounded ([`STREAM_WINDOW`]): a snapshot
+/// several times larger still arrives whole (flow control paces it, it
+/// does not stall), and the stream's deltas after it still apply.
+#[tokio::test]
+async fn a_snapshot_larger_than_the_receive_windows_arrives_and_the_stream_goes_on() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (state, addr) = serve(&cancel).await;
+    let names: Vec<String> = (0..5000)
+        .map(|k| format!("r.example/team/{}/service-{k}:1", "x".repeat(200)))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let first = snapshot("n1", 1, &refs);
+    let size = prost::Message::encoded_len(&first);
+    assert!(
+        size > 4 * CONNECTION_WINDOW as usize,
+        "the snapshot ({size} bytes) must exceed the windows"
+    );
+    let s = open(addr, "n1", first).await.unwrap();
+    assert_eq!(state.view().node("n1").unwrap().images.len(), 5000);
+    let delta = AgentMessage {
+        body: Some(agent_message::Body::Delta(Delta {
+            seq: 2,
+            removed: vec![names[0].clone()],
+            ..Default::default()
+        })),
+    };
+    s.tx.send(delta).await.unwrap();
+    let mut changes = state.view_changes.subscribe();
+    while state.view().node("n1").unwrap().images.len() != 4999 {
+        changes.changed().await.unwrap();
+    }
+    assert!(!state
+        .view()
+        .node("n1")
+        .unwrap()
+        .images
+        .contains_key(&names[0]));
+    drop(s.tx);
+    ended(s.rx).await;
     cancel.cancel();
 }

@@ -281,9 +281,7 @@ impl Coordinator {
                 addr: opts.grpc_listen,
                 source,
             })?;
-        let builder = Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+        let builder = link::server();
         let service = LinkService::new(state.clone()).into_server();
         let shutdown = cancel.clone().cancelled_owned();
         let (tls, server) = match &opts.tls {

@@ -6,6 +6,7 @@ pub mod eligibility;
 pub mod forget;
 pub mod gate;
 pub mod intents;
+pub mod intern;
 pub mod keda;
 pub mod learned;
 pub mod pull_secrets;

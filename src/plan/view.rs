@@ -1,15 +1,19 @@
 //! The coordinator's cluster view: a pure index of what every agent last
 //! reported, updated by snapshots and deltas, queried for warmth per image
-//! and node pool. No I/O; `now` is passed in.
+//! and node pool. No I/O; `now` is passed in. Image and pool names are
+//! shared across records ([`Interner`]): the view grows by a few dozen
+//! bytes per reported image, not by copies of its name.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::config::reference::ImageRef;
 use crate::plan::eligibility::NodeFacts;
 use crate::plan::forget;
+use crate::plan::intern::Interner;
 use crate::wire::v1::{
     image_state::Phase, Delta, ImageState, Intent, Snapshot, Taint, WindowState,
 };
@@ -17,12 +21,98 @@ use crate::wire::v1::{
 /// Node label that names an AKS node pool.
 pub const POOL_LABEL: &str = "kubernetes.azure.com/agentpool";
 
+/// What the view keeps of one reported image: its wire state without the
+/// name (the map key, shared with every other record).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRecord {
+    pub phase: i32,
+    pub pinned: bool,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub error: Box<str>,
+    /// While pulling: when its reported progress last changed (or the pull
+    /// was first reported), by the coordinator's clock. A pull whose bytes
+    /// stop moving is told from a running one by this.
+    progress_at: Option<DateTime<Utc>>,
+}
+
+impl ImageRecord {
+    fn new(s: ImageState, progress_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            phase: s.phase,
+            pinned: s.pinned,
+            bytes_done: s.bytes_done,
+            bytes_total: s.bytes_total,
+            error: s.error.into_boxed_str(),
+            progress_at,
+        }
+    }
+
+    /// The wire form, named `name`.
+    pub fn state(&self, name: &str) -> ImageState {
+        ImageState {
+            name: name.to_string(),
+            phase: self.phase,
+            pinned: self.pinned,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+            error: self.error.to_string(),
+        }
+    }
+}
+
+/// A node's images by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageMap(BTreeMap<Arc<str>, ImageRecord>);
+
+impl ImageMap {
+    pub fn get(&self, name: &str) -> Option<&ImageRecord> {
+        self.0.get(name)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &ImageRecord> {
+        self.0.values()
+    }
+
+    /// (name, record), by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ImageRecord)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// The wire state of `name`, if reported.
+    pub fn state(&self, name: &str) -> Option<ImageState> {
+        self.get(name).map(|r| r.state(name))
+    }
+}
+
+impl std::ops::Index<&str> for ImageMap {
+    type Output = ImageRecord;
+
+    fn index(&self, name: &str) -> &ImageRecord {
+        self.get(name).expect("image not reported by this node")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRecord {
     pub node: String,
     pub labels: BTreeMap<String, String>,
+    /// The pool label's value, shared with the other nodes of the pool.
+    pool: Arc<str>,
     pub taints: Vec<Taint>,
-    pub images: BTreeMap<String, ImageState>,
+    pub images: ImageMap,
     pub windows: BTreeMap<String, WindowState>,
     pub free_disk_bytes: u64,
     pub pin_supported: bool,
@@ -32,18 +122,11 @@ pub struct NodeRecord {
     /// Learned pull throughput (bytes/s) the agent reports; None until it
     /// has measured a pull (or for agents that predate the field).
     pub throughput_bytes_per_second: Option<f64>,
-    /// For each image being pulled: when its reported progress last changed
-    /// (or the pull was first reported), by the coordinator's clock. A pull
-    /// whose bytes stop moving is told from a running one by this.
-    pub progress_at: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl NodeRecord {
     pub fn pool(&self) -> &str {
-        self.labels
-            .get(POOL_LABEL)
-            .map(String::as_str)
-            .unwrap_or("")
+        &self.pool
     }
 
     pub fn is_warm(&self, image: &str) -> bool {
@@ -54,8 +137,12 @@ impl NodeRecord {
 
     /// When `image`'s pull last made progress; None unless it is pulling.
     pub fn progress_at(&self, image: &str) -> Option<DateTime<Utc>> {
-        self.progress_at.get(image).copied()
+        self.images.get(image).and_then(|i| i.progress_at)
     }
+}
+
+fn pool_of(labels: &BTreeMap<String, String>) -> &str {
+    labels.get(POOL_LABEL).map(String::as_str).unwrap_or("")
 }
 
 /// A usable throughput: finite and positive, else unknown.
@@ -67,23 +154,19 @@ fn sane_throughput(t: Option<f64>) -> Option<f64> {
 /// bytes stand still, `now` when they moved or the pull is new; None when
 /// it is not pulling.
 fn progress_time(
-    old: Option<&ImageState>,
-    old_at: Option<DateTime<Utc>>,
+    old: Option<&ImageRecord>,
     new: &ImageState,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     if new.phase != Phase::Pulling as i32 {
         return None;
     }
-    let same = old.is_some_and(|o| {
+    let kept = old.filter(|o| {
         o.phase == Phase::Pulling as i32
             && o.bytes_done == new.bytes_done
             && o.bytes_total == new.bytes_total
     });
-    match (same, old_at) {
-        (true, Some(at)) => Some(at),
-        _ => Some(now),
-    }
+    kept.and_then(|o| o.progress_at).or(Some(now))
 }
 
 /// NodeFacts from an agent's report (labels and taints it sent).
@@ -119,7 +202,9 @@ pub struct ClusterView {
     nodes: BTreeMap<String, NodeRecord>,
     /// (image, pool) → counts over connected nodes, kept current on every
     /// update so queries cost O(rows), not O(nodes × images).
-    agg: BTreeMap<(String, String), Agg>,
+    agg: BTreeMap<(Arc<str>, Arc<str>), Agg>,
+    /// The one copy of every image and pool name the records use.
+    names: Interner,
     /// Nodes as the API server describes them (labels, taints, cordon,
     /// Ready), when the coordinator watches Nodes: the truth for where pods
     /// can land. Agents' reports say what is warm.
@@ -142,7 +227,7 @@ struct Agg {
 }
 
 impl Agg {
-    fn add(&mut self, s: &ImageState, sign: i64) {
+    fn add(&mut self, s: &ImageRecord, sign: i64) {
         let step = |v: &mut usize| *v = (*v as i64 + sign).max(0) as usize;
         step(&mut self.nodes);
         if s.phase == Phase::Warm as i32 {
@@ -172,26 +257,31 @@ pub struct ImagePoolRow {
     pub bytes_pending: u64,
 }
 
-impl ClusterView {
-    fn account(&mut self, pool: &str, image: &ImageState, sign: i64) {
-        let key = (image.name.clone(), pool.to_string());
-        let a = self.agg.entry(key.clone()).or_default();
-        a.add(image, sign);
-        if a.nodes == 0 {
-            self.agg.remove(&key);
-        }
+/// Adds (or, with `sign` -1, removes) one node's image to the counts.
+fn account(
+    agg: &mut BTreeMap<(Arc<str>, Arc<str>), Agg>,
+    pool: &Arc<str>,
+    name: &Arc<str>,
+    image: &ImageRecord,
+    sign: i64,
+) {
+    let key = (name.clone(), pool.clone());
+    let a = agg.entry(key).or_default();
+    a.add(image, sign);
+    if a.nodes == 0 {
+        agg.remove(&(name.clone(), pool.clone()));
     }
+}
 
+impl ClusterView {
     /// Adds (or removes) a connected node's images to the counts; a
     /// disconnected node's last state is not counted.
     fn account_node(&mut self, node: &str, sign: i64) {
         let Some(rec) = self.nodes.get(node).filter(|r| r.connected) else {
             return;
         };
-        let pool = rec.pool().to_string();
-        let images: Vec<ImageState> = rec.images.values().cloned().collect();
-        for i in &images {
-            self.account(&pool, i, sign);
+        for (name, i) in &rec.images.0 {
+            account(&mut self.agg, &rec.pool, name, i, sign);
         }
     }
 
@@ -199,24 +289,22 @@ impl ClusterView {
     /// stood still before a reconnect keeps its progress time.
     pub fn apply_snapshot(&mut self, snap: Snapshot, now: DateTime<Utc>) {
         let old = self.nodes.get(&snap.node);
-        let progress_at = snap
+        let names = &mut self.names;
+        let images = snap
             .images
-            .iter()
-            .filter_map(|i| {
-                let prev = old.and_then(|o| o.images.get(&i.name));
-                let prev_at = old.and_then(|o| o.progress_at(&i.name));
-                progress_time(prev, prev_at, i, now).map(|t| (i.name.clone(), t))
+            .into_iter()
+            .map(|i| {
+                let at = progress_time(old.and_then(|o| o.images.get(&i.name)), &i, now);
+                (names.intern(&i.name), ImageRecord::new(i, at))
             })
             .collect();
+        let labels: BTreeMap<String, String> = snap.labels.into_iter().collect();
         let record = NodeRecord {
             node: snap.node.clone(),
-            labels: snap.labels.into_iter().collect(),
+            pool: self.names.intern(pool_of(&labels)),
+            labels,
             taints: snap.taints,
-            images: snap
-                .images
-                .into_iter()
-                .map(|i| (i.name.clone(), i))
-                .collect(),
+            images: ImageMap(images),
             windows: snap
                 .windows
                 .into_iter()
@@ -228,7 +316,6 @@ impl ClusterView {
             last_report: now,
             connected: true,
             throughput_bytes_per_second: sane_throughput(snap.throughput_bytes_per_second),
-            progress_at,
         };
         self.account_node(&snap.node, -1);
         self.reported
@@ -256,61 +343,43 @@ impl ClusterView {
                 last: rec.seq,
             });
         }
-        let old_pool = rec.pool().to_string();
         let labels_change = delta.labels_changed;
-        // The pool may change, or the node was not counted: re-account all.
+        // The pool may change, or the node was not counted: re-account all;
+        // else each changed image moves its own counts.
         let recount = labels_change || !rec.connected;
         if recount {
             self.account_node(node, -1);
         }
-        let mut changes: Vec<(Option<ImageState>, Option<ImageState>)> = Vec::new();
-        {
-            let rec = self.nodes.get_mut(node).expect("checked above");
-            rec.seq = delta.seq;
-            rec.last_report = now;
-            rec.connected = true;
-            for i in delta.upserted {
-                let old_at = rec.progress_at(&i.name);
-                let at = progress_time(rec.images.get(&i.name), old_at, &i, now);
-                match at {
-                    Some(t) => rec.progress_at.insert(i.name.clone(), t),
-                    None => rec.progress_at.remove(&i.name),
-                };
-                let old = rec.images.insert(i.name.clone(), i.clone());
-                changes.push((old, Some(i)));
-            }
-            for name in delta.removed {
-                rec.progress_at.remove(&name);
-                if let Some(old) = rec.images.remove(&name) {
-                    changes.push((Some(old), None));
-                }
-            }
-            if let Some(t) = sane_throughput(delta.throughput_bytes_per_second) {
-                rec.throughput_bytes_per_second = Some(t);
-            }
-            for w in delta.windows {
-                rec.windows.insert(w.name.clone(), w);
-            }
-            if let Some(free) = delta.free_disk_bytes {
-                rec.free_disk_bytes = free;
-            }
-            if labels_change {
-                rec.labels = delta.labels.into_iter().collect();
-                let facts = reported_facts(rec);
-                self.reported.insert(node.to_string(), facts);
-            }
+        let rec = self.nodes.get_mut(node).expect("checked above");
+        let agg = (!recount).then_some(&mut self.agg);
+        apply_changes(
+            rec,
+            &mut self.names,
+            agg,
+            delta.upserted,
+            delta.removed,
+            now,
+        );
+        rec.seq = delta.seq;
+        rec.last_report = now;
+        rec.connected = true;
+        if let Some(t) = sane_throughput(delta.throughput_bytes_per_second) {
+            rec.throughput_bytes_per_second = Some(t);
+        }
+        for w in delta.windows {
+            rec.windows.insert(w.name.clone(), w);
+        }
+        if let Some(free) = delta.free_disk_bytes {
+            rec.free_disk_bytes = free;
+        }
+        if labels_change {
+            rec.labels = delta.labels.into_iter().collect();
+            rec.pool = self.names.intern(pool_of(&rec.labels));
+            let facts = reported_facts(rec);
+            self.reported.insert(node.to_string(), facts);
         }
         if recount {
             self.account_node(node, 1);
-        } else {
-            for (old, new) in changes {
-                if let Some(o) = old {
-                    self.account(&old_pool, &o, -1);
-                }
-                if let Some(n) = new {
-                    self.account(&old_pool, &n, 1);
-                }
-            }
         }
         Ok(())
     }
@@ -398,6 +467,11 @@ impl ClusterView {
         gone
     }
 
+    /// How many distinct image and pool names the records share.
+    pub fn distinct_names(&self) -> usize {
+        self.names.len()
+    }
+
     pub fn connected(&self) -> usize {
         self.nodes.values().filter(|n| n.connected).count()
     }
@@ -411,6 +485,7 @@ impl ClusterView {
             .agg
             .iter()
             .map(|((image, pool), a)| {
+                let (image, pool) = (image.to_string(), pool.to_string());
                 let row = ImagePoolRow {
                     image: image.clone(),
                     pool: pool.clone(),
@@ -419,7 +494,7 @@ impl ClusterView {
                     pulling_nodes: a.pulling,
                     bytes_pending: u64::try_from(a.pending).unwrap_or(u64::MAX),
                 };
-                ((image.clone(), pool.clone()), row)
+                ((image, pool), row)
             })
             .collect();
         for (image, node) in self.targeted_unreported(intents, now) {
@@ -488,6 +563,38 @@ impl ClusterView {
             .filter(|n| n.connected)
             .map(|n| (now - n.last_report).num_milliseconds().max(0) as f64 / 1000.0)
             .collect()
+    }
+}
+
+/// Applies a delta's image changes to `rec`, moving the counts in `agg`
+/// when given (the node stays counted under its pool).
+fn apply_changes(
+    rec: &mut NodeRecord,
+    names: &mut Interner,
+    mut agg: Option<&mut BTreeMap<(Arc<str>, Arc<str>), Agg>>,
+    upserted: Vec<ImageState>,
+    removed: Vec<String>,
+    now: DateTime<Utc>,
+) {
+    for i in upserted {
+        let name = names.intern(&i.name);
+        let at = progress_time(rec.images.get(&name), &i, now);
+        let new = ImageRecord::new(i, at);
+        if let Some(agg) = agg.as_deref_mut() {
+            account(agg, &rec.pool, &name, &new, 1);
+        }
+        let old = rec.images.0.insert(name.clone(), new);
+        if let (Some(agg), Some(old)) = (agg.as_deref_mut(), old) {
+            account(agg, &rec.pool, &name, &old, -1);
+        }
+    }
+    for name in removed {
+        let Some((name, old)) = rec.images.0.remove_entry(name.as_str()) else {
+            continue;
+        };
+        if let Some(agg) = agg.as_deref_mut() {
+            account(agg, &rec.pool, &name, &old, -1);
+        }
     }
 }
 

@@ -262,7 +262,8 @@ fn progress_times_follow_moving_bytes_and_survive_a_reconnect() {
         ..Default::default()
     };
     v.apply_delta("n1", rm, t(15)).unwrap();
-    assert!(v.node("n1").unwrap().progress_at.is_empty());
+    assert_eq!(at(&v), None, "removed: no progress kept");
+    assert!(v.node("n1").unwrap().images.is_empty());
 }
 
 #[test]

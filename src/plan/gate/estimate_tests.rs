@@ -346,7 +346,7 @@ fn a_stalled_pull_releases_the_pod_cold() {
 
 /// n1 reports `done` MiB of [`APP`] at `at`.
 fn bump(v: &mut ClusterView, seq: u64, done: u64, at: f64) {
-    let mut img = v.node("n1").unwrap().images[APP].clone();
+    let mut img = v.node("n1").unwrap().images.state(APP).unwrap();
     img.bytes_done = done * MIB;
     let d = crate::wire::v1::Delta {
         seq,
