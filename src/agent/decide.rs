@@ -11,7 +11,9 @@ use crate::config::reference::ImageRef;
 use crate::config::AgentConfig;
 use crate::k8s::Labels;
 use crate::node::pull::WindowBandwidth;
+use crate::plan::pull_start::{Cap, Starts};
 use crate::plan::warm::Action;
+use crate::plan::windows::{registry_of, WindowStatus};
 
 /// The shortest and longest sleep between reconciles.
 pub const MIN_WAKE: Duration = Duration::from_millis(200);
@@ -52,6 +54,88 @@ pub fn window_bandwidth(cfg: &AgentConfig, windows: &[String]) -> Option<WindowB
             window: name.clone(),
             bytes_per_sec: b.0,
         })
+}
+
+/// Whether a pull starts now, and with which window budget, or waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullStart {
+    Now(Option<WindowBandwidth>),
+    /// Its windows' schedule (or jittered plan) starts it then.
+    At(DateTime<Utc>),
+}
+
+/// When the image `name`, wanted for `reasons` (window names and
+/// `intent:<id>`), starts pulling. Config and intent images start now;
+/// an image only windows want waits for their start from `starts` and is
+/// capped by their registry schedule.
+pub fn pull_start(
+    cfg: &AgentConfig,
+    starts: &Starts,
+    statuses: &[WindowStatus],
+    name: &str,
+    reasons: &[String],
+    now: DateTime<Utc>,
+) -> PullStart {
+    let windows: Vec<String> = reasons
+        .iter()
+        .filter(|r| !r.starts_with("intent:"))
+        .cloned()
+        .collect();
+    let registry = registry_of(name);
+    let windows_only = windows.len() == reasons.len()
+        && !windows.is_empty()
+        && !cfg.images.iter().any(|e| e.image.cri_name() == name);
+    if windows_only {
+        if let Some(at) = starts.not_before(statuses, &windows, &registry) {
+            if at > now {
+                return PullStart::At(at);
+            }
+        }
+    }
+    let cap = starts.pull_cap(statuses, &windows, &registry);
+    PullStart::Now(scheduled_bandwidth(cfg, &windows, cap))
+}
+
+/// The engine budget for a pull: the window's `pacing.bandwidth` (see
+/// [`window_bandwidth`]) and, under a registry schedule, its cap too. The
+/// engine nests one budget per pull inside the node's, so a capped pull
+/// gets its own budget per window and registry at the lower of the cap
+/// and the window's bandwidth split over the registries it pulls from:
+/// neither the schedule nor the window's budget is exceeded.
+pub fn scheduled_bandwidth(
+    cfg: &AgentConfig,
+    windows: &[String],
+    cap: Option<Cap>,
+) -> Option<WindowBandwidth> {
+    let base = window_bandwidth(cfg, windows);
+    let Some(cap) = cap else { return base };
+    let registries = |w: &str| {
+        let w = cfg.windows.iter().find(|x| x.name == w);
+        let regs: std::collections::BTreeSet<&str> = w
+            .into_iter()
+            .flat_map(|w| w.images.iter().map(|i| i.image.registry.as_str()))
+            .collect();
+        regs.len().max(1) as u64
+    };
+    let share = base
+        .as_ref()
+        .filter(|b| b.bytes_per_sec > 0)
+        .map(|b| (b.window.clone(), b.bytes_per_sec / registries(&b.window)));
+    let rate = share.as_ref().map_or(cap.bytes_per_sec, |(_, s)| {
+        cap.bytes_per_sec.min((*s).max(1))
+    });
+    let single = share
+        .as_ref()
+        .is_some_and(|(w, _)| *w == cap.window && registries(w) == 1);
+    let key = if single {
+        cap.window.clone()
+    } else {
+        format!("{}/{}", cap.window, cap.registry)
+    };
+    Some(WindowBandwidth {
+        window: key,
+        bytes_per_sec: rate,
+    })
 }
 
 /// The first of `windows` whose maxConcurrentPulls is reached by the pulls

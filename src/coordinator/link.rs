@@ -388,6 +388,7 @@ pub fn intents_for(all: &[Intent], windows: &NodeWindows, node: &str) -> IntentS
             })
             .collect(),
         windows: windows.get(node).cloned().unwrap_or_default(),
+        schedules: Vec::new(),
     }
 }
 
