@@ -9,6 +9,7 @@ pub mod intents;
 pub mod keda;
 pub mod learned;
 pub mod pull_secrets;
+pub mod registry_budget;
 pub mod rollout;
 pub mod throughput;
 pub mod view;
