@@ -325,6 +325,92 @@ mod tests {
         assert_eq!(window_at_capacity(&cfg, &ws(&["b"]), &running), None);
     }
 
+    /// Issue 13: a window-only image waits for its schedule's start and is
+    /// capped by it inside the window's own bandwidth; config and intent
+    /// images start now.
+    #[test]
+    fn schedules_hold_back_and_cap_window_pulls() {
+        use crate::plan::windows::Phase;
+        use crate::wire::v1::PullSchedule;
+        let cfg = AgentConfig::from_yaml(
+            "images: [a.example/cfg:1]\nwindows:\n- {name: w, schedule: '0 8 * * *', duration: 1h, images: [a.example/x:1], pacing: {bandwidth: 10MB}}\n- {name: m, schedule: '0 8 * * *', duration: 1h, images: [a.example/y:1, b.example/z:1], pacing: {bandwidth: 10MB}}\n",
+        )
+        .unwrap();
+        let status = |name: &str, phase| WindowStatus {
+            name: name.into(),
+            source: "config".into(),
+            applies: true,
+            phase,
+            next_activation: t(1000),
+            occurrence: None,
+            warm_start: t(0),
+            local_warm_start: t(0),
+            images: vec![],
+            missing_bytes: None,
+            missing_by_registry: Default::default(),
+            estimated_pull: Duration::ZERO,
+            priority: 0,
+            all_warm: false,
+        };
+        let sched = |w: &str, start: i64, bps: u64| PullSchedule {
+            window: w.into(),
+            registry: "a.example".into(),
+            start_unix: t(start).timestamp(),
+            bytes_per_second: bps,
+            late: false,
+            deadline_unix: t(1000).timestamp(),
+        };
+        let schedules = [sched("w", 500, 4_000_000), sched("m", 0, 8_000_000)];
+        let starts = Starts {
+            node: "n1",
+            max_jitter: Duration::ZERO,
+            schedules: &schedules,
+        };
+        let statuses = [status("w", Phase::Warming), status("m", Phase::Warming)];
+        let ws = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let start = |name: &str, reasons: &[&str], now| {
+            pull_start(&cfg, &starts, &statuses, name, &ws(reasons), t(now))
+        };
+        assert_eq!(start("a.example/x:1", &["w"], 100), PullStart::At(t(500)));
+        // Also wanted by an intent, or a config image: now, and uncapped by w.
+        let now = PullStart::Now(Some(WindowBandwidth {
+            window: "w".into(),
+            bytes_per_sec: 4_000_000,
+        }));
+        assert_eq!(start("a.example/x:1", &["w"], 500), now);
+        assert_eq!(
+            start("a.example/x:1", &["w", "intent:r1"], 100),
+            PullStart::Now(Some(WindowBandwidth {
+                window: "w".into(),
+                bytes_per_sec: 4_000_000,
+            }))
+        );
+        assert!(matches!(
+            start("a.example/cfg:1", &["w"], 100),
+            PullStart::Now(_)
+        ));
+        // A window over two registries: its 10 MB/s split, below the cap.
+        assert_eq!(
+            start("a.example/y:1", &["m"], 100),
+            PullStart::Now(Some(WindowBandwidth {
+                window: "m/a.example".into(),
+                bytes_per_sec: 5_000_000,
+            }))
+        );
+        // No schedule for b.example: the window's own budget only.
+        assert_eq!(
+            start("b.example/z:1", &["m"], 100),
+            PullStart::Now(Some(WindowBandwidth {
+                window: "m".into(),
+                bytes_per_sec: 10_000_000,
+            }))
+        );
+        // An open window pulls now.
+        let open = [status("w", Phase::Late)];
+        let got = pull_start(&cfg, &starts, &open, "a.example/x:1", &ws(&["w"]), t(100));
+        assert!(matches!(got, PullStart::Now(_)), "{got:?}");
+    }
+
     #[test]
     fn wakes_at_the_first_event_within_bounds() {
         let resync = Duration::from_secs(60);

@@ -490,6 +490,54 @@ mod lease_identity_tests {
         assert_eq!(args.pod_name, from_env);
     }
 
+    /// `--registry-budget` repeats; a bad value names the flag and the
+    /// bad part; a host given twice is refused; no flag, no budget loop.
+    #[test]
+    fn registry_budgets_parse_and_errors_name_the_flag() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut words = vec!["prewarm", "coordinator"];
+            words.extend(extra);
+            crate::cli::Cli::try_parse_from(words).map(|cli| match cli.command {
+                crate::cli::Command::Coordinator(args) => args,
+                _ => panic!("not the coordinator"),
+            })
+        };
+        let args = parse(&[
+            "--registry-budget",
+            "registry.example=2GiB,nodes=4",
+            "--registry-budget=*=100MiB/s",
+        ])
+        .unwrap();
+        let opts = super::budget_options(&args).unwrap().expect("a budget");
+        let hosts: Vec<(&str, u64, u32)> = opts
+            .budgets
+            .registries
+            .iter()
+            .map(|b| (b.host.as_str(), b.bytes_per_sec, b.max_nodes))
+            .collect();
+        assert_eq!(
+            hosts,
+            [("registry.example", 2 << 30, 4), ("*", 100 << 20, 0)]
+        );
+        let err = parse(&["--registry-budget", "registry.example=lots"]).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("--registry-budget"), "{shown}");
+        assert!(shown.contains("rate \"lots\""), "{shown}");
+        let twice = parse(&[
+            "--registry-budget",
+            "r.example=1MiB",
+            "--registry-budget",
+            "R.example=2MiB",
+        ])
+        .unwrap();
+        let e = super::budget_options(&twice).unwrap_err().to_string();
+        assert_eq!(e, "--registry-budget: host r.example is given twice");
+        assert!(super::budget_options(&parse(&[]).unwrap())
+            .unwrap()
+            .is_none());
+    }
+
     /// Allowed check hosts come as a comma list or repeated, and reach the
     /// deploy groups' policy with the cluster domain.
     #[test]
