@@ -6,7 +6,8 @@
 //!
 //! Per registry with a budget of `B` bytes/s and `N` concurrent nodes:
 //! 1. **Lanes.** The budget is split into `K` lanes, `K` = the smallest of
-//!    `N`, `B` ÷ the slowest node's rate, the number of demands (and `B`).
+//!    `N`, `B` ÷ the slowest node's rate, the number of demands (and `B`),
+//!    but at least one per started pull while `N` allows.
 //!    Each lane carries one node at a time, capped at `B / K`; so at any
 //!    instant at most `K ≤ N` nodes pull and their caps sum to at most `B`.
 //!    A node pulls at `min(own rate, B / K)`; its pull takes
@@ -331,7 +332,8 @@ fn plan_budgeted(b: &RegistryBudget, jobs: Vec<Job<'_>>, now: i64, placed: &mut 
     if jobs.is_empty() {
         return;
     }
-    let k = lane_count(b, &jobs);
+    let started = jobs.iter().filter(|j| j.started.is_some()).count();
+    let k = lane_count(b, &jobs, started);
     let (cap, rate) = match b.bytes_per_sec {
         0 => (0, f64::INFINITY),
         bps => (bps / k as u64, (bps / k as u64) as f64),
@@ -354,18 +356,22 @@ fn plan_budgeted(b: &RegistryBudget, jobs: Vec<Job<'_>>, now: i64, placed: &mut 
 
 /// `K` lanes: never more than `max_nodes`, the demands, or `B` (so each
 /// lane keeps at least 1 byte/s), and no more than `B` ÷ the slowest node,
-/// so every lane carries at least the slowest node's rate.
-fn lane_count(b: &RegistryBudget, jobs: &[Job]) -> usize {
+/// so every lane carries at least the slowest node's rate, except that
+/// every started pull keeps a lane while `max_nodes` allows (a re-plan
+/// lowers their caps rather than overrunning `B`).
+fn lane_count(b: &RegistryBudget, jobs: &[Job], started: usize) -> usize {
     let mut k = jobs.len();
+    if b.bytes_per_sec > 0 {
+        let slowest = jobs.iter().map(|j| j.rate).fold(f64::INFINITY, f64::min);
+        let by_rate = (b.bytes_per_sec as f64 / slowest).floor().max(1.0);
+        k = k.min(by_rate as usize);
+    }
+    k = k.max(started);
     if b.max_nodes > 0 {
         k = k.min(b.max_nodes as usize);
     }
     if b.bytes_per_sec > 0 {
-        let slowest = jobs.iter().map(|j| j.rate).fold(f64::INFINITY, f64::min);
-        let by_rate = (b.bytes_per_sec as f64 / slowest).floor().max(1.0);
-        k = k
-            .min(by_rate as usize)
-            .min(usize::try_from(b.bytes_per_sec).unwrap_or(usize::MAX));
+        k = k.min(usize::try_from(b.bytes_per_sec).unwrap_or(usize::MAX));
     }
     k.max(1)
 }

@@ -43,7 +43,8 @@ fn secs(a: &Assignment) -> (i64, i64) {
 
 /// Independent check of the contract's capacity rule: at every instant from
 /// `now` on, at most `max_nodes` pulls and caps summing to at most
-/// `bytes_per_sec`, unless only started demands pull (they are never moved).
+/// `bytes_per_sec`, unless more pulls were started than `max_nodes` (or
+/// `bytes_per_sec` bytes) and only those pull (they are never moved).
 /// Also: every budgeted pull has a cap when the rate is limited.
 fn assert_within(b: &RegistryBudget, demands: &[Demand], plan: &[Assignment], now: DateTime<Utc>) {
     let pulling: Vec<(&Demand, &Assignment)> = demands
@@ -71,8 +72,20 @@ fn assert_within(b: &RegistryBudget, demands: &[Demand], plan: &[Assignment], no
         let over = (b.max_nodes > 0 && live.len() > b.max_nodes as usize)
             || (b.bytes_per_sec > 0 && rate > u128::from(b.bytes_per_sec));
         if over {
+            // Only when more pulls were started than the budget allows nodes.
+            let started = pulling.iter().filter(|(d, _)| d.started.is_some()).count();
+            let nodes = if b.max_nodes > 0 {
+                u64::from(b.max_nodes)
+            } else {
+                u64::MAX
+            };
+            let lanes = nodes.min(if b.bytes_per_sec > 0 {
+                b.bytes_per_sec
+            } else {
+                u64::MAX
+            });
             assert!(
-                live.iter().all(|(d, _)| d.started.is_some()),
+                started as u64 > lanes && live.iter().all(|(d, _)| d.started.is_some()),
                 "budget {b:?} exceeded at {at} by new pulls: {} nodes, {rate} B/s",
                 live.len()
             );
@@ -553,9 +566,12 @@ proptest! {
             } else if budgeted {
                 prop_assert!(a.start >= now, "{:?}", a);
                 let latest = d.deadline - chrono::TimeDelta::seconds(lead as i64);
-                // Later than the lead allows only when its lane was busy
-                // until then with a started pull.
-                let lane_busy = demands.iter().zip(&plan).any(|(o, p)| o.started.is_some() && p.finish == a.start);
+                // Later than the lead allows only right after another pull
+                // frees its lane (it could not start earlier).
+                let lane_busy = demands
+                    .iter()
+                    .zip(&plan)
+                    .any(|(o, p)| o.missing_bytes > 0 && o.registry == "reg" && p.finish == a.start);
                 prop_assert!(a.late || a.start <= latest.max(now) || lane_busy, "{:?} lead {}", a, lead);
             }
             // Enough time at the predicted rate: the node's own, under its cap.
@@ -597,4 +613,25 @@ proptest! {
         }
         assert_within(&b.registries[0], &demands, &plan, t(0));
     }
+}
+
+#[test]
+fn started_pulls_share_the_rate_budget_when_lanes_shrink() {
+    // A re-plan after the slow nodes finished: the five still pulling are
+    // faster than the budget splits five ways, but the budget can still
+    // hold five nodes (max 10), so their caps must sum to at most 1000 B/s.
+    let b = budget("reg", 1_000, 10);
+    let demands: Vec<Demand> = (0..5)
+        .map(|i| Demand {
+            started: Some(t(-10)),
+            ..demand(&format!("s{i}"), 10_000, 500.0, 1_000)
+        })
+        .collect();
+    let plan = plan(&b, &demands, &opts(), t(0));
+    let caps: u64 = plan.iter().map(|a| a.bytes_per_sec).sum();
+    assert!(
+        caps <= 1_000,
+        "started pulls capped at {caps} B/s in total: {plan:?}"
+    );
+    assert!(plan.iter().all(|a| a.bytes_per_sec == 200));
 }
