@@ -11,7 +11,9 @@ use crate::config::reference::ImageRef;
 use crate::config::AgentConfig;
 use crate::k8s::Labels;
 use crate::node::pull::WindowBandwidth;
+use crate::plan::pull_start::{Cap, Starts};
 use crate::plan::warm::Action;
+use crate::plan::windows::{registry_of, WindowStatus};
 
 /// The shortest and longest sleep between reconciles.
 pub const MIN_WAKE: Duration = Duration::from_millis(200);
@@ -52,6 +54,88 @@ pub fn window_bandwidth(cfg: &AgentConfig, windows: &[String]) -> Option<WindowB
             window: name.clone(),
             bytes_per_sec: b.0,
         })
+}
+
+/// Whether a pull starts now, and with which window budget, or waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullStart {
+    Now(Option<WindowBandwidth>),
+    /// Its windows' schedule (or jittered plan) starts it then.
+    At(DateTime<Utc>),
+}
+
+/// When the image `name`, wanted for `reasons` (window names and
+/// `intent:<id>`), starts pulling. Config and intent images start now;
+/// an image only windows want waits for their start from `starts` and is
+/// capped by their registry schedule.
+pub fn pull_start(
+    cfg: &AgentConfig,
+    starts: &Starts,
+    statuses: &[WindowStatus],
+    name: &str,
+    reasons: &[String],
+    now: DateTime<Utc>,
+) -> PullStart {
+    let windows: Vec<String> = reasons
+        .iter()
+        .filter(|r| !r.starts_with("intent:"))
+        .cloned()
+        .collect();
+    let registry = registry_of(name);
+    let windows_only = windows.len() == reasons.len()
+        && !windows.is_empty()
+        && !cfg.images.iter().any(|e| e.image.cri_name() == name);
+    if windows_only {
+        if let Some(at) = starts.not_before(statuses, &windows, &registry) {
+            if at > now {
+                return PullStart::At(at);
+            }
+        }
+    }
+    let cap = starts.pull_cap(statuses, &windows, &registry);
+    PullStart::Now(scheduled_bandwidth(cfg, &windows, cap))
+}
+
+/// The engine budget for a pull: the window's `pacing.bandwidth` (see
+/// [`window_bandwidth`]) and, under a registry schedule, its cap too. The
+/// engine nests one budget per pull inside the node's, so a capped pull
+/// gets its own budget per window and registry at the lower of the cap
+/// and the window's bandwidth split over the registries it pulls from:
+/// neither the schedule nor the window's budget is exceeded.
+pub fn scheduled_bandwidth(
+    cfg: &AgentConfig,
+    windows: &[String],
+    cap: Option<Cap>,
+) -> Option<WindowBandwidth> {
+    let base = window_bandwidth(cfg, windows);
+    let Some(cap) = cap else { return base };
+    let registries = |w: &str| {
+        let w = cfg.windows.iter().find(|x| x.name == w);
+        let regs: std::collections::BTreeSet<&str> = w
+            .into_iter()
+            .flat_map(|w| w.images.iter().map(|i| i.image.registry.as_str()))
+            .collect();
+        regs.len().max(1) as u64
+    };
+    let share = base
+        .as_ref()
+        .filter(|b| b.bytes_per_sec > 0)
+        .map(|b| (b.window.clone(), b.bytes_per_sec / registries(&b.window)));
+    let rate = share.as_ref().map_or(cap.bytes_per_sec, |(_, s)| {
+        cap.bytes_per_sec.min((*s).max(1))
+    });
+    let single = share
+        .as_ref()
+        .is_some_and(|(w, _)| *w == cap.window && registries(w) == 1);
+    let key = if single {
+        cap.window.clone()
+    } else {
+        format!("{}/{}", cap.window, cap.registry)
+    };
+    Some(WindowBandwidth {
+        window: key,
+        bytes_per_sec: rate,
+    })
 }
 
 /// The first of `windows` whose maxConcurrentPulls is reached by the pulls
@@ -239,6 +323,92 @@ mod tests {
             Some("a".into())
         );
         assert_eq!(window_at_capacity(&cfg, &ws(&["b"]), &running), None);
+    }
+
+    /// Issue 13: a window-only image waits for its schedule's start and is
+    /// capped by it inside the window's own bandwidth; config and intent
+    /// images start now.
+    #[test]
+    fn schedules_hold_back_and_cap_window_pulls() {
+        use crate::plan::windows::Phase;
+        use crate::wire::v1::PullSchedule;
+        let cfg = AgentConfig::from_yaml(
+            "images: [a.example/cfg:1]\nwindows:\n- {name: w, schedule: '0 8 * * *', duration: 1h, images: [a.example/x:1], pacing: {bandwidth: 10MB}}\n- {name: m, schedule: '0 8 * * *', duration: 1h, images: [a.example/y:1, b.example/z:1], pacing: {bandwidth: 10MB}}\n",
+        )
+        .unwrap();
+        let status = |name: &str, phase| WindowStatus {
+            name: name.into(),
+            source: "config".into(),
+            applies: true,
+            phase,
+            next_activation: t(1000),
+            occurrence: None,
+            warm_start: t(0),
+            local_warm_start: t(0),
+            images: vec![],
+            missing_bytes: None,
+            missing_by_registry: Default::default(),
+            estimated_pull: Duration::ZERO,
+            priority: 0,
+            all_warm: false,
+        };
+        let sched = |w: &str, start: i64, bps: u64| PullSchedule {
+            window: w.into(),
+            registry: "a.example".into(),
+            start_unix: t(start).timestamp(),
+            bytes_per_second: bps,
+            late: false,
+            deadline_unix: t(1000).timestamp(),
+        };
+        let schedules = [sched("w", 500, 4_000_000), sched("m", 0, 8_000_000)];
+        let starts = Starts {
+            node: "n1",
+            max_jitter: Duration::ZERO,
+            schedules: &schedules,
+        };
+        let statuses = [status("w", Phase::Warming), status("m", Phase::Warming)];
+        let ws = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let start = |name: &str, reasons: &[&str], now| {
+            pull_start(&cfg, &starts, &statuses, name, &ws(reasons), t(now))
+        };
+        assert_eq!(start("a.example/x:1", &["w"], 100), PullStart::At(t(500)));
+        // Also wanted by an intent, or a config image: now, and uncapped by w.
+        let now = PullStart::Now(Some(WindowBandwidth {
+            window: "w".into(),
+            bytes_per_sec: 4_000_000,
+        }));
+        assert_eq!(start("a.example/x:1", &["w"], 500), now);
+        assert_eq!(
+            start("a.example/x:1", &["w", "intent:r1"], 100),
+            PullStart::Now(Some(WindowBandwidth {
+                window: "w".into(),
+                bytes_per_sec: 4_000_000,
+            }))
+        );
+        assert!(matches!(
+            start("a.example/cfg:1", &["w"], 100),
+            PullStart::Now(_)
+        ));
+        // A window over two registries: its 10 MB/s split, below the cap.
+        assert_eq!(
+            start("a.example/y:1", &["m"], 100),
+            PullStart::Now(Some(WindowBandwidth {
+                window: "m/a.example".into(),
+                bytes_per_sec: 5_000_000,
+            }))
+        );
+        // No schedule for b.example: the window's own budget only.
+        assert_eq!(
+            start("b.example/z:1", &["m"], 100),
+            PullStart::Now(Some(WindowBandwidth {
+                window: "m".into(),
+                bytes_per_sec: 10_000_000,
+            }))
+        );
+        // An open window pulls now.
+        let open = [status("w", Phase::Late)];
+        let got = pull_start(&cfg, &starts, &open, "a.example/x:1", &ws(&["w"]), t(100));
+        assert!(matches!(got, PullStart::Now(_)), "{got:?}");
     }
 
     #[test]

@@ -225,6 +225,13 @@ pub async fn run_observed(
         };
         let result = session(&cfg, &mut reports, &intents, &cancel, on_attach).await;
         let Err(e) = result else { return };
+        // Schedules count only while the link is up: the agent falls back to
+        // its jittered local plan (intents and windows stay).
+        intents.send_if_modified(|set| {
+            let had = !set.schedules.is_empty();
+            set.schedules.clear();
+            had
+        });
         let reason = e.reason();
         observer.failed(reason);
         // A session that lasted was healthy: start the backoff over.
@@ -355,7 +362,7 @@ async fn session(
             m = inbound.message() => match m? {
                 Some(m) => {
                     if let Some(coordinator_message::Body::Intents(set)) = m.body {
-                        tracing::info!(intents = set.intents.len(), windows = set.windows.len(), "intents received");
+                        tracing::info!(intents = set.intents.len(), windows = set.windows.len(), schedules = set.schedules.len(), "intents received");
                         // Kept (watch holds the last value) while the link is down.
                         let _ = intents.send(set);
                     }

@@ -17,7 +17,9 @@ use crate::k8s::{Labels, NodeLabels};
 use crate::node::pull::PullOptions;
 use crate::plan::learned::{self, LearnedState, MeasuredSize, MAX_ENTRIES};
 use crate::plan::throughput::Throughput;
-use crate::plan::windows::{plan_windows as plan_windows_pure, NodeView, Phase, WindowPlan};
+use crate::plan::windows::{
+    plan_windows_with as plan_windows_pure, NodeView, Phase, WarmStarts, WindowPlan,
+};
 
 /// How often node labels are re-read from the API server.
 const LABELS_TTL: Duration = Duration::from_secs(300);
@@ -48,11 +50,11 @@ impl NodeState {
         &mut self,
         cfg: &AgentConfig,
         stack: &Stack,
-        in_flight: &BTreeMap<String, Vec<String>>,
-        cancel: &CancellationToken,
+        (in_flight, cancel): (&BTreeMap<String, Vec<String>>, &CancellationToken),
         candidates: &BTreeMap<String, ImageRef>,
         warm: &BTreeSet<String>,
         platform: &crate::config::Platform,
+        starts: &(dyn WarmStarts + Sync),
         now: chrono::DateTime<Utc>,
     ) -> WindowPlan {
         let fresh = |t: &DateTime<Utc>| learned::fresh(t.timestamp(), SIZE_TTL, now);
@@ -69,7 +71,7 @@ impl NodeState {
             warm,
             throughput: self.throughput.bytes_per_second(),
         };
-        let first = plan_windows_pure(&cfg.windows, &cfg.scheduling, &view, now);
+        let first = plan_windows_pure(&cfg.windows, &cfg.scheduling, &view, starts, now);
         // Measure what is missing for windows that are near or running.
         let horizon = now + chrono::Duration::hours(SIZE_HORIZON_HOURS);
         let opts = PullOptions {
@@ -120,7 +122,7 @@ impl NodeState {
             missing_bytes: &missing,
             ..view
         };
-        plan_windows_pure(&cfg.windows, &cfg.scheduling, &view, now)
+        plan_windows_pure(&cfg.windows, &cfg.scheduling, &view, starts, now)
     }
 
     pub fn new(name: String, source: Option<Arc<dyn NodeLabels>>) -> Self {

@@ -31,6 +31,7 @@ use crate::node::runtime::ImageStore;
 use crate::node::setup::SetupError;
 use crate::plan::intents::{self, Admission, Applicable, Receipts, Refusal, Room};
 use crate::plan::pull_secrets;
+use crate::plan::pull_start::Starts;
 use crate::plan::warm::{Action, HoldPolicy, Observed, Present};
 use crate::plan::windows::WindowPlan;
 use crate::wire::v1::{image_state::Phase as ImagePhase, ImageState, IntentSet};
@@ -335,18 +336,26 @@ impl Loop {
             .cloned()
             .collect();
 
-        // The window plan, with sizes measured for windows coming up soon.
+        // The window plan, with sizes measured for windows coming up soon,
+        // started when the registry budget's schedule (or the jitter) says.
+        let schedules = self.p.intents.borrow().schedules.clone();
+        let node_name = self.p.node.name.clone();
+        let starts = Starts {
+            node: &node_name,
+            max_jitter: cfg.scheduling.start_jitter,
+            schedules: &schedules,
+        };
         let wplan = self
             .p
             .node
             .plan_windows(
                 cfg,
                 stack,
-                &self.in_flight,
-                &self.cancel,
+                (&self.in_flight, &self.cancel),
                 &candidates,
                 &warm,
                 &platform,
+                &starts,
                 now,
             )
             .await;
@@ -391,6 +400,7 @@ impl Loop {
         self.backoffs
             .retain(|n| desired.iter().any(|d| d.name == n));
 
+        let mut scheduled: Option<DateTime<Utc>> = None;
         for action in decide::order_actions(warm_plan.actions) {
             match action {
                 Action::Warm {
@@ -402,12 +412,23 @@ impl Loop {
                         continue;
                     };
                     let windows = reasons.get(&name).cloned().unwrap_or_default();
+                    let start =
+                        decide::pull_start(cfg, &starts, &wplan.windows, &name, &windows, now);
+                    let bandwidth = match start {
+                        decide::PullStart::Now(b) => b,
+                        decide::PullStart::At(at) => {
+                            tracing::debug!(image = %name, start = %at, "waiting for its scheduled start");
+                            scheduled = Some(scheduled.map_or(at, |s| s.min(at)));
+                            continue;
+                        }
+                    };
                     let pull = Pull {
                         name,
                         image,
                         windows,
                         pin,
                         priority,
+                        bandwidth,
                     };
                     self.start_pull(cfg, stack, &platform, pull, now);
                 }
@@ -432,6 +453,7 @@ impl Loop {
             applicable.next_end,
             self.backoffs.next(now),
             renew,
+            scheduled,
         ];
         Ok(decide::next_wake(now, wakeups, cfg.resync))
     }
@@ -588,6 +610,7 @@ impl Loop {
             windows,
             pin,
             priority,
+            bandwidth,
         } = pull;
         if !self.backoffs.ready(&name, now) {
             tracing::debug!(image = %name, "last pull failed; waiting out its backoff");
@@ -602,7 +625,7 @@ impl Loop {
             platform: platform.clone(),
             cri_timeout: Duration::from_secs(3600),
             priority,
-            bandwidth: decide::window_bandwidth(cfg, &windows),
+            bandwidth,
         };
         if !windows.is_empty() {
             tracing::info!(image = %name, windows = ?windows, priority, "warming for window");
@@ -694,6 +717,8 @@ struct Pull {
     windows: Vec<String>,
     pin: bool,
     priority: i64,
+    /// The window (and registry schedule) budget it counts against.
+    bandwidth: Option<crate::node::pull::WindowBandwidth>,
 }
 
 #[cfg(test)]

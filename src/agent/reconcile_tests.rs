@@ -770,3 +770,74 @@ async fn coordinator_windows_are_planned_kept_offline_and_lose_to_the_configmap(
     assert_eq!(r.windows.len(), 1);
     rig.stop().await;
 }
+
+/// A window at 12:00 with a 30 min lead: its own plan warms from 11:30.
+fn budget_window(jitter: &str) -> Arc<AgentConfig> {
+    let text = format!(
+        "pacing: {{diskFloor: 0}}\nscheduling: {{intentHold: 10s, startJitter: {jitter}}}\nwindows:\n- {{name: w, schedule: '0 12 * * *', duration: 1h, leadTime: 30m, images: [reg.test/s:1]}}\n"
+    );
+    Arc::new(AgentConfig::from_yaml(&text).unwrap())
+}
+
+fn schedule_at(start: DateTime<Utc>, deadline: DateTime<Utc>) -> IntentSet {
+    IntentSet {
+        schedules: vec![crate::wire::v1::PullSchedule {
+            window: "w".into(),
+            registry: "reg.test".into(),
+            start_unix: start.timestamp(),
+            bytes_per_second: 1 << 20,
+            late: false,
+            deadline_unix: deadline.timestamp(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// Issue 13: a registry budget's schedule holds a window's pulls back
+/// until its start, even when that is after the node's own plan.
+#[tokio::test(start_paused = true)]
+async fn a_schedule_starts_the_window_pulls_at_its_start() {
+    let mut rig = Rig::start(budget_window("0s"));
+    let s = rig.image("reg.test/s:1", 7);
+    let noon = base() + chrono::TimeDelta::hours(2);
+    let start = noon - chrono::TimeDelta::minutes(10);
+    rig.intents
+        .as_ref()
+        .unwrap()
+        .send(schedule_at(start, noon))
+        .unwrap();
+    rig.until("s warm", |r| warm_pinned(r, &s)).await;
+    let at = base() + chrono::TimeDelta::from_std(rig.t0.elapsed()).unwrap();
+    assert!(at >= start, "pulled at {at}, before the scheduled {start}");
+    assert!(at - start < chrono::TimeDelta::seconds(2), "pulled at {at}");
+    rig.stop().await;
+}
+
+/// Without a schedule (or once the link dropped it) the node's own plan
+/// applies, moved earlier by its jitter, never later.
+#[tokio::test(start_paused = true)]
+async fn without_a_schedule_the_jittered_local_plan_applies() {
+    let mut rig = Rig::start(budget_window("10m"));
+    let s = rig.image("reg.test/s:1", 8);
+    let noon = base() + chrono::TimeDelta::hours(2);
+    let local = noon - chrono::TimeDelta::minutes(30);
+    let j = crate::plan::pull_start::jitter("n1", "w", noon, Duration::from_secs(600));
+    assert!(
+        j > Duration::from_secs(1),
+        "a jitter this test can see: {j:?}"
+    );
+    let expected = local - chrono::TimeDelta::from_std(j).unwrap();
+    // A schedule arrives, then the link drops it before its start.
+    let tx = rig.intents.as_ref().unwrap();
+    tx.send(schedule_at(noon - chrono::TimeDelta::minutes(5), noon))
+        .unwrap();
+    tx.send(IntentSet::default()).unwrap();
+    rig.until("s warm", |r| warm_pinned(r, &s)).await;
+    let at = base() + chrono::TimeDelta::from_std(rig.t0.elapsed()).unwrap();
+    assert!(at >= expected, "pulled at {at}, expected {expected}");
+    assert!(
+        at - expected < chrono::TimeDelta::seconds(2),
+        "pulled at {at}, expected {expected}"
+    );
+    rig.stop().await;
+}

@@ -171,6 +171,7 @@ pub fn window_states(statuses: &[WindowStatus]) -> BTreeMap<String, WindowState>
                     next_activation_unix: s.next_activation.timestamp(),
                     warm: s.all_warm,
                     source: s.source.clone(),
+                    missing: s.missing_by_registry.clone().into_iter().collect(),
                 },
             )
         })

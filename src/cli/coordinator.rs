@@ -117,6 +117,12 @@ pub struct CoordinatorArgs {
     /// reviewed tokens are cached for a minute.
     #[arg(long, env = "PREWARM_TOKEN_REVIEWS_PER_SECOND", default_value = "50", value_parser = review_rate)]
     pub token_reviews_per_second: f64,
+    /// A registry's egress budget for the whole cluster: HOST=RATE[,nodes=N]
+    /// (RATE per second, e.g. 2GiB; at most N nodes pulling from it at
+    /// once; HOST `*` for any host without its own). Repeatable. Agents are
+    /// then told when to start warming and how fast.
+    #[arg(long = "registry-budget", value_name = "HOST=RATE[,nodes=N]", value_parser = prewarm::coordinator::budget::parse_budget)]
+    pub registry_budgets: Vec<prewarm::plan::registry_budget::RegistryBudget>,
     // ---- Deploy groups' validation checks ----
     /// The cluster's DNS domain: httpCheck URLs may name
     /// `<service>.<namespace>.svc` and `<service>.<namespace>.svc.<domain>`.
@@ -235,7 +241,16 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         },
         watch_api: !args.no_watch,
     };
+    let budget = budget_options(&args)?;
     let coordinator = Coordinator::start(opts, auth, cancel.clone()).await?;
+    if let Some(budget) = budget {
+        // Plans only while this replica serves agents (the leader).
+        tokio::spawn(prewarm::coordinator::budget::run(
+            coordinator.state.clone(),
+            budget,
+            cancel.clone(),
+        ));
+    }
     if !args.no_watch {
         let client = kube::Client::try_default()
             .await
@@ -378,6 +393,39 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The registry budget from `--registry-budget`; None without one.
+fn budget_options(
+    args: &CoordinatorArgs,
+) -> anyhow::Result<Option<prewarm::coordinator::budget::BudgetOptions>> {
+    use prewarm::plan::registry_budget::{Budgets, PlanOptions};
+    let mut seen = std::collections::BTreeSet::new();
+    for b in &args.registry_budgets {
+        if !seen.insert(b.host.as_str()) {
+            anyhow::bail!("--registry-budget: host {} is given twice", b.host);
+        }
+    }
+    let budgets = Budgets {
+        registries: args.registry_budgets.clone(),
+    };
+    if budgets.is_unlimited() {
+        tracing::info!("no --registry-budget: agents start warming on their own plans");
+        return Ok(None);
+    }
+    for b in &budgets.registries {
+        tracing::info!(registry = %b.host, bytes_per_second = b.bytes_per_sec, max_nodes = b.max_nodes, "registry budget");
+    }
+    let defaults = prewarm::config::windows::Scheduling::default();
+    Ok(Some(prewarm::coordinator::budget::BudgetOptions {
+        budgets,
+        plan: PlanOptions {
+            default_node_rate: args.gate_default_throughput.as_u64() as f64,
+            safety_factor: defaults.safety_factor,
+            min_lead: prewarm::coordinator::budget::MIN_LEAD,
+        },
+        tick: prewarm::coordinator::budget::TICK,
+    }))
+}
+
 /// Deploy groups' options from the flags; logs which hosts checks may reach.
 fn deploy_options(
     args: &CoordinatorArgs,
@@ -440,6 +488,54 @@ mod lease_identity_tests {
         };
         let from_env = std::env::var("POD_NAME").unwrap_or_default();
         assert_eq!(args.pod_name, from_env);
+    }
+
+    /// `--registry-budget` repeats; a bad value names the flag and the
+    /// bad part; a host given twice is refused; no flag, no budget loop.
+    #[test]
+    fn registry_budgets_parse_and_errors_name_the_flag() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut words = vec!["prewarm", "coordinator"];
+            words.extend(extra);
+            crate::cli::Cli::try_parse_from(words).map(|cli| match cli.command {
+                crate::cli::Command::Coordinator(args) => args,
+                _ => panic!("not the coordinator"),
+            })
+        };
+        let args = parse(&[
+            "--registry-budget",
+            "registry.example=2GiB,nodes=4",
+            "--registry-budget=*=100MiB/s",
+        ])
+        .unwrap();
+        let opts = super::budget_options(&args).unwrap().expect("a budget");
+        let hosts: Vec<(&str, u64, u32)> = opts
+            .budgets
+            .registries
+            .iter()
+            .map(|b| (b.host.as_str(), b.bytes_per_sec, b.max_nodes))
+            .collect();
+        assert_eq!(
+            hosts,
+            [("registry.example", 2 << 30, 4), ("*", 100 << 20, 0)]
+        );
+        let err = parse(&["--registry-budget", "registry.example=lots"]).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("--registry-budget"), "{shown}");
+        assert!(shown.contains("rate \"lots\""), "{shown}");
+        let twice = parse(&[
+            "--registry-budget",
+            "r.example=1MiB",
+            "--registry-budget",
+            "R.example=2MiB",
+        ])
+        .unwrap();
+        let e = super::budget_options(&twice).unwrap_err().to_string();
+        assert_eq!(e, "--registry-budget: host r.example is given twice");
+        assert!(super::budget_options(&parse(&[]).unwrap())
+            .unwrap()
+            .is_none());
     }
 
     /// Allowed check hosts come as a comma list or repeated, and reach the

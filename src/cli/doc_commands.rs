@@ -233,6 +233,7 @@ fn samples(placeholder: &str) -> Vec<String> {
                 "ADDR" => "127.0.0.1:9000",
                 "NAME" => "aks-integrations-0",
                 "HOST,..." => "status.example.com,*.corp.internal",
+                "HOST=RATE" => "reg.example:5000=100MiB,nodes=2",
                 "URL" => "http://127.0.0.1:9465",
                 "TIME" => "2026-11-23T06:30:00Z",
                 "k=v,..." => "kubernetes.azure.com/agentpool=integrations,zone=1",

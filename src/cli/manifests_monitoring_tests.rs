@@ -105,5 +105,5 @@ fn every_alert_has_a_severity_and_a_runbook_in_the_readme() {
             alerts += 1;
         }
     }
-    assert_eq!(alerts, 8);
+    assert_eq!(alerts, 9);
 }

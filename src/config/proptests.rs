@@ -228,7 +228,7 @@ proptest! {
         key in prop::sample::select(vec![
             "maxConcurrentPulls", "maxConcurrentBlobs", "bandwidth", "diskFloor", "retry",
             "maxDeadline", "maxImages", "maxBytes", "safetyFactor", "defaultThroughput",
-            "grace", "intentHold", "socket", "namespace", "root", "snapshotter",
+            "grace", "intentHold", "startJitter", "socket", "namespace", "root", "snapshotter",
             "dockerConfig", "credentialProvider", "hostsDir", "platform",
         ]),
         value in token(),

@@ -52,7 +52,15 @@ pub struct Scheduling {
     /// long after the intent ends (gated pods start, rollouts finish).
     #[serde(with = "humantime_serde")]
     pub intent_hold: Duration,
+    /// Without a coordinator schedule, each node starts warming up to this
+    /// much earlier than its own plan (a fixed share per node, window and
+    /// occurrence), so a pool's nodes do not all hit the registry at once.
+    #[serde(with = "humantime_serde")]
+    pub start_jitter: Duration,
 }
+
+/// Longest `scheduling.startJitter` accepted.
+pub const MAX_START_JITTER: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Scheduling {
     fn default() -> Self {
@@ -61,6 +69,7 @@ impl Default for Scheduling {
             default_throughput: ByteSize(25 << 20),
             grace: Duration::from_secs(15 * 60),
             intent_hold: Duration::from_secs(15 * 60),
+            start_jitter: Duration::from_secs(120),
         }
     }
 }
@@ -95,6 +104,12 @@ impl Scheduling {
             return Err(ConfigError::invalid(
                 field("intentHold"),
                 "must be at least 1s (it keeps pins from dropping when an intent ends)",
+            ));
+        }
+        if self.start_jitter > MAX_START_JITTER {
+            return Err(ConfigError::invalid(
+                field("startJitter"),
+                "must be at most 24h (warming starts up to this much earlier than planned)",
             ));
         }
         Ok(())

@@ -66,6 +66,7 @@ invalid! {
     safety_factor: "safety-factor.yaml",
     default_throughput: "default-throughput.yaml",
     intent_hold: "intent-hold.yaml",
+    start_jitter: "start-jitter.yaml",
     scheduling_unknown_field: "scheduling-unknown-field.yaml",
 }
 
@@ -115,6 +116,7 @@ fn valid_fixture_normalizes_and_round_trips() {
     );
     assert_eq!(c.scheduling.default_throughput, ByteSize(50 << 20));
     assert_eq!(c.scheduling.intent_hold, Duration::from_secs(1200));
+    assert_eq!(c.scheduling.start_jitter, Duration::from_secs(30));
 }
 
 #[test]
@@ -124,6 +126,7 @@ fn defaults() {
     assert_eq!(s.default_throughput, ByteSize(25 * 1024 * 1024));
     assert_eq!(s.grace, Duration::from_secs(900));
     assert_eq!(s.intent_hold, Duration::from_secs(900));
+    assert_eq!(s.start_jitter, Duration::from_secs(120));
     let c = parse("windows:\n- {name: a, schedule: '0 8 * * *', duration: 1h, images: [nginx]}");
     let w = &c.windows[0];
     assert_eq!(

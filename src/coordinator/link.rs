@@ -22,11 +22,13 @@ use crate::wire::limits;
 use crate::wire::v1::link_server::Link;
 use crate::wire::v1::{
     agent_message, coordinator_message, AgentMessage, CoordinatorMessage, Delta, Intent, IntentSet,
-    Snapshot, WindowSpec,
+    PullSchedule, Snapshot, WindowSpec,
 };
 
 /// Coordinator windows by node name (from KEDA ScaledObjects).
 pub type NodeWindows = std::collections::BTreeMap<String, Vec<WindowSpec>>;
+/// Registry-budget schedules by node name ([`super::budget`]).
+pub type NodeSchedules = std::collections::BTreeMap<String, Vec<PullSchedule>>;
 
 /// Shared by every stream.
 pub struct LinkState {
@@ -37,6 +39,8 @@ pub struct LinkState {
     pub intents: watch::Sender<Arc<Vec<Intent>>>,
     /// Each node's coordinator windows; sent with its intents on change.
     pub windows: watch::Sender<Arc<NodeWindows>>,
+    /// Each node's registry-budget schedules; sent with its intents on change.
+    pub schedules: watch::Sender<Arc<NodeSchedules>>,
     /// Ends every stream on shutdown so agents move to another replica.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Bumped after every change to the view, for controllers that wait
@@ -88,6 +92,7 @@ impl LinkState {
     ) -> Arc<Self> {
         let (intents, _) = watch::channel(Arc::new(Vec::new()));
         let (windows, _) = watch::channel(Arc::new(NodeWindows::new()));
+        let (schedules, _) = watch::channel(Arc::new(NodeSchedules::new()));
         let (view_changes, _) = watch::channel(0);
         let (serving, _) = watch::channel(true);
         Arc::new(Self {
@@ -96,6 +101,7 @@ impl LinkState {
             metrics,
             intents,
             windows,
+            schedules,
             shutdown,
             view_changes,
             serving,
@@ -192,6 +198,12 @@ impl LinkState {
     /// `node`'s share of `all`, credentials removed where not allowed.
     pub(crate) fn share(&self, all: &[Intent], windows: &NodeWindows, node: &str) -> IntentSet {
         let mut set = intents_for(all, windows, node);
+        set.schedules = self
+            .schedules
+            .borrow()
+            .get(node)
+            .cloned()
+            .unwrap_or_default();
         if !self.credentials_allowed.load(Ordering::Relaxed) {
             set.intents.iter_mut().for_each(|i| i.credentials.clear());
         }
@@ -290,6 +302,7 @@ pub fn validate_snapshot(s: &Snapshot) -> Result<(), String> {
     }
     count("snapshot.images", s.images.len(), limits::MAX_IMAGES)?;
     count("snapshot.windows", s.windows.len(), limits::MAX_WINDOWS)?;
+    missing("snapshot.windows", &s.windows)?;
     count("snapshot.labels", s.labels.len(), limits::MAX_LABELS)?;
     count("snapshot.taints", s.taints.len(), limits::MAX_LABELS)?;
     images("snapshot.images", &s.images)?;
@@ -316,12 +329,29 @@ pub fn validate_delta(d: &Delta) -> Result<(), String> {
     count("delta.upserted", d.upserted.len(), limits::MAX_IMAGES)?;
     count("delta.removed", d.removed.len(), limits::MAX_IMAGES)?;
     count("delta.windows", d.windows.len(), limits::MAX_WINDOWS)?;
+    missing("delta.windows", &d.windows)?;
     count("delta.labels", d.labels.len(), limits::MAX_LABELS)?;
     images("delta.upserted", &d.upserted)?;
     names("delta.removed", d.removed.iter().map(String::as_str))?;
     names("delta.windows", d.windows.iter().map(|w| w.name.as_str()))?;
     labels("delta.labels", &d.labels)?;
     validate_throughput("delta", d.throughput_bytes_per_second)
+}
+
+/// Each window's `missing` names at most [`limits::MAX_REGISTRIES`] hosts.
+fn missing(field: &str, windows: &[crate::wire::v1::WindowState]) -> Result<(), String> {
+    for w in windows {
+        count(
+            &format!("{field}[{}].missing", w.name),
+            w.missing.len(),
+            limits::MAX_REGISTRIES,
+        )?;
+        names(
+            &format!("{field}[{}].missing", w.name),
+            w.missing.keys().map(String::as_str),
+        )?;
+    }
+    Ok(())
 }
 
 fn count(field: &str, n: usize, max: usize) -> Result<(), String> {
@@ -409,6 +439,7 @@ pub fn intents_for(all: &[Intent], windows: &NodeWindows, node: &str) -> IntentS
             })
             .collect(),
         windows: windows.get(node).cloned().unwrap_or_default(),
+        schedules: Vec::new(),
     }
 }
 
@@ -506,6 +537,7 @@ fn async_stream_of(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<CoordinatorMessage, Status>>(4);
     let mut intents = st.intents.subscribe();
     let mut windows = st.windows.subscribe();
+    let mut schedules = st.schedules.subscribe();
     tokio::spawn(async move {
         let mut serving = st.serving.subscribe();
         let msg = |set| CoordinatorMessage {
@@ -546,6 +578,14 @@ fn async_stream_of(
                 changed = windows.changed() => {
                     if changed.is_err() { break None; }
                     // Another node's windows changing sends this one nothing.
+                    if let Some(set) = next(&mut intents, &mut windows) {
+                        if tx.send(Ok(msg(set))).await.is_err() { break None; }
+                    }
+                }
+                changed = schedules.changed() => {
+                    if changed.is_err() { break None; }
+                    // Read in `share`; sent only if this node's changed.
+                    schedules.borrow_and_update();
                     if let Some(set) = next(&mut intents, &mut windows) {
                         if tx.send(Ok(msg(set))).await.is_err() { break None; }
                     }

@@ -78,6 +78,7 @@ fn window() -> impl Strategy<Value = WindowState> {
             next_activation_unix: next,
             warm,
             source: String::new(),
+            missing: Default::default(),
         }
     })
 }

@@ -6,6 +6,7 @@
 pub mod announce;
 pub mod auth;
 pub mod auth_cache;
+pub mod budget;
 pub mod ca;
 pub mod deploys;
 pub mod events;

@@ -10,6 +10,8 @@ pub mod intern;
 pub mod keda;
 pub mod learned;
 pub mod pull_secrets;
+pub mod pull_start;
+pub mod registry_budget;
 pub mod rollout;
 pub mod throughput;
 pub mod view;

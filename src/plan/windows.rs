@@ -99,10 +99,15 @@ pub struct WindowStatus {
     pub occurrence: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// When warming for `next_activation` starts.
     pub warm_start: DateTime<Utc>,
+    /// When the node's own plan would start it (before [`WarmStarts`]).
+    pub local_warm_start: DateTime<Utc>,
     /// CRI names of the window's images.
     pub images: Vec<String>,
     /// Bytes still missing over images not warm; `None` if any is unknown.
     pub missing_bytes: Option<u64>,
+    /// The known missing bytes by registry host, over images not warm (a
+    /// registry whose cold images are all unmeasured shows 0).
+    pub missing_by_registry: BTreeMap<String, u64>,
     pub estimated_pull: Duration,
     pub priority: i32,
     pub all_warm: bool,
@@ -134,6 +139,35 @@ pub struct WindowPlan {
     pub next_wakeup: Option<DateTime<Utc>>,
 }
 
+/// Moves a window's warm start away from the node's own plan (a registry
+/// budget's schedule, a per-node jitter: [`crate::plan::pull_start`]).
+pub trait WarmStarts {
+    /// When warming for the occurrence starting at `next` begins, given the
+    /// node's own plan `local` and the registries of the images not warm.
+    fn warm_start(
+        &self,
+        window: &str,
+        next: DateTime<Utc>,
+        local: DateTime<Utc>,
+        cold_registries: &BTreeSet<String>,
+    ) -> DateTime<Utc>;
+}
+
+/// The node's own plan, unchanged.
+pub struct LocalStarts;
+
+impl WarmStarts for LocalStarts {
+    fn warm_start(
+        &self,
+        _: &str,
+        _: DateTime<Utc>,
+        local: DateTime<Utc>,
+        _: &BTreeSet<String>,
+    ) -> DateTime<Utc> {
+        local
+    }
+}
+
 /// The plan for `node` at `now`.
 pub fn plan_windows(
     windows: &[Window],
@@ -141,11 +175,22 @@ pub fn plan_windows(
     node: &NodeView,
     now: DateTime<Utc>,
 ) -> WindowPlan {
+    plan_windows_with(windows, sched, node, &LocalStarts, now)
+}
+
+/// [`plan_windows`] with warm starts moved by `starts`.
+pub fn plan_windows_with(
+    windows: &[Window],
+    sched: &Scheduling,
+    node: &NodeView,
+    starts: &dyn WarmStarts,
+    now: DateTime<Utc>,
+) -> WindowPlan {
     let mut desired: BTreeMap<String, DesiredImage> = BTreeMap::new();
     let mut statuses = Vec::with_capacity(windows.len());
     let mut next_wakeup: Option<DateTime<Utc>> = None;
     for window in windows {
-        let eval = evaluate(window, sched, node, now);
+        let eval = evaluate(window, sched, node, starts, now);
         if eval.status.applies {
             let earliest = eval.wakeups.into_iter().filter(|t| *t > now).min();
             next_wakeup = next_wakeup.into_iter().chain(earliest).min();
@@ -211,7 +256,13 @@ struct Evaluation {
     wakeups: Vec<DateTime<Utc>>,
 }
 
-fn evaluate(w: &Window, sched: &Scheduling, node: &NodeView, now: DateTime<Utc>) -> Evaluation {
+fn evaluate(
+    w: &Window,
+    sched: &Scheduling,
+    node: &NodeView,
+    starts: &dyn WarmStarts,
+    now: DateTime<Utc>,
+) -> Evaluation {
     let mut images: Vec<String> = Vec::with_capacity(w.images.len());
     for item in &w.images {
         let name = item.image.cri_name();
@@ -226,13 +277,28 @@ fn evaluate(w: &Window, sched: &Scheduling, node: &NodeView, now: DateTime<Utc>)
         .collect();
     let missing_sum = known.iter().fold(0u64, |acc, b| acc.saturating_add(*b));
     let missing_bytes = (known.len() == cold.len()).then_some(missing_sum);
+    let mut missing_by_registry: BTreeMap<String, u64> = BTreeMap::new();
+    for name in &cold {
+        let bytes = node.missing_bytes.get(*name).copied().unwrap_or(0);
+        let entry = missing_by_registry.entry(registry_of(name)).or_default();
+        *entry = entry.saturating_add(bytes);
+    }
     let estimated_pull = estimate_pull(missing_sum, node.throughput, sched);
     let lead = w.lead_time.max(estimated_pull);
     let grace = w.effective_grace(sched);
 
     let next = w.next_start(now);
     let next_activation = next.unwrap_or(DateTime::<Utc>::MAX_UTC);
-    let warm_start = next.map_or(DateTime::<Utc>::MAX_UTC, |s| sub(s, lead));
+    let cold_registries: BTreeSet<String> = w
+        .images
+        .iter()
+        .filter(|i| !node.warm.contains(&i.image.cri_name()))
+        .map(|i| i.image.registry.clone())
+        .collect();
+    let local_warm_start = next.map_or(DateTime::<Utc>::MAX_UTC, |s| sub(s, lead));
+    let warm_start = next.map_or(DateTime::<Utc>::MAX_UTC, |s| {
+        starts.warm_start(&w.name, s, local_warm_start, &cold_registries)
+    });
     // Ends grow with starts (one duration for all), so only the latest start
     // at or before now can still be active or in grace.
     let current = w
@@ -272,8 +338,10 @@ fn evaluate(w: &Window, sched: &Scheduling, node: &NodeView, now: DateTime<Utc>)
             next_activation,
             occurrence,
             warm_start,
+            local_warm_start,
             images,
             missing_bytes,
+            missing_by_registry,
             estimated_pull,
             priority: w.priority,
             all_warm,
@@ -311,6 +379,11 @@ fn want(desired: &mut BTreeMap<String, DesiredImage>, w: &Window, status: &Windo
             entry.windows.push(w.name.clone());
         }
     }
+}
+
+/// The registry host of a CRI name (normalized: `registry/repository...`).
+pub fn registry_of(cri_name: &str) -> String {
+    cri_name.split('/').next().unwrap_or_default().to_string()
 }
 
 /// When the occurrence starting at `start` ends; never, if its `end`

@@ -590,3 +590,56 @@ fn aks_example_on_a_monday_morning() {
         )
     );
 }
+
+// ---- registry budget inputs ----------------------------------------------
+
+/// Issue 13: what a window still lacks, per registry host, over its images
+/// not warm (unmeasured ones count 0); and a warm start moved by
+/// [`WarmStarts`] while the local one stays visible.
+#[test]
+fn missing_bytes_by_registry_and_moved_warm_starts() {
+    let other = "docker.io/library/redis:7";
+    let w = window(&format!(
+        "schedule: '0 8 * * *', leadTime: 10m, images: ['{ORDERS}', '{INVOICE}', '{LEDGER}', '{other}']"
+    ));
+    let node = Node::cold()
+        .warm(&[LEDGER])
+        .missing(ORDERS, 300)
+        .missing(INVOICE, 200)
+        .missing(LEDGER, 999);
+    let now = utc(2026, 11, 23, 6, 0);
+    let st = &node.plan(std::slice::from_ref(&w), now).windows[0];
+    let expect: BTreeMap<String, u64> = [
+        ("myregistry.azurecr.io".to_string(), 500),
+        ("docker.io".to_string(), 0),
+    ]
+    .into();
+    assert_eq!(st.missing_by_registry, expect);
+    assert_eq!(st.local_warm_start, utc(2026, 11, 23, 7, 50));
+
+    struct Earlier;
+    impl WarmStarts for Earlier {
+        fn warm_start(
+            &self,
+            _: &str,
+            _: DateTime<Utc>,
+            local: DateTime<Utc>,
+            cold: &BTreeSet<String>,
+        ) -> DateTime<Utc> {
+            assert_eq!(cold.len(), 2, "{cold:?}");
+            local - chrono::TimeDelta::minutes(100)
+        }
+    }
+    let view = NodeView {
+        labels: &node.labels,
+        missing_bytes: &node.missing,
+        warm: &node.warm,
+        throughput: node.throughput,
+    };
+    let plan = plan_windows_with(&[w], &Scheduling::default(), &view, &Earlier, now);
+    let st = &plan.windows[0];
+    assert_eq!(st.warm_start, utc(2026, 11, 23, 6, 10));
+    assert_eq!(st.local_warm_start, utc(2026, 11, 23, 7, 50));
+    assert_eq!(st.phase, Phase::Idle);
+    assert_eq!(plan.next_wakeup, Some(utc(2026, 11, 23, 6, 10)));
+}

@@ -30,5 +30,7 @@ pub mod limits {
     pub const MAX_IMAGES: usize = 20_000;
     pub const MAX_WINDOWS: usize = 1_000;
     pub const MAX_LABELS: usize = 512;
+    /// Registry hosts in one window's `missing`.
+    pub const MAX_REGISTRIES: usize = 64;
     pub const MAX_NAME_LEN: usize = 1_024;
 }

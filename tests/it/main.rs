@@ -3,6 +3,7 @@
 //! and the fault-injecting proxy in front of it. Run with `scripts/test.sh`.
 
 mod agent;
+mod budget;
 mod cli;
 mod common;
 mod crash;
