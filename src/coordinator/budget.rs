@@ -127,8 +127,8 @@ pub fn demands(
                     continue;
                 }
                 let pulling = w.phase == "warming"
-                    && rec.images.values().any(|i| {
-                        i.phase == ImagePhase::Pulling as i32 && registry_of(&i.name) == *registry
+                    && rec.images.iter().any(|(name, i)| {
+                        i.phase == ImagePhase::Pulling as i32 && registry_of(name) == *registry
                     });
                 let given = sent.get(&rec.node).and_then(|s| {
                     s.iter()
