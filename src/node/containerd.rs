@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, snapshots::RemoveSnapshotRequest,
@@ -371,7 +371,7 @@ impl ContentStore for Containerd {
             offset,
             sent: offset,
             in_flight: VecDeque::new(),
-            buffer: BytesMut::new(),
+            buffer: Vec::new(),
             labels,
         }))
     }
@@ -425,7 +425,8 @@ struct ContainerdWriter {
     sent: u64,
     /// Offsets containerd should answer with, oldest first.
     in_flight: VecDeque<u64>,
-    buffer: BytesMut,
+    /// Filled up to `WRITE_CHUNK`, then moved into the request as is.
+    buffer: Vec<u8>,
     labels: BTreeMap<String, String>,
 }
 
@@ -473,18 +474,19 @@ impl ContainerdWriter {
         while self.in_flight.len() >= WRITES_IN_FLIGHT {
             self.confirm_one().await?;
         }
-        let data = self.buffer.split().freeze();
+        let data = std::mem::take(&mut self.buffer);
+        let len = data.len() as u64;
         let req = WriteContentRequest {
             action: WriteAction::Write as i32,
             r#ref: self.ingest_ref.clone(),
             total: self.size as i64,
             expected: self.digest.clone(),
             offset: self.sent as i64,
-            data: data.to_vec(),
+            data,
             ..Default::default()
         };
         self.send(req).await?;
-        self.sent += data.len() as u64;
+        self.sent += len;
         self.in_flight.push_back(self.sent);
         Ok(())
     }
@@ -497,6 +499,10 @@ impl BlobWriter for ContainerdWriter {
     }
 
     async fn write(&mut self, data: Bytes) -> Result<()> {
+        if self.buffer.capacity() == 0 {
+            // One allocation per chunk, not a doubling series of them.
+            self.buffer.reserve_exact(WRITE_CHUNK + data.len());
+        }
         self.buffer.extend_from_slice(&data);
         if self.buffer.len() >= WRITE_CHUNK {
             self.flush().await?;
