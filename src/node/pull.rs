@@ -104,7 +104,7 @@ const CRI_WAIT_CEILING: Duration = Duration::from_secs(24 * 3600);
 
 #[path = "pull_fetch.rs"]
 mod fetch;
-use fetch::{Claim, Stage};
+use fetch::{BlobJob, Claim, Stage};
 
 pub struct NoopObserver;
 impl PullObserver for NoopObserver {}
@@ -168,6 +168,9 @@ pub struct Engine {
     leftovers: Leftovers,
     /// The snapshotter CRI unpacks into; unset, asked from CRI each time.
     snapshotter: Option<String>,
+    /// Start CRI PullImage while blobs still download (see
+    /// [`crate::node::runtime::version_overlaps_cri_well`]).
+    early_cri: bool,
 }
 
 impl Engine {
@@ -194,7 +197,14 @@ impl Engine {
             observer,
             leftovers: Leftovers::default(),
             snapshotter: None,
+            early_cri: true,
         }
+    }
+
+    /// Whether CRI PullImage starts before the last blob is in.
+    pub fn with_early_cri(mut self, early: bool) -> Self {
+        self.early_cri = early;
+        self
     }
 
     /// Checks warm images against `snapshotter` (the one CRI unpacks into).
@@ -387,11 +397,17 @@ impl Engine {
         });
         let fetch = async {
             let stage = &stage;
+            let job = &BlobJob {
+                image,
+                lease,
+                key,
+                budget,
+                cancel,
+            };
             let fetched = futures::stream::iter(plan.blobs.clone())
                 .map(|blob| async move {
                     let claim = Claim::new(stage);
-                    self.ensure_blob(image, &blob, lease, key, budget, &claim, cancel)
-                        .await
+                    self.ensure_blob(job, &blob, &claim).await
                 })
                 .buffer_unordered(self.pacing.max_concurrent_blobs.max(1))
                 .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
@@ -425,7 +441,12 @@ impl Engine {
     ) -> Result<String, PullError> {
         let name = image.to_string();
         let mut rx = stage.subscribe();
-        if rx.wait_for(|s| s.unclaimed == 0).await.is_err() {
+        let early = self.early_cri;
+        if rx
+            .wait_for(|s| s.fetched || (early && s.unclaimed == 0))
+            .await
+            .is_err()
+        {
             return Err(PullError::Cancelled { image: name });
         }
         let credential = self.registry.credential(image);

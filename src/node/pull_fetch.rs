@@ -62,14 +62,17 @@ impl Engine {
     /// Makes `blob` present and protected by `lease`; returns bytes fetched.
     pub(super) async fn ensure_blob(
         &self,
-        image: &ImageRef,
+        job: &BlobJob<'_>,
         blob: &Descriptor,
-        lease: &LeaseId,
-        key: SlotKey,
-        budget: &Budget,
         claim: &Claim<'_>,
-        cancel: &CancellationToken,
     ) -> Result<u64, PullError> {
+        let BlobJob {
+            image,
+            lease,
+            key,
+            budget,
+            cancel,
+        } = *job;
         let name = image.to_string();
         let rt_err = |source| PullError::Runtime {
             image: name.clone(),
@@ -301,6 +304,16 @@ impl Engine {
         }
         w.commit().await
     }
+}
+
+/// What every blob of one image's phase 1 shares.
+#[derive(Clone, Copy)]
+pub(super) struct BlobJob<'a> {
+    pub image: &'a ImageRef,
+    pub lease: &'a LeaseId,
+    pub key: SlotKey,
+    pub budget: &'a Budget,
+    pub cancel: &'a CancellationToken,
 }
 
 /// What one download attempt works on.

@@ -502,7 +502,7 @@ async fn cri_pull_starts_while_a_layer_is_still_downloading() {
 async fn cri_timeout_counts_from_the_last_blob_not_from_the_early_start() {
     let r = rig();
     let slow = layer(2, 400_000);
-    let img = r.image("reg.test/app:1", &[slow.clone()]);
+    let img = r.image("reg.test/app:1", std::slice::from_ref(&slow));
     let gate = Arc::new(tokio::sync::Notify::new());
     r.reg.fault(
         &crate::node::registry::sha256_hex(&slow),
@@ -580,4 +580,16 @@ async fn blobs_are_written_under_containerds_own_ingest_refs() {
     assert!(refs.contains(&format!("config-{config}")), "{refs:?}");
     let layer = blobs.iter().find(|b| **b != config).unwrap();
     assert!(refs.contains(&format!("layer-{layer}")), "{refs:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_early_cri_the_pull_waits_for_every_blob() {
+    let r = rig();
+    let img = r.image("reg.test/app:1", &[layer(1, 300_000), layer(2, 400_000)]);
+    let engine = r.engine.with_early_cri(false);
+    engine
+        .warm(&img, &opts(false), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(r.rt.lock().present_at_cri_pull, vec![3]);
 }

@@ -11,7 +11,9 @@ use crate::node::containerd::Containerd;
 use crate::node::pace::StatvfsProbe;
 use crate::node::pull::{Engine, PullObserver};
 use crate::node::registry::HttpRegistry;
-use crate::node::runtime::{version_supports_pinning, ImageStore, RuntimeError};
+use crate::node::runtime::{
+    version_overlaps_cri_well, version_supports_pinning, ImageStore, RuntimeError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -267,7 +269,8 @@ pub async fn connect_with(
         cfg.pacing.clone(),
         observer,
     )
-    .with_snapshotter(snapshotter.clone());
+    .with_snapshotter(snapshotter.clone())
+    .with_early_cri(version_overlaps_cri_well(&runtime_version));
     Ok(NodeStack {
         pin_supported: version_supports_pinning(&runtime_version),
         containerd,
