@@ -217,6 +217,9 @@ pub struct ClusterView {
     api_listed: bool,
 }
 
+/// Per (image, pool) counts.
+type PoolAggs = BTreeMap<(Arc<str>, Arc<str>), Agg>;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Agg {
     nodes: usize,
@@ -548,7 +551,7 @@ impl ClusterView {
                         .all(|(k, v)| n.labels.get(k) == Some(v))
             });
             for rec in targets {
-                for image in images.iter().filter(|im| !rec.images.contains_key(*im)) {
+                for image in images.iter().filter(|im| !rec.images.contains_key(im)) {
                     out.insert((image.clone(), rec.node.as_str()));
                 }
             }
@@ -571,7 +574,7 @@ impl ClusterView {
 fn apply_changes(
     rec: &mut NodeRecord,
     names: &mut Interner,
-    mut agg: Option<&mut BTreeMap<(Arc<str>, Arc<str>), Agg>>,
+    mut agg: Option<&mut PoolAggs>,
     upserted: Vec<ImageState>,
     removed: Vec<String>,
     now: DateTime<Utc>,
