@@ -34,6 +34,8 @@ async fn window_is_warm_before_it_opens_and_unpinned_after() {
 registry: {{ dockerConfig: [], hostsDir: {hosts} }}
 pacing: {{ diskFloor: 0 }}
 resync: 5m
+# Warming must start at the lead time exactly, not up to a jitter earlier.
+scheduling: {{ startJitter: 0s }}
 windows:
   - name: erp-sync
     schedule: "{schedule}"
