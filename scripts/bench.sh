@@ -19,8 +19,6 @@ if [ ! -x "$TOOLS/containerd-sid/usr/bin/containerd" ] ||
   scripts/setup.sh
 fi
 
-# The agent footprint runs the real binary.
-cargo build --release --bin prewarm
 
 out="$(mktemp)"
 cleanup() {
