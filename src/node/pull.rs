@@ -328,18 +328,7 @@ impl Engine {
                 .iter()
                 .map(|m| m.body.len() as u64)
                 .sum::<u64>();
-        let mut missing = 0;
-        for b in &plan.blobs {
-            if self
-                .content
-                .content_size(&b.digest)
-                .await
-                .map_err(rt_err)?
-                .is_none()
-            {
-                missing += b.size;
-            }
-        }
+        let missing = self.absent_bytes(&plan.blobs).await.map_err(rt_err)?;
         self.observer.resolved(&name, total, missing);
         self.check_disk(&name, missing)?;
 
@@ -499,21 +488,12 @@ impl Engine {
         })
         .await?;
         let plan = self.plan_blobs(image, top, opts, cancel).await?;
-        let mut missing = 0;
-        for b in &plan.blobs {
-            let present = self
-                .content
-                .content_size(&b.digest)
-                .await
-                .map_err(|source| PullError::Runtime {
-                    image: name.clone(),
-                    source,
-                })?;
-            if present.is_none() {
-                missing += b.size;
-            }
-        }
-        Ok(missing)
+        self.absent_bytes(&plan.blobs)
+            .await
+            .map_err(|source| PullError::Runtime {
+                image: name.clone(),
+                source,
+            })
     }
 
     /// The outcome for an image CRI already holds at `digest`, pinning it if asked.

@@ -86,17 +86,11 @@ impl Engine {
         let _guard = lock.lock().await;
         let result = async {
             if self
-                .content
-                .content_size(&blob.digest)
+                .lease_if_present(lease, &blob.digest)
                 .await
                 .map_err(rt_err)?
-                .is_some()
             {
                 claim.claim();
-                self.content
-                    .lease_content(lease, &blob.digest)
-                    .await
-                    .map_err(rt_err)?;
                 return Ok(0);
             }
             let mut labels = BTreeMap::new();
@@ -262,19 +256,33 @@ impl Engine {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LOCKED_POLL.1);
             if self
-                .content
-                .content_size(&blob.digest)
+                .lease_if_present(a.lease, &blob.digest)
                 .await
                 .map_err(rt_err)?
-                .is_some()
             {
-                self.content
-                    .lease_content(a.lease, &blob.digest)
-                    .await
-                    .map_err(rt_err)?;
                 return Ok(None);
             }
         }
+    }
+
+    /// Whether `digest` is committed; if so, `lease` now protects it too.
+    async fn lease_if_present(&self, lease: &LeaseId, digest: &str) -> Result<bool, RuntimeError> {
+        if self.content.content_size(digest).await?.is_none() {
+            return Ok(false);
+        }
+        self.content.lease_content(lease, digest).await?;
+        Ok(true)
+    }
+
+    /// Compressed bytes of `blobs` the content store does not hold yet.
+    pub(super) async fn absent_bytes(&self, blobs: &[Descriptor]) -> Result<u64, RuntimeError> {
+        let mut missing = 0;
+        for b in blobs {
+            if self.content.content_size(&b.digest).await?.is_none() {
+                missing += b.size;
+            }
+        }
+        Ok(missing)
     }
 
     pub(super) async fn put_small(
@@ -283,8 +291,8 @@ impl Engine {
         doc: &super::ManifestDoc,
     ) -> Result<(), RuntimeError> {
         let digest = doc.digest.as_str();
-        if self.content.content_size(digest).await?.is_some() {
-            return self.content.lease_content(lease, digest).await;
+        if self.lease_if_present(lease, digest).await? {
+            return Ok(());
         }
         let size = doc.body.len() as u64;
         let opened = self

@@ -457,6 +457,16 @@ async fn never_unpins_what_others_pinned() {
     assert!(pin::pinned_by_us(&r.rt).await.unwrap().is_empty());
 }
 
+/// Warms `img` in a task of its own.
+fn spawn_warm(
+    engine: Engine,
+    img: &ImageRef,
+    o: PullOptions,
+) -> tokio::task::JoinHandle<Result<crate::node::pull::PullOutcome, PullError>> {
+    let img = img.clone();
+    tokio::spawn(async move { engine.warm(&img, &o, &CancellationToken::new()).await })
+}
+
 /// Polls (in paused time) until `cond` holds; panics with `what` otherwise.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..10_000 {
@@ -476,15 +486,7 @@ async fn cri_pull_starts_while_a_layer_is_still_downloading() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let slow_digest = crate::node::registry::sha256_hex(&slow);
     r.reg.fault(&slow_digest, BlobFault::Gate(gate.clone()));
-    let engine = Arc::new(r.engine);
-    let warm = tokio::spawn({
-        let (engine, img) = (engine.clone(), img.clone());
-        async move {
-            engine
-                .warm(&img, &opts(false), &CancellationToken::new())
-                .await
-        }
-    });
+    let warm = spawn_warm(r.engine, &img, opts(false));
     // containerd unpacks the first layer while the second still arrives.
     eventually("CRI PullImage while a layer is held mid-download", || {
         !r.rt.lock().present_at_cri_pull.is_empty()
@@ -510,11 +512,7 @@ async fn cri_timeout_counts_from_the_last_blob_not_from_the_early_start() {
     );
     let mut o = opts(false);
     o.cri_timeout = Duration::from_secs(1);
-    let engine = Arc::new(r.engine);
-    let warm = tokio::spawn({
-        let (engine, img) = (engine.clone(), img.clone());
-        async move { engine.warm(&img, &o, &CancellationToken::new()).await }
-    });
+    let warm = spawn_warm(r.engine, &img, o);
     eventually("CRI PullImage started", || {
         !r.rt.lock().present_at_cri_pull.is_empty()
     })
@@ -538,15 +536,7 @@ async fn blob_another_client_is_writing_is_waited_for_not_fetched_twice() {
     let digest = crate::node::registry::sha256_hex(&theirs);
     // A kubelet's CRI pull is already writing that layer.
     r.rt.hold(&digest);
-    let engine = Arc::new(r.engine);
-    let warm = tokio::spawn({
-        let (engine, img) = (engine.clone(), img.clone());
-        async move {
-            engine
-                .warm(&img, &opts(false), &CancellationToken::new())
-                .await
-        }
-    });
+    let warm = spawn_warm(r.engine, &img, opts(false));
     eventually("our CRI pull to start beside the other writer", || {
         !r.rt.lock().present_at_cri_pull.is_empty()
     })
