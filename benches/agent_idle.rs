@@ -13,6 +13,10 @@
 //! measure e.g. `MALLOC_ARENA_MAX=1`), `PREWARM_BENCH_AGENT_BIN` (another
 //! `prewarm` binary to run as the agent, e.g. a copy of an earlier build).
 
+#[path = "common/host.rs"]
+mod host;
+use host::{clock_ticks, cpu_model, load, stat_ticks, verdict};
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -61,20 +65,7 @@ fn status_field(text: &str, field: &str) -> Result<u64> {
 
 /// utime + stime in clock ticks (fields 14 and 15; `comm` may hold spaces).
 fn cpu_ticks(pid: u32) -> Result<u64> {
-    let text = read_proc(pid, "stat")?;
-    let rest = text.rsplit_once(')').context("stat")?.1;
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|s| s.parse().unwrap_or(0))
-        .collect();
-    Ok(f.get(11).context("utime")? + f.get(12).context("stime")?)
-}
-
-async fn clock_ticks() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().await;
-    out.ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    stat_ticks(&read_proc(pid, "stat")?)
 }
 
 /// One agent, sampled idle.
@@ -304,23 +295,6 @@ fn medians(runs: &[Footprint]) -> Footprint {
         threads: m(|f| f.threads),
         warm_secs: m(|f| f.warm_secs),
     }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    ["**missed**", "met"][ok as usize]
-}
-
-fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':'));
-    model.map_or("unknown CPU".into(), |(_, v)| v.trim().to_string())
-}
-
-fn load() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().next().unwrap_or("?").to_string()
 }
 
 fn compressed(corpus: &[CorpusEntry]) -> u64 {

@@ -28,6 +28,10 @@
 //! with `cargo bench --bench gate_cold` as root. Timings are reported, never
 //! asserted; a path that does not end with the image ready fails the bench.
 
+#[path = "common/host.rs"]
+mod host;
+use host::load;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -513,13 +517,6 @@ fn machine() -> String {
         .unwrap_or_default();
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
     format!("{cpus} CPUs ({model}), kernel {kernel}")
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
 }
 
 async fn bench() -> Result<()> {

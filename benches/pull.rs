@@ -9,6 +9,10 @@
 //! 640MiB; units as in the agent config), `PREWARM_BENCH_RUNS` (3),
 //! `PREWARM_BENCH_WAN` (`1`; `0` skips the WAN scenario).
 
+#[path = "common/host.rs"]
+mod host;
+use host::{clock_ticks, cpu_model, load, stat_ticks, verdict};
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -385,22 +389,6 @@ fn thread_cpu_ticks(tid: u32) -> Result<u64> {
     stat_ticks(&std::fs::read_to_string(&path).context(path)?)
 }
 
-fn stat_ticks(text: &str) -> Result<u64> {
-    let rest = text.rsplit_once(')').context("stat")?.1;
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|s| s.parse().unwrap_or(0))
-        .collect();
-    Ok(f.get(11).context("utime")? + f.get(12).context("stime")?)
-}
-
-async fn clock_ticks() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().await;
-    out.ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// Just enough of `<linux/if_tun.h>`, threads and `flock` to bridge two TUN
 /// devices from userspace.
 mod sys {
@@ -719,24 +707,6 @@ async fn link_check(corpus: &[CorpusEntry]) -> Result<LinkCheck> {
         blob_mb: n as f64 / MB,
         blob_rate: n as f64 / secs,
     })
-}
-
-fn verdict(ok: bool) -> &'static str {
-    ["**missed**", "met"][ok as usize]
-}
-
-fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':'));
-    model.map_or("unknown CPU".into(), |(_, v)| v.trim().to_string())
-}
-
-/// 1-minute load average: other work on the box skews CPU-bound unpacks.
-fn load() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().next().unwrap_or("?").to_string()
 }
 
 /// Every method `runs` times, each on a fresh containerd; methods are
