@@ -10,8 +10,10 @@
 //! `PREWARM_BENCH_IMAGES` (images in the corpus case, 6),
 //! `PREWARM_BENCH_BYTES` (their uncompressed total, 384MiB),
 //! `PREWARM_BENCH_AGENT_ENV` (`K=V,...` added to the agent's environment, to
-//! measure e.g. `MALLOC_ARENA_MAX=1`), `PREWARM_BENCH_AGENT_BIN` (another
-//! `prewarm` binary to run as the agent, e.g. a copy of an earlier build).
+//! measure e.g. `MALLOC_ARENA_MAX=1`), `PREWARM_BENCH_MANIFEST_ENV` (`0`: not
+//! the `env` of `daemonset/agent-daemonset.yaml`, which the agent gets by
+//! default), `PREWARM_BENCH_AGENT_BIN` (another `prewarm` binary to run as
+//! the agent, e.g. a copy of an earlier build).
 
 #[path = "common/host.rs"]
 mod host;
@@ -235,18 +237,43 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// `PREWARM_BENCH_AGENT_ENV`, parsed.
+/// The literal `env` values of the shipped DaemonSet's agent container (what
+/// an installed agent runs with), unless `PREWARM_BENCH_MANIFEST_ENV=0`.
+fn manifest_env() -> Result<Vec<(String, String)>> {
+    if std::env::var("PREWARM_BENCH_MANIFEST_ENV").as_deref() == Ok("0") {
+        return Ok(Vec::new());
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("daemonset/agent-daemonset.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let ds: serde_json::Value = serde_yaml_ng::from_str(&text)?;
+    let containers = ds["spec"]["template"]["spec"]["containers"].as_array();
+    let agent = containers
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "agent"))
+        .with_context(|| format!("{}: no agent container", path.display()))?;
+    let env = agent["env"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    // `valueFrom` entries (NODE_NAME) need a cluster; the agent needs none here.
+    Ok(env
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+        .collect())
+}
+
+/// The manifest's environment, then `PREWARM_BENCH_AGENT_ENV` (`K=V,...`)
+/// on top.
 fn agent_env() -> Result<Vec<(String, String)>> {
+    let mut env = manifest_env()?;
     let raw = std::env::var("PREWARM_BENCH_AGENT_ENV").unwrap_or_default();
-    raw.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|kv| {
-            let (k, v) = kv
-                .split_once('=')
-                .with_context(|| format!("PREWARM_BENCH_AGENT_ENV: {kv:?} is not K=V"))?;
-            Ok((k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect()
+    for kv in raw.split(',').filter(|s| !s.trim().is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("PREWARM_BENCH_AGENT_ENV: {kv:?} is not K=V"))?;
+        env.retain(|(name, _)| name != k.trim());
+        env.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(env)
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -346,8 +373,11 @@ async fn main() -> Result<()> {
     let sample = Duration::from_secs(env_or("PREWARM_BENCH_SAMPLE", 20)?);
     let images: usize = env_or("PREWARM_BENCH_IMAGES", 6)?.max(1);
     let bytes: ByteSize = env_or("PREWARM_BENCH_BYTES", ByteSize(384 << 20))?;
-    agent_env()?;
-    let env_label = std::env::var("PREWARM_BENCH_AGENT_ENV").unwrap_or_default();
+    let env_label = agent_env()?
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
 
     let load_start = load();
     eprintln!("bench: generating images");

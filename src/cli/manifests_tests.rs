@@ -258,6 +258,33 @@ fn the_agents_args_and_the_config_mount_agree() {
     }
 }
 
+/// glibc's fixed mmap threshold (a `GLIBC_TUNABLES` entry), if set.
+fn mmap_threshold(tunables: &str) -> Option<usize> {
+    tunables
+        .split(':')
+        .find_map(|t| t.strip_prefix("glibc.malloc.mmap_threshold="))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("mmap_threshold {v:?}: {e}"))
+        })
+}
+
+#[test]
+fn the_agent_unmaps_its_write_buffers_when_freed() {
+    let agent = container(base().agent_pod(), "agent");
+    let tunables = items(&agent["env"])
+        .iter()
+        .find(|e| e["name"] == "GLIBC_TUNABLES")
+        .and_then(|e| e["value"].as_str())
+        .expect("the agent container sets GLIBC_TUNABLES");
+    // A fixed threshold also turns off glibc's raising it as blocks are freed.
+    let threshold = mmap_threshold(tunables).expect("glibc.malloc.mmap_threshold");
+    assert!(
+        threshold <= prewarm::node::containerd::WRITE_CHUNK,
+        "threshold {threshold} is above the containerd write chunk"
+    );
+}
+
 #[test]
 fn the_coordinators_args_name_files_of_its_tls_secret() {
     let r = base();

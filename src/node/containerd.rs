@@ -31,7 +31,7 @@ use crate::node::runtime::{
 };
 
 /// Writes are batched into chunks of this size before each round trip.
-const WRITE_CHUNK: usize = 1 << 20;
+pub const WRITE_CHUNK: usize = 1 << 20;
 /// Writes sent ahead of containerd's answers on one ingest.
 const WRITES_IN_FLIGHT: usize = 4;
 
